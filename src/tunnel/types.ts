@@ -1,0 +1,58 @@
+// The contract between the tunnel registry and its callers (the API's handlers). Handlers never know
+// where a sandbox runs or which protocol its agent speaks: they call request() or open() on a
+// runner id and get a response or a duplex back, or a TunnelError with a stable code.
+
+import type { Duplex, Readable } from "node:stream";
+
+export type TunnelProtocol = "h2" | "v1";
+
+/** An HTTP request to send through a tunnel. */
+export interface TunnelRequest {
+  method: string;
+  /** Path and query, e.g. `/screenshot?format=png`. */
+  path: string;
+  headers?: Record<string, string | string[] | undefined>;
+  /** The request body: a buffer, a string, or a stream piped through as it arrives. */
+  body?: Buffer | string | Readable | null;
+  /** Target name in the agent's target map (`desktop` by default). */
+  target?: string;
+  /** Deadline for the response headers, in ms (the registry's default otherwise). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** The response: status and headers at once, the body streamed. */
+export interface TunnelResponse {
+  status: number;
+  headers: Record<string, string | string[]>;
+  body: Readable;
+}
+
+/** One live tunnel's figures, as `GET /api/v1/revdial/connections` shows them. */
+export interface TunnelStats {
+  runner_id: string;
+  protocol: TunnelProtocol;
+  connected_at: string;
+  remote_address: string;
+  rtt_ms: number | null;
+  active_streams: number;
+  bytes_in: number;
+  bytes_out: number;
+}
+
+export interface OpenOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** What the registry offers its callers. */
+export interface TunnelDialer {
+  /** Sends an HTTP request to the runner's agent; rejects with a TunnelError. */
+  request(runnerId: string, req: TunnelRequest): Promise<TunnelResponse>;
+  /** Opens a raw byte stream to a target inside the runner (HTTP/2 CONNECT). */
+  open(runnerId: string, target: string, options?: OpenOptions): Promise<Duplex>;
+  /** True when a live tunnel is registered for the runner id right now. */
+  isConnected(runnerId: string): boolean;
+  /** Figures for every live tunnel. */
+  list(): TunnelStats[];
+}
