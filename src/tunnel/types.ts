@@ -56,3 +56,11 @@ export interface TunnelDialer {
   /** Figures for every live tunnel. */
   list(): TunnelStats[];
 }
+
+/** Events the registry emits, for the API to follow sandboxes and hosts coming and going. */
+export interface TunnelEvents {
+  /** A tunnel became the live one for its runner id (first time, reconnect, or replacement). */
+  connected: [runnerId: string, stats: TunnelStats];
+  /** The live tunnel for a runner id went away (not emitted for a replaced tunnel). */
+  disconnected: [runnerId: string, reason: string];
+}
