@@ -1,0 +1,12 @@
+// The ordered list of schema migrations. A migration is never edited once released: a change to
+// the schema is a new file with the next version, appended here.
+
+import { migration001 } from "./001-initial-schema.ts";
+
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = Object.freeze([migration001]);
