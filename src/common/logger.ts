@@ -1,7 +1,7 @@
 // Structured logging. Every component receives a pino logger from its caller (never a global);
 // children carry runner_id, session_id and wolf_id fields. Credentials are redacted by path.
 
-import { pino, type Logger } from "pino";
+import { type Logger, pino } from "pino";
 
 export type { Logger };
 
@@ -27,7 +27,8 @@ export interface LoggerOptions {
 
 export function createLogger(options: LoggerOptions = {}): Logger {
   const destination = options.destination ?? 2;
-  const stream = typeof destination === "number" ? pino.destination({ fd: destination, sync: true }) : destination;
+  const stream =
+    typeof destination === "number" ? pino.destination({ fd: destination, sync: true }) : destination;
   return pino(
     {
       level: options.level ?? "info",

@@ -1,0 +1,314 @@
+// The agent: dials OUT to the API over one WebSocket (protocol v2), then SERVES the API's calls by
+// proxying each HTTP/2 stream to a local target. This is the side that runs inside a sandbox or on
+// a sandbox host, behind NAT: it never accepts a connection.
+//
+// Lifecycle: connecting -> connected -> (link lost) -> waiting -> connecting ... forever, with
+// exponential backoff and full jitter, honouring Retry-After. It ends only when close()/destroy() is
+// called (result "closed") or when the server says a newer agent took the runner id (close code
+// REPLACED: result "replaced"; fighting the newer agent for the id would flap both). Each state
+// change is logged once.
+
+import { EventEmitter } from "node:events";
+import type { ClientRequest, IncomingMessage } from "node:http";
+import http2, { type Http2Server, type ServerHttp2Session } from "node:http2";
+import type { SecureContextOptions } from "node:tls";
+import WebSocket from "ws";
+import { InvalidOptionError } from "../common/errors.ts";
+import type { Logger } from "../common/logger.ts";
+import { Backoff } from "./backoff.ts";
+import {
+  CLOSE,
+  CONNECTION_WINDOW,
+  MAX_FRAME_SIZE,
+  STREAM_WINDOW,
+  SUBPROTOCOL_H2,
+  TUNNEL_PATH,
+} from "./constants.ts";
+import { HandshakeRejectedError } from "./errors.ts";
+import type { TargetMap } from "./target-map.ts";
+import { TargetProxy } from "./target-proxy.ts";
+import { WebSocketStream } from "./ws-stream.ts";
+
+export type AgentState = "connecting" | "connected" | "waiting" | "closed";
+export type AgentExit = "closed" | "replaced";
+
+export interface AgentClientOptions {
+  /** API base URL (http, https, ws or wss); a trailing /api/v1/revdial is accepted. */
+  serverUrl: string;
+  runnerId: string;
+  token: string;
+  targets: TargetMap;
+  logger: Logger;
+  /** Extra TLS options (ca, rejectUnauthorized) for https/wss servers. */
+  tls?: SecureContextOptions & { rejectUnauthorized?: boolean };
+  backoffBaseMs?: number;
+  backoffCapMs?: number;
+  /** Drop the link after this long without a frame from the server. Default 45 s. */
+  deadLinkTimeoutMs?: number;
+  /** Handshake deadline. Default 15 s. */
+  handshakeTimeoutMs?: number;
+  /** Extra headers for the handshake (e.g. a host's labels). */
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+const DEFAULTS = Object.freeze({
+  backoffBaseMs: 500,
+  backoffCapMs: 30_000,
+  deadLinkTimeoutMs: 45_000,
+  handshakeTimeoutMs: 15_000,
+});
+
+/** Builds the tunnel URL from what a user passes as the server. */
+export function tunnelUrl(serverUrl: string, runnerId: string): URL {
+  let url: URL;
+  try {
+    url = new URL(serverUrl);
+  } catch {
+    throw new InvalidOptionError("serverUrl", `not a URL: "${serverUrl}"`);
+  }
+  if (url.protocol === "http:") url.protocol = "ws:";
+  else if (url.protocol === "https:") url.protocol = "wss:";
+  else if (url.protocol !== "ws:" && url.protocol !== "wss:")
+    throw new InvalidOptionError(
+      "serverUrl",
+      `unsupported scheme ${url.protocol} (use http, https, ws or wss)`,
+    );
+  const base = url.pathname.replace(/\/+$/, "");
+  url.pathname = base.endsWith(TUNNEL_PATH) ? base : `${base}${TUNNEL_PATH}`;
+  url.search = "";
+  url.searchParams.set("runnerid", runnerId);
+  return url;
+}
+
+export class AgentClient extends EventEmitter {
+  readonly #o: Required<Omit<AgentClientOptions, "tls" | "headers" | "signal">> & AgentClientOptions;
+  readonly #log: Logger;
+  readonly #url: URL;
+  readonly #backoff: Backoff;
+  readonly #proxy: TargetProxy;
+  readonly #h2: Http2Server;
+  #state: AgentState | null = null;
+  #ws: WebSocket | null = null;
+  #session: ServerHttp2Session | null = null;
+  #sleep: { timer: NodeJS.Timeout; wake: () => void } | null = null;
+  #stopping = false;
+  #exit: AgentExit = "closed";
+  #running: Promise<AgentExit> | null = null;
+
+  constructor(options: AgentClientOptions) {
+    super();
+    this.#o = { ...DEFAULTS, ...options };
+    if (!options.runnerId) throw new InvalidOptionError("runnerId", "required");
+    if (!options.token) throw new InvalidOptionError("token", "required");
+    this.#url = tunnelUrl(options.serverUrl, options.runnerId);
+    this.#log = options.logger.child({ runner_id: options.runnerId });
+    this.#backoff = new Backoff({ baseMs: this.#o.backoffBaseMs, capMs: this.#o.backoffCapMs });
+    this.#proxy = new TargetProxy({ targets: options.targets, logger: this.#log });
+    this.#h2 = http2.createServer({
+      settings: {
+        initialWindowSize: STREAM_WINDOW,
+        maxConcurrentStreams: 100_000,
+        maxFrameSize: MAX_FRAME_SIZE,
+      },
+      maxSessionMemory: 256,
+    });
+    this.#h2.on("stream", (stream, headers) => this.#proxy.handle(stream, headers));
+    this.#h2.on("session", (session) => {
+      session.on("connect", () => session.setLocalWindowSize(CONNECTION_WINDOW));
+      session.on("error", (err) => this.#log.debug({ err: err.message }, "tunnel session error"));
+    });
+    options.signal?.addEventListener("abort", () => void this.close(), { once: true });
+  }
+
+  get state(): AgentState | null {
+    return this.#state;
+  }
+
+  /** Runs until closed or replaced; resolves with why it ended. */
+  start(): Promise<AgentExit> {
+    this.#running ??= this.#loop();
+    return this.#running;
+  }
+
+  async #loop(): Promise<AgentExit> {
+    this.#log.info({ server: this.#url.origin, targets: this.#o.targets.describe() }, "agent starting");
+    while (!this.#stopping) {
+      let floor = 0;
+      try {
+        await this.#connectOnce();
+      } catch (err) {
+        floor = err instanceof HandshakeRejectedError ? (err.retryAfterMs ?? 0) : 0;
+        this.#logFailure(err as Error);
+      }
+      if (this.#stopping) break;
+      const delay = this.#backoff.next(floor);
+      this.#setState("waiting", { retry_in_ms: delay });
+      await this.#wait(delay);
+    }
+    this.#setState("closed", { exit: this.#exit });
+    this.#proxy.close();
+    return this.#exit;
+  }
+
+  #logFailure(err: Error): void {
+    const fields: Record<string, unknown> = { err: err.message };
+    if (err instanceof HandshakeRejectedError) fields.status = err.status;
+    const code = (err as { code?: string }).code;
+    if (code) fields.code = code;
+    this.#log.warn(fields, "tunnel connect failed");
+    this.emit("connect-error", err);
+  }
+
+  #setState(state: AgentState, fields: Record<string, unknown> = {}): void {
+    if (this.#state === state) return;
+    this.#state = state;
+    const level = state === "waiting" ? "debug" : "info";
+    this.#log[level]({ state, ...fields }, `agent ${state}`);
+    this.emit("state", state);
+  }
+
+  #wait(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#sleep = null;
+        resolve();
+      }, ms);
+      this.#sleep = {
+        timer,
+        wake: () => {
+          clearTimeout(timer);
+          this.#sleep = null;
+          resolve();
+        },
+      };
+    });
+  }
+
+  /** One connection: resolves when it ends normally, rejects when the handshake fails. */
+  #connectOnce(): Promise<void> {
+    this.#setState("connecting");
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.#url, [SUBPROTOCOL_H2], {
+        headers: { authorization: `Bearer ${this.#o.token}`, ...this.#o.headers },
+        handshakeTimeout: this.#o.handshakeTimeoutMs,
+        perMessageDeflate: false,
+        maxPayload: 64 * 1024 * 1024,
+        ...(this.#o.tls ?? {}),
+      });
+      this.#ws = ws;
+      let opened = false;
+      ws.on("unexpected-response", (_req: ClientRequest, res: IncomingMessage) => {
+        readRejection(res).then((err) => {
+          ws.terminate();
+          reject(err);
+        });
+      });
+      ws.once("open", () => {
+        opened = true;
+        if (ws.protocol !== SUBPROTOCOL_H2) {
+          ws.close(CLOSE.PROTOCOL_ERROR, "subprotocol not accepted");
+          reject(new Error(`server did not accept subprotocol ${SUBPROTOCOL_H2}`));
+          return;
+        }
+        this.#serve(ws, resolve);
+      });
+      ws.on("error", (err) => {
+        if (!opened) reject(err);
+      });
+    });
+  }
+
+  #serve(ws: WebSocket, done: () => void): void {
+    const link = new WebSocketStream(ws);
+    this.#backoff.reset();
+    this.#setState("connected");
+    let lastFrameAt = Date.now();
+    const alive = () => {
+      lastFrameAt = Date.now();
+    };
+    ws.on("message", alive);
+    ws.on("ping", alive);
+    ws.on("pong", alive);
+    const check = Math.max(5, Math.floor(this.#o.deadLinkTimeoutMs / 5));
+    const watchdog = setInterval(() => {
+      if (Date.now() - lastFrameAt <= this.#o.deadLinkTimeoutMs) return;
+      this.#log.warn("no frame from the server within the dead-link timeout; reconnecting");
+      ws.terminate();
+    }, check);
+    ws.once("close", (code: number, reason: Buffer) => {
+      clearInterval(watchdog);
+      this.#session = null;
+      this.#ws = null;
+      if (code === CLOSE.REPLACED) {
+        this.#log.warn("another agent registered this runner id; stopping (replaced)");
+        this.#exit = "replaced";
+        this.#stopping = true;
+      } else if (!this.#stopping) {
+        this.#log.info({ code, reason: reason.toString() }, "tunnel lost");
+      }
+      done();
+    });
+    this.#h2.once("session", (session: ServerHttp2Session) => {
+      this.#session = session;
+    });
+    this.#h2.emit("connection", link);
+  }
+
+  /** Stops reconnecting, lets calls in flight finish (bounded), closes the link. Idempotent. */
+  async close(drainMs = 5000): Promise<AgentExit> {
+    this.#stopping = true;
+    this.#sleep?.wake();
+    const ws = this.#ws;
+    if (ws && ws.readyState === ws.OPEN) {
+      const session = this.#session;
+      await new Promise<void>((resolve) => {
+        const cut = setTimeout(resolve, drainMs);
+        if (session && !session.closed)
+          session.close(() => {
+            clearTimeout(cut);
+            resolve();
+          });
+        else {
+          clearTimeout(cut);
+          resolve();
+        }
+      });
+      if (ws.readyState === ws.OPEN) ws.close(CLOSE.GOING_AWAY, "agent stopping");
+    } else ws?.terminate();
+    return this.#running ?? "closed";
+  }
+
+  /** Cuts the link at once and stops. Idempotent. */
+  destroy(): void {
+    this.#stopping = true;
+    this.#sleep?.wake();
+    this.#ws?.terminate();
+  }
+}
+
+async function readRejection(res: IncomingMessage): Promise<HandshakeRejectedError> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res) {
+    size += chunk.length;
+    if (size > 64 * 1024) break;
+    chunks.push(chunk);
+  }
+  let message = Buffer.concat(chunks).toString("utf8").trim() || res.statusMessage || "";
+  try {
+    message = JSON.parse(message).error?.message ?? message;
+  } catch {
+    // Not JSON: keep the text.
+  }
+  const retryAfter = parseRetryAfter(res.headers["retry-after"]);
+  return new HandshakeRejectedError(res.statusCode ?? 0, message, retryAfter);
+}
+
+function parseRetryAfter(value: string | undefined): number | null {
+  if (!value) return null;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(0, date - Date.now());
+}

@@ -1,0 +1,337 @@
+// The API's end of one protocol-v2 tunnel: an HTTP/2 CLIENT session over the agent's WebSocket
+// (cloudflared's reversed roles: the agent dialed out, and now serves). Each call is one HTTP/2
+// stream, so calls cost no extra round trip and any number run at once without crossing.
+//
+// Liveness: every pingInterval the tunnel sends an HTTP/2 PING (its RTT is recorded) and a WebSocket
+// ping (keeps proxies from idling the link out). Any frame from the agent counts as life; after
+// deadLinkTimeout without one, the tunnel is destroyed. close() sends GOAWAY and lets calls in flight
+// finish within drainTimeout; destroy() cuts at once. Both are idempotent; `close` is emitted once.
+
+import { EventEmitter } from "node:events";
+import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
+import { type Duplex, PassThrough, pipeline, type Readable } from "node:stream";
+import type { WebSocket } from "ws";
+import type { Logger } from "../common/logger.ts";
+import {
+  CLOSE,
+  CONNECTION_WINDOW,
+  DEFAULT_TARGET,
+  HOP_BY_HOP,
+  MAX_FRAME_SIZE,
+  STREAM_WINDOW,
+} from "./constants.ts";
+import { TunnelAbortedError, TunnelClosedError, TunnelStreamError, TunnelTimeoutError } from "./errors.ts";
+import type { Tunnel, TunnelTimings } from "./tunnel.ts";
+import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "./types.ts";
+import { WebSocketStream } from "./ws-stream.ts";
+
+export interface H2TunnelOptions {
+  runnerId: string;
+  ws: WebSocket;
+  remoteAddress: string;
+  logger: Logger;
+  timings: TunnelTimings;
+  now?: () => number;
+}
+
+const { NGHTTP2_CANCEL } = http2.constants;
+
+export class H2Tunnel extends EventEmitter implements Tunnel {
+  readonly runnerId: string;
+  readonly protocol = "h2" as const;
+  readonly connectedAt = new Date();
+  readonly remoteAddress: string;
+  readonly #log: Logger;
+  readonly #timings: TunnelTimings;
+  readonly #now: () => number;
+  readonly #link: WebSocketStream;
+  readonly #session: ClientHttp2Session;
+  readonly #timer: NodeJS.Timeout;
+  #lastFrameAt: number;
+  #rttMs: number | null = null;
+  #activeStreams = 0;
+  #closing = false;
+  #closed = false;
+
+  constructor(options: H2TunnelOptions) {
+    super();
+    this.runnerId = options.runnerId;
+    this.remoteAddress = options.remoteAddress;
+    this.#log = options.logger;
+    this.#timings = options.timings;
+    this.#now = options.now ?? Date.now;
+    this.#lastFrameAt = this.#now();
+    const ws = options.ws;
+    this.#link = new WebSocketStream(ws);
+    const alive = () => {
+      this.#lastFrameAt = this.#now();
+    };
+    ws.on("message", alive);
+    ws.on("pong", alive);
+    ws.on("ping", alive);
+    ws.on("close", (code: number, reason: Buffer) =>
+      this.#finish(reason.toString() || `websocket closed (${code})`),
+    );
+    this.#session = http2.connect("http://revdial.tunnel", {
+      createConnection: () => this.#link,
+      settings: { initialWindowSize: STREAM_WINDOW, enablePush: false, maxFrameSize: MAX_FRAME_SIZE },
+      maxSessionMemory: 256,
+      peerMaxConcurrentStreams: 100_000,
+    });
+    this.#session.on("connect", () => this.#session.setLocalWindowSize(CONNECTION_WINDOW));
+    this.#session.on("error", (err) => this.#log.warn({ err: err.message }, "tunnel session error"));
+    this.#session.on("close", () => this.#finish(this.#link.closeReason ?? "session closed"));
+    const check = Math.max(
+      5,
+      Math.min(this.#timings.pingIntervalMs, Math.floor(this.#timings.deadLinkTimeoutMs / 5)),
+    );
+    let sinceLastPing = 0;
+    this.#timer = setInterval(() => {
+      sinceLastPing += check;
+      if (sinceLastPing >= this.#timings.pingIntervalMs) {
+        sinceLastPing = 0;
+        this.#ping();
+      }
+      this.#checkAlive();
+    }, check);
+    this.#timer.unref();
+  }
+
+  #ping(): void {
+    if (this.#closed) return;
+    if (!this.#session.destroyed) {
+      this.#session.ping((err, duration) => {
+        if (!err) this.#rttMs = Math.round(duration * 1000) / 1000;
+      });
+    }
+    try {
+      this.#link.ws.ping();
+    } catch {
+      // The socket is closing; the close event tears the tunnel down.
+    }
+  }
+
+  #checkAlive(): void {
+    const silent = this.#now() - this.#lastFrameAt;
+    if (silent <= this.#timings.deadLinkTimeoutMs) return;
+    this.#log.warn({ silent_ms: silent }, "tunnel dead: no frame within the dead-link timeout");
+    this.#link.closeReason = "dead link";
+    this.#link.ws.terminate();
+    this.destroy(new Error("dead link"));
+  }
+
+  stats(): TunnelStats {
+    return {
+      runner_id: this.runnerId,
+      protocol: this.protocol,
+      connected_at: this.connectedAt.toISOString(),
+      remote_address: this.remoteAddress,
+      rtt_ms: this.#rttMs,
+      active_streams: this.#activeStreams,
+      bytes_in: this.#link.bytesIn,
+      bytes_out: this.#link.bytesOut,
+    };
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  request(req: TunnelRequest): Promise<TunnelResponse> {
+    const headers = toH2Headers(req);
+    return new Promise((resolve, reject) => {
+      const stream = this.#startStream(headers, req.body == null, reject);
+      if (!stream) return;
+      const settle = this.#deadline(stream, req.timeoutMs ?? this.#timings.callTimeoutMs, req.signal, reject);
+      stream.once("response", (h) => {
+        settle();
+        resolve({ status: Number(h[":status"]), headers: fromH2Headers(h), body: bodyOf(stream) });
+      });
+      writeBody(stream, req.body);
+    });
+  }
+
+  open(target: string, options: OpenOptions = {}): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      const stream = this.#startStream({ ":method": "CONNECT", ":authority": target }, false, reject);
+      if (!stream) return;
+      const settle = this.#deadline(
+        stream,
+        options.timeoutMs ?? this.#timings.callTimeoutMs,
+        options.signal,
+        reject,
+      );
+      stream.once("response", (h) => {
+        settle();
+        const status = Number(h[":status"]);
+        if (status === 200) return resolve(stream);
+        stream.close(NGHTTP2_CANCEL);
+        reject(new TunnelStreamError(this.runnerId, `agent answered ${status} to CONNECT ${target}`));
+      });
+    });
+  }
+
+  #startStream(
+    headers: http2.OutgoingHttpHeaders,
+    endStream: boolean,
+    reject: (err: Error) => void,
+  ): ClientHttp2Stream | null {
+    if (this.#closed || this.#closing || this.#session.destroyed || this.#session.closed) {
+      reject(new TunnelClosedError(this.runnerId, "tunnel is closing"));
+      return null;
+    }
+    let stream: ClientHttp2Stream;
+    try {
+      stream = this.#session.request(headers, { endStream });
+    } catch (err) {
+      reject(new TunnelClosedError(this.runnerId, (err as Error).message, { cause: err }));
+      return null;
+    }
+    this.#activeStreams++;
+    stream.once("close", () => {
+      this.#activeStreams--;
+    });
+    return stream;
+  }
+
+  /** Bounds the wait for response headers; returns a function that disarms it once they came. */
+  #deadline(
+    stream: ClientHttp2Stream,
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+    reject: (err: Error) => void,
+  ): () => void {
+    let done = false;
+    const fail = (err: Error) => {
+      if (done) return;
+      done = true;
+      cleanup();
+      if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+      reject(err);
+    };
+    const timer = setTimeout(() => fail(new TunnelTimeoutError(this.runnerId, timeoutMs)), timeoutMs);
+    const onAbort = () => fail(new TunnelAbortedError({ cause: signal?.reason }));
+    const onError = (err: Error) =>
+      fail(
+        this.#closed
+          ? new TunnelClosedError(this.runnerId, this.#link.closeReason ?? err.message, { cause: err })
+          : new TunnelStreamError(this.runnerId, err.message, { cause: err }),
+      );
+    const onClose = () =>
+      fail(
+        this.#closed || this.#session.destroyed
+          ? new TunnelClosedError(this.runnerId, this.#link.closeReason ?? "link lost")
+          : new TunnelStreamError(this.runnerId, `stream closed before a response (code ${stream.rstCode})`),
+      );
+    const cleanup = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      stream.off("error", onError);
+      stream.off("close", onClose);
+    };
+    if (signal?.aborted) queueMicrotask(onAbort);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    stream.on("error", onError);
+    stream.on("close", onClose);
+    return () => {
+      done = true;
+      cleanup();
+      // After the headers, errors surface on the body stream the caller reads.
+      stream.on("error", () => {});
+    };
+  }
+
+  /** Sends GOAWAY, lets calls in flight finish within the drain timeout, then closes the link. */
+  close(code: number = CLOSE.SHUTDOWN, reason = "server shutting down"): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    if (!this.#closing) {
+      this.#closing = true;
+      const cut = setTimeout(() => this.#closeLink(code, reason), this.#timings.drainTimeoutMs);
+      cut.unref();
+      this.#session.close(() => {
+        clearTimeout(cut);
+        this.#closeLink(code, reason);
+      });
+    }
+    return new Promise((resolve) => {
+      if (this.#closed) resolve();
+      else this.once("close", () => resolve());
+    });
+  }
+
+  #closeLink(code: number, reason: string): void {
+    this.#link.closeReason ??= reason;
+    const ws = this.#link.ws;
+    if (ws.readyState === ws.OPEN) ws.close(code, reason);
+    const hard = setTimeout(() => ws.terminate(), 2000);
+    hard.unref();
+    ws.once("close", () => clearTimeout(hard));
+  }
+
+  destroy(err?: Error): void {
+    if (this.#closed) return;
+    this.#link.closeReason ??= err?.message ?? "destroyed";
+    this.#session.destroy();
+    this.#link.destroy();
+    this.#finish(this.#link.closeReason);
+  }
+
+  #finish(reason: string): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#timer);
+    if (!this.#session.destroyed) this.#session.destroy();
+    this.emit("close", reason);
+  }
+}
+
+function toH2Headers(req: TunnelRequest): http2.OutgoingHttpHeaders {
+  const out: http2.OutgoingHttpHeaders = {
+    ":method": req.method.toUpperCase(),
+    ":path": req.path.startsWith("/") ? req.path : `/${req.path}`,
+    ":authority": req.target ?? DEFAULT_TARGET,
+    ":scheme": "http",
+  };
+  for (const [name, value] of Object.entries(req.headers ?? {})) {
+    const key = name.toLowerCase();
+    if (value === undefined || HOP_BY_HOP.has(key) || key.startsWith(":")) continue;
+    out[key] = value;
+  }
+  return out;
+}
+
+function fromH2Headers(h: IncomingHttpHeaders): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(h)) {
+    if (value === undefined || name.startsWith(":") || HOP_BY_HOP.has(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+/**
+ * The response body as the caller sees it. Node ends an HTTP/2 stream on the tick after its last
+ * frame, before an awaiting caller can attach; piping in the `response` handler keeps every byte and
+ * the end. Destroying the returned body resets the stream (the agent stops sending).
+ */
+function bodyOf(stream: ClientHttp2Stream): Readable {
+  const body = new PassThrough({ highWaterMark: 256 * 1024 });
+  pipeline(stream, body, () => {});
+  return body;
+}
+
+function writeBody(stream: ClientHttp2Stream, body: TunnelRequest["body"]): void {
+  if (body == null) return;
+  if (typeof body === "string" || Buffer.isBuffer(body)) {
+    stream.end(body);
+    return;
+  }
+  const source = body as Readable;
+  source.on("error", () => {
+    if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+  });
+  stream.on("close", () => {
+    if (!source.readableEnded) source.destroy();
+  });
+  source.pipe(stream);
+}

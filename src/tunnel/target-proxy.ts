@@ -1,0 +1,129 @@
+// The agent's side of each call: one incoming HTTP/2 stream is forwarded to a local target and the
+// answer streamed back. HTTP calls go through a keep-alive agent per target (no per-call socket or
+// session setup); CONNECT streams become raw byte pipes. Unknown target: 403. Unreachable: 502.
+
+import http from "node:http";
+import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import http2 from "node:http2";
+import net from "node:net";
+import type { Logger } from "../common/logger.ts";
+import { HOP_BY_HOP } from "./constants.ts";
+import { formatTargetAddress, type TargetAddress, type TargetMap } from "./target-map.ts";
+
+export interface TargetProxyOptions {
+  targets: TargetMap;
+  logger: Logger;
+  /** Sockets kept per target. Default 256. */
+  maxSocketsPerTarget?: number;
+}
+
+const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_CANCEL } = http2.constants;
+
+export class TargetProxy {
+  readonly #targets: TargetMap;
+  readonly #log: Logger;
+  readonly #maxSockets: number;
+  readonly #agents = new Map<string, http.Agent>();
+
+  constructor(options: TargetProxyOptions) {
+    this.#targets = options.targets;
+    this.#log = options.logger;
+    this.#maxSockets = options.maxSocketsPerTarget ?? 256;
+  }
+
+  /** Serves one stream. Never throws: failures become a status or a stream reset. */
+  handle(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    stream.on("error", () => {});
+    const authority = headers[":authority"];
+    const target = this.#targets.resolve(authority);
+    if (!target) {
+      respondError(stream, 403, `target "${authority ?? ""}" is not allowed by this agent`);
+      return;
+    }
+    if (headers[":method"] === "CONNECT") this.#pipe(stream, target);
+    else this.#forward(stream, headers, target);
+  }
+
+  #agentFor(target: TargetAddress): http.Agent {
+    const key = formatTargetAddress(target);
+    let agent = this.#agents.get(key);
+    if (!agent) {
+      agent = new http.Agent({
+        keepAlive: true,
+        maxSockets: this.#maxSockets,
+        maxFreeSockets: 64,
+        scheduling: "lifo",
+      });
+      this.#agents.set(key, agent);
+    }
+    return agent;
+  }
+
+  #forward(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, target: TargetAddress): void {
+    const outHeaders: http.OutgoingHttpHeaders = {};
+    for (const [name, value] of Object.entries(headers)) {
+      if (value === undefined || name.startsWith(":") || HOP_BY_HOP.has(name)) continue;
+      outHeaders[name] = value;
+    }
+    outHeaders.host = target.kind === "tcp" ? `${target.host}:${target.port}` : "localhost";
+    const req = http.request({
+      ...(target.kind === "tcp" ? { host: target.host, port: target.port } : { socketPath: target.path }),
+      method: headers[":method"],
+      path: headers[":path"],
+      headers: outHeaders,
+      agent: this.#agentFor(target),
+    });
+    req.on("response", (res) => {
+      if (stream.destroyed) {
+        res.destroy();
+        return;
+      }
+      const h: Record<string, string | string[] | number> = { ":status": res.statusCode ?? 502 };
+      for (const [name, value] of Object.entries(res.headers)) {
+        if (value !== undefined && !HOP_BY_HOP.has(name)) h[name] = value;
+      }
+      stream.respond(h);
+      res.pipe(stream);
+      res.on("error", () => stream.close(NGHTTP2_INTERNAL_ERROR));
+    });
+    req.on("error", (err) => {
+      if (!stream.headersSent) {
+        this.#log.debug({ err: err.message, target: formatTargetAddress(target) }, "target unreachable");
+        respondError(stream, 502, `target ${formatTargetAddress(target)} unreachable: ${err.message}`);
+      } else if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
+    });
+    stream.on("close", () => {
+      if (!req.writableFinished || !stream.writableFinished) req.destroy();
+    });
+    stream.pipe(req);
+  }
+
+  #pipe(stream: ServerHttp2Stream, target: TargetAddress): void {
+    const socket = target.kind === "tcp" ? net.connect(target.port, target.host) : net.connect(target.path);
+    socket.setNoDelay(true);
+    socket.once("connect", () => {
+      if (stream.destroyed) return socket.destroy();
+      stream.respond({ ":status": 200 });
+      socket.pipe(stream);
+      stream.pipe(socket);
+    });
+    socket.on("error", (err) => {
+      if (!stream.headersSent)
+        respondError(stream, 502, `target ${formatTargetAddress(target)} unreachable: ${err.message}`);
+      else if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+    });
+    stream.on("close", () => socket.destroy());
+  }
+
+  /** Closes idle target sockets. */
+  close(): void {
+    for (const agent of this.#agents.values()) agent.destroy();
+    this.#agents.clear();
+  }
+}
+
+function respondError(stream: ServerHttp2Stream, status: number, message: string): void {
+  if (stream.destroyed || stream.headersSent) return;
+  stream.respond({ ":status": status, "content-type": "text/plain; charset=utf-8" });
+  stream.end(message);
+}

@@ -1,0 +1,141 @@
+// The server's end of `GET /api/v1/revdial?runnerid=ID`: checks the handshake, upgrades to a
+// WebSocket, and registers the tunnel. It knows nothing of users or sessions: the caller passes an
+// `authorize` function that accepts the request or throws an error with a `statusCode`.
+//
+// Handshake errors are plain HTTP answers before the upgrade, JSON {"error":{"code","message"}}:
+// 400 runner id, 401 token, 403 not allowed, 429 too many tunnels. The subprotocol picks the
+// protocol: `revdial.h2` is v2; none is the legacy v1 control connection (handled by `legacy`).
+
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import { type WebSocket, WebSocketServer } from "ws";
+import type { Logger } from "../common/logger.ts";
+import { RUNNER_ID_PATTERN, SUBPROTOCOL_H2, TUNNEL_PATH } from "./constants.ts";
+import { H2Tunnel } from "./h2-tunnel.ts";
+import type { TunnelTimings } from "./tunnel.ts";
+import type { TunnelRegistry } from "./tunnel-registry.ts";
+
+export interface HandshakeError {
+  statusCode: number;
+  code: string;
+  message: string;
+}
+
+export interface TunnelEndpointOptions {
+  registry: TunnelRegistry;
+  logger: Logger;
+  timings: TunnelTimings;
+  /** Accepts the handshake or throws a HandshakeError-shaped error. */
+  authorize(req: IncomingMessage, runnerId: string): Promise<void>;
+  /** Tunnels this server holds at most; past it, 429. Default 20,000. */
+  maxTunnels?: number;
+  /** Largest WebSocket message accepted from an agent. Default 4 MiB. */
+  maxMessageBytes?: number;
+  /** Serves a legacy v1 control connection (no subprotocol), or null to refuse v1. */
+  legacy?: ((ws: WebSocket, req: IncomingMessage, runnerId: string) => void) | null;
+}
+
+export class TunnelEndpoint {
+  readonly #o: TunnelEndpointOptions;
+  readonly #wss: WebSocketServer;
+  readonly #sockets = new Set<Duplex>();
+
+  constructor(options: TunnelEndpointOptions) {
+    this.#o = options;
+    this.#wss = new WebSocketServer({
+      noServer: true,
+      perMessageDeflate: false,
+      maxPayload: options.maxMessageBytes ?? 4 * 1024 * 1024,
+      handleProtocols: (offered) => (offered.has(SUBPROTOCOL_H2) ? SUBPROTOCOL_H2 : false),
+    });
+  }
+
+  /** True when this upgrade request is for the tunnel endpoint. */
+  matches(req: IncomingMessage): boolean {
+    const url = req.url ?? "";
+    return url === TUNNEL_PATH || url.startsWith(`${TUNNEL_PATH}?`);
+  }
+
+  /** Handles one `upgrade` event of the HTTP server. */
+  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    this.#sockets.add(socket);
+    socket.once("close", () => this.#sockets.delete(socket));
+    socket.on("error", () => {});
+    const url = new URL(req.url ?? "/", "http://x");
+    const runnerId = url.searchParams.get("runnerid") ?? "";
+    try {
+      if (url.searchParams.has("revdial.dialer") && this.#o.legacy) {
+        throw { statusCode: 500, code: "RD_ERR_TUNNEL_UNKNOWN_DIALER", message: "unknown dialer" };
+      }
+      if (!RUNNER_ID_PATTERN.test(runnerId)) {
+        throw {
+          statusCode: 400,
+          code: "RD_ERR_TUNNEL_INVALID_RUNNER_ID",
+          message: "missing or invalid runnerid",
+        };
+      }
+      await this.#o.authorize(req, runnerId);
+      if (
+        this.#o.registry.size >= (this.#o.maxTunnels ?? 20_000) &&
+        !this.#o.registry.isConnected(runnerId)
+      ) {
+        throw {
+          statusCode: 429,
+          code: "RD_ERR_TUNNEL_LIMIT",
+          message: "too many tunnels on this server",
+          retryAfter: 5,
+        };
+      }
+    } catch (err) {
+      rejectHandshake(socket, err as HandshakeError & { retryAfter?: number });
+      return;
+    }
+    if (socket.destroyed) return;
+    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, req, runnerId));
+  }
+
+  #accept(ws: WebSocket, req: IncomingMessage, runnerId: string): void {
+    const remoteAddress = `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`;
+    const log = this.#o.logger.child({ runner_id: runnerId });
+    if (ws.protocol !== SUBPROTOCOL_H2) {
+      if (this.#o.legacy) this.#o.legacy(ws, req, runnerId);
+      else ws.close(1002, `subprotocol ${SUBPROTOCOL_H2} required`);
+      return;
+    }
+    const tunnel = new H2Tunnel({ runnerId, ws, remoteAddress, logger: log, timings: this.#o.timings });
+    this.#o.registry.register(tunnel);
+  }
+
+  /** Cuts handshakes still in progress. */
+  destroy(): void {
+    for (const s of this.#sockets) s.destroy();
+    this.#wss.close();
+  }
+}
+
+const REASONS: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+function rejectHandshake(socket: Duplex, err: HandshakeError & { retryAfter?: number }): void {
+  const status = typeof err?.statusCode === "number" ? err.statusCode : 500;
+  const code = typeof err?.code === "string" ? err.code : "RD_ERR_INTERNAL";
+  const message =
+    status >= 500 && status !== 503 && code === "RD_ERR_INTERNAL" ? "internal error" : String(err?.message);
+  const body = JSON.stringify({ error: { code, message } });
+  const lines = [
+    `HTTP/1.1 ${status} ${REASONS[status] ?? "Error"}`,
+    "Content-Type: application/json",
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    "Connection: close",
+  ];
+  if (err?.retryAfter) lines.push(`Retry-After: ${err.retryAfter}`);
+  if (socket.writable) socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);
+  else socket.destroy();
+}
