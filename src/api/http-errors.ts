@@ -25,6 +25,7 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = Object.freeze({
   RD_ERR_TUNNEL_ABORTED: 499,
   RD_ERR_BODY_TOO_LARGE: 413,
   RD_ERR_INVALID_OPTION: 400,
+  RD_ERR_STORE_CONFLICT: 409,
 });
 
 export interface ErrorBody {

@@ -1,0 +1,449 @@
+// Who is calling, and what they may do. Every request and every tunnel registration names a key:
+//   - user keys (`rd-` + 40 URL-safe chars), owned by a user, read or write; an admin user's keys
+//     may do anything;
+//   - session keys (`rds-` + 40), minted when a sandbox is started for a session: they reach only
+//     that session (its endpoints and its `sandbox-{sessionID}` runner id);
+//   - the runner token, a system secret (not in the store), compared in constant time: it may
+//     register `wolf-*` runner ids and nothing else.
+// Keys are stored as SHA-256 hashes only. A principal that may not see a session gets 404, never
+// 403, so one tenant cannot learn which session ids another tenant has.
+
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { mkdir, rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { FastifyRequest } from "fastify";
+import { hasCode, InvalidOptionError } from "../common/errors.ts";
+import type { Logger } from "../common/logger.ts";
+import {
+  isSessionId,
+  type KeyAccess,
+  type KeyScope,
+  type Session,
+  STORE_ERROR_CODES,
+  type Store,
+  type User,
+} from "../store/index.ts";
+import { ApiError } from "./http-errors.ts";
+
+export type PrincipalScope = "admin" | "user" | "session" | "runner";
+
+/** The authenticated caller of one request. */
+export interface Principal {
+  /** The key's id, or `runner-token` for the system secret. */
+  keyId: string;
+  /** The owning user; null for the runner token. */
+  userId: string | null;
+  admin: boolean;
+  scope: PrincipalScope;
+  /** The one session a session key reaches; null otherwise. */
+  sessionId: string | null;
+  access: KeyAccess;
+}
+
+/** What a principal may register a tunnel as (the answer of authorizeRunner). */
+export interface RunnerGrant {
+  runnerId: string;
+  kind: "wolf" | "sandbox" | "other";
+  /** For `sandbox-{sessionID}`: the session and its owner. */
+  sessionId: string | null;
+  ownerId: string | null;
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** Set by Auth.preHandler; null before it runs. */
+    principal: Principal | null;
+  }
+}
+
+export const AUTH_ERROR_CODES = Object.freeze({
+  required: "RD_ERR_AUTH_REQUIRED",
+  forbidden: "RD_ERR_AUTH_FORBIDDEN",
+  readOnly: "RD_ERR_AUTH_READ_ONLY",
+  scope: "RD_ERR_AUTH_SCOPE",
+  notOwned: "RD_ERR_AUTH_SESSION_NOT_OWNED",
+  invalidRunnerId: "RD_ERR_AUTH_INVALID_RUNNER_ID",
+  sessionNotFound: "RD_ERR_SESSION_NOT_FOUND",
+});
+
+// ---- keys -------------------------------------------------------------------------------------
+
+export const KEY_PREFIXES = Object.freeze({ user: "rd-", session: "rds-" });
+/** 30 random bytes are exactly 40 base64url characters. */
+const KEY_RANDOM_BYTES = 30;
+const USER_KEY_PATTERN = /^rd-[A-Za-z0-9_-]{40}$/;
+const SESSION_KEY_PATTERN = /^rds-[A-Za-z0-9_-]{40}$/;
+/** How much of a key is kept in clear for display (`rd-AbCd`). */
+const DISPLAY_PREFIX_CHARS = 4;
+
+export function generateKey(kind: keyof typeof KEY_PREFIXES): string {
+  return KEY_PREFIXES[kind] + randomBytes(KEY_RANDOM_BYTES).toString("base64url");
+}
+
+export function hashKey(key: string): string {
+  return createHash("sha256").update(key).digest("hex");
+}
+
+function displayPrefix(key: string): string {
+  const cut = key.indexOf("-") + 1 + DISPLAY_PREFIX_CHARS;
+  return key.slice(0, cut);
+}
+
+function constantTimeEqual(a: string, b: string): boolean {
+  // Hashing first gives equal lengths, so timingSafeEqual never throws and length does not leak.
+  return timingSafeEqual(createHash("sha256").update(a).digest(), createHash("sha256").update(b).digest());
+}
+
+/** The key a request carries: `Authorization: Bearer KEY` first, then `X-API-Key: KEY`. */
+export function keyFromHeaders(headers: Record<string, string | string[] | undefined>): string | null {
+  const authorization = headers.authorization;
+  if (typeof authorization === "string") {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
+    if (match) return match[1];
+  }
+  const apiKey = headers["x-api-key"];
+  if (typeof apiKey === "string" && apiKey.trim()) return apiKey.trim();
+  return null;
+}
+
+// ---- runner ids -------------------------------------------------------------------------------
+
+const WOLF_RUNNER_PATTERN = /^wolf-[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const SANDBOX_RUNNER_PREFIX = "sandbox-";
+/** Any runner id an admin may use: a conservative token shape, at most 128 characters. */
+const ANY_RUNNER_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+/** The session id in `sandbox-{sessionID}`, or null for any other shape. */
+export function sessionIdOfRunner(runnerId: string): string | null {
+  if (!runnerId.startsWith(SANDBOX_RUNNER_PREFIX)) return null;
+  const id = runnerId.slice(SANDBOX_RUNNER_PREFIX.length);
+  return isSessionId(id) ? id : null;
+}
+
+function invalidRunnerId(): ApiError {
+  return new ApiError(400, AUTH_ERROR_CODES.invalidRunnerId, "invalid runner ID format");
+}
+
+function notOwned(): ApiError {
+  return new ApiError(403, AUTH_ERROR_CODES.notOwned, "unauthorized: session not owned by user");
+}
+
+// ---- guards -----------------------------------------------------------------------------------
+
+/** The request's principal; 401 when the preHandler did not set one. */
+export function principalOf(request: FastifyRequest): Principal {
+  const principal = request.principal;
+  if (!principal) throw new ApiError(401, AUTH_ERROR_CODES.required, "API key required");
+  return principal;
+}
+
+export function requireAdmin(principal: Principal): void {
+  if (!principal.admin) throw new ApiError(403, AUTH_ERROR_CODES.forbidden, "admin access required");
+}
+
+/** Read access never implies write. */
+export function requireWrite(principal: Principal): void {
+  if (principal.access !== "write") {
+    throw new ApiError(
+      403,
+      AUTH_ERROR_CODES.readOnly,
+      "this API key has read access only; write access required",
+    );
+  }
+}
+
+/** A user (or admin) key: session keys and the runner token may not call user endpoints. */
+export function requireUser(principal: Principal): string {
+  if ((principal.scope !== "user" && principal.scope !== "admin") || !principal.userId) {
+    throw new ApiError(403, AUTH_ERROR_CODES.scope, `a ${principal.scope} key cannot call this endpoint`);
+  }
+  return principal.userId;
+}
+
+/** True when the principal may see and act on the session. */
+export function canAccessSession(principal: Principal, session: Session): boolean {
+  if (principal.scope === "session") return principal.sessionId === session.id;
+  if (principal.scope === "runner") return false;
+  return principal.admin || principal.userId === session.ownerId;
+}
+
+// ---- the Auth component -----------------------------------------------------------------------
+
+export interface AuthOptions {
+  store: Store;
+  /** The system secret hosts register with; unset disables the runner token. At least 8 characters. */
+  runnerToken?: string | null;
+  logger: Logger;
+  /** last_used_at is written at most once per key per this many ms (default 60 000). */
+  touchIntervalMs?: number;
+  /** Most keys whose last write time is remembered (default 10 000); the memory is cleared past it. */
+  maxTrackedKeys?: number;
+  /** Milliseconds clock for expiry and touch throttling (default Date.now). */
+  now?: () => number;
+}
+
+const AUTH_DEFAULTS = Object.freeze({
+  touchIntervalMs: 60_000,
+  maxTrackedKeys: 10_000,
+  minRunnerTokenLength: 8,
+});
+
+const RUNNER_TOKEN_PRINCIPAL: Principal = Object.freeze({
+  keyId: "runner-token",
+  userId: null,
+  admin: false,
+  scope: "runner",
+  sessionId: null,
+  access: "write",
+});
+
+function validateAuthOptions(options: AuthOptions): void {
+  if (!options?.store) throw new InvalidOptionError("store", "is required");
+  if (!options.logger) throw new InvalidOptionError("logger", "is required");
+  const token = options.runnerToken;
+  if (token != null && (typeof token !== "string" || token.length < AUTH_DEFAULTS.minRunnerTokenLength)) {
+    throw new InvalidOptionError(
+      "runnerToken",
+      `must be a string of at least ${AUTH_DEFAULTS.minRunnerTokenLength} characters`,
+    );
+  }
+  for (const name of ["touchIntervalMs", "maxTrackedKeys"] as const) {
+    const value = options[name];
+    if (value !== undefined && (!Number.isInteger(value) || value < 0)) {
+      throw new InvalidOptionError(name, "must be a non-negative integer");
+    }
+  }
+}
+
+/**
+ * Authenticates requests and authorizes tunnel registrations. Stateless apart from the memory of
+ * when each key's last_used_at was last written (bounded by maxTrackedKeys).
+ */
+export class Auth {
+  readonly #store: Store;
+  readonly #runnerToken: string | null;
+  readonly #logger: Logger;
+  readonly #touchIntervalMs: number;
+  readonly #maxTrackedKeys: number;
+  readonly #now: () => number;
+  readonly #lastTouched = new Map<string, number>();
+
+  constructor(options: AuthOptions) {
+    validateAuthOptions(options);
+    this.#store = options.store;
+    this.#runnerToken = options.runnerToken ?? null;
+    this.#logger = options.logger;
+    this.#touchIntervalMs = options.touchIntervalMs ?? AUTH_DEFAULTS.touchIntervalMs;
+    this.#maxTrackedKeys = options.maxTrackedKeys ?? AUTH_DEFAULTS.maxTrackedKeys;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** The principal for a request's headers, or null when it carries no valid key. */
+  async authenticate(headers: Record<string, string | string[] | undefined>): Promise<Principal | null> {
+    const key = keyFromHeaders(headers);
+    if (!key) return null;
+    if (this.#runnerToken && constantTimeEqual(key, this.#runnerToken)) return RUNNER_TOKEN_PRINCIPAL;
+    if (!USER_KEY_PATTERN.test(key) && !SESSION_KEY_PATTERN.test(key)) return null;
+    const found = await this.#store.apiKeys.findByHash(hashKey(key));
+    if (!found) return null;
+    const { key: record, user } = found;
+    if (record.expiresAt && record.expiresAt.getTime() <= this.#now()) return null;
+    this.#touch(record.id);
+    return principalFor(record.id, record.scope, record.access, record.sessionId, user);
+  }
+
+  /** Fastify preHandler: sets request.principal, or answers 401. */
+  readonly preHandler = async (request: FastifyRequest): Promise<void> => {
+    const hadKey = keyFromHeaders(request.headers) !== null;
+    request.principal = await this.authenticate(request.headers);
+    if (!request.principal) {
+      const message = hadKey
+        ? "invalid or expired API key"
+        : "API key required: send Authorization: Bearer KEY or X-API-Key: KEY";
+      throw new ApiError(401, AUTH_ERROR_CODES.required, message);
+    }
+  };
+
+  /**
+   * Whether `principal` may register a tunnel as `runnerId` (called by the revdial route before it
+   * accepts a tunnel). Throws an ApiError (400 / 403) when not.
+   */
+  async authorizeRunner(principal: Principal, runnerId: string): Promise<RunnerGrant> {
+    if (principal.scope === "runner") return this.#authorizeRunnerToken(runnerId);
+    if (principal.admin) return this.#authorizeAdmin(runnerId);
+    requireWrite(principal);
+    const sessionId = sessionIdOfRunner(runnerId);
+    if (!sessionId) throw invalidRunnerId();
+    if (principal.scope === "session" && principal.sessionId !== sessionId) {
+      throw new ApiError(
+        403,
+        AUTH_ERROR_CODES.forbidden,
+        "unauthorized: a session key may register only its own sandbox",
+      );
+    }
+    const session = await this.#store.sessions.get(sessionId);
+    if (!session || session.ownerId !== principal.userId) throw notOwned();
+    return { runnerId, kind: "sandbox", sessionId, ownerId: session.ownerId };
+  }
+
+  #authorizeRunnerToken(runnerId: string): RunnerGrant {
+    if (!WOLF_RUNNER_PATTERN.test(runnerId)) {
+      throw new ApiError(
+        403,
+        AUTH_ERROR_CODES.forbidden,
+        "the runner token may register only wolf-* runner ids",
+      );
+    }
+    return { runnerId, kind: "wolf", sessionId: null, ownerId: null };
+  }
+
+  async #authorizeAdmin(runnerId: string): Promise<RunnerGrant> {
+    if (!ANY_RUNNER_PATTERN.test(runnerId)) throw invalidRunnerId();
+    if (WOLF_RUNNER_PATTERN.test(runnerId)) return { runnerId, kind: "wolf", sessionId: null, ownerId: null };
+    const sessionId = sessionIdOfRunner(runnerId);
+    if (!sessionId) return { runnerId, kind: "other", sessionId: null, ownerId: null };
+    const session = await this.#store.sessions.get(sessionId);
+    return { runnerId, kind: "sandbox", sessionId, ownerId: session?.ownerId ?? null };
+  }
+
+  /** The session if the principal may see it; 404 when it is missing or someone else's. */
+  async loadOwnedSession(principal: Principal, sessionId: string): Promise<Session> {
+    const session = isSessionId(sessionId) ? await this.#store.sessions.get(sessionId) : null;
+    if (!session || !canAccessSession(principal, session)) {
+      throw new ApiError(404, AUTH_ERROR_CODES.sessionNotFound, `session ${sessionId} not found`);
+    }
+    return session;
+  }
+
+  /** Creates a user and its first write key; returns the key in clear (shown once, never stored). */
+  async createUser(input: { name: string; admin?: boolean }): Promise<{ user: User; apiKey: string }> {
+    const apiKey = generateKey("user");
+    const user = await this.#store.transaction(async (tx) => {
+      const created = await tx.users.create(input);
+      await tx.apiKeys.create(keyRecord(created.id, apiKey, "user", "write", null, "initial"));
+      return created;
+    });
+    this.#logger.info({ user_id: user.id, admin: user.admin }, "user created");
+    return { user, apiKey };
+  }
+
+  /** Mints another user key (e.g. a read-only one). */
+  async createUserKey(
+    userId: string,
+    options: { access?: KeyAccess; name?: string; expiresAt?: Date | null } = {},
+  ) {
+    const apiKey = generateKey("user");
+    const record = keyRecord(userId, apiKey, "user", options.access ?? "write", null, options.name ?? "");
+    const key = await this.#store.apiKeys.create({ ...record, expiresAt: options.expiresAt ?? null });
+    return { keyId: key.id, apiKey };
+  }
+
+  /** Mints the scoped key a sandbox registers with: it reaches only `sandbox-{session.id}`. */
+  async createSessionKey(session: Session, options: { expiresAt?: Date | null } = {}) {
+    const apiKey = generateKey("session");
+    const record = keyRecord(session.ownerId, apiKey, "session", "write", session.id, "sandbox");
+    const key = await this.#store.apiKeys.create({ ...record, expiresAt: options.expiresAt ?? null });
+    this.#logger.debug({ session_id: session.id }, "session key minted");
+    return { keyId: key.id, apiKey };
+  }
+
+  #touch(keyId: string): void {
+    const now = this.#now();
+    const last = this.#lastTouched.get(keyId);
+    if (last !== undefined && now - last < this.#touchIntervalMs) return;
+    if (this.#lastTouched.size >= this.#maxTrackedKeys) this.#lastTouched.clear();
+    this.#lastTouched.set(keyId, now);
+    this.#store.apiKeys.touch(keyId, new Date(now)).catch((err: unknown) => {
+      this.#logger.debug({ err, key_id: keyId }, "could not record key use");
+    });
+  }
+}
+
+function principalFor(
+  keyId: string,
+  scope: KeyScope,
+  access: KeyAccess,
+  sessionId: string | null,
+  user: User,
+): Principal {
+  if (scope === "session") return { keyId, userId: user.id, admin: false, scope, sessionId, access };
+  if (scope === "runner") return { keyId, userId: user.id, admin: false, scope, sessionId: null, access };
+  return {
+    keyId,
+    userId: user.id,
+    admin: user.admin,
+    scope: user.admin ? "admin" : "user",
+    sessionId: null,
+    access,
+  };
+}
+
+function keyRecord(
+  userId: string,
+  apiKey: string,
+  scope: KeyScope,
+  access: KeyAccess,
+  sessionId: string | null,
+  name: string,
+) {
+  return {
+    userId,
+    keyHash: hashKey(apiKey),
+    keyPrefix: displayPrefix(apiKey),
+    name,
+    scope,
+    access,
+    sessionId,
+  };
+}
+
+export function createAuth(options: AuthOptions): Auth {
+  return new Auth(options);
+}
+
+// ---- the first admin key ----------------------------------------------------------------------
+
+export const ADMIN_KEY_FILE = "admin.key";
+export const ADMIN_USER_NAME = "admin";
+
+export function adminKeyPath(dataDir: string): string {
+  return join(dataDir, ADMIN_KEY_FILE);
+}
+
+/**
+ * On the first start (no admin user yet): creates the admin user and key, stores only the key's
+ * hash, writes the key to `${dataDir}/admin.key` (mode 0600) and returns it for the server to
+ * print once. On later starts returns null. If an admin exists but the file is gone, it does NOT
+ * mint a second admin: it returns null and the server says where the key was expected.
+ * The file is written inside the transaction, so a failed write leaves no admin behind.
+ */
+export async function ensureAdminKey(options: {
+  store: Store;
+  dataDir: string;
+  logger: Logger;
+}): Promise<string | null> {
+  const { store, dataDir, logger } = options;
+  if (await store.users.firstAdmin()) return null;
+  const apiKey = generateKey("user");
+  const path = adminKeyPath(dataDir);
+  try {
+    await store.transaction(async (tx) => {
+      const admin = await tx.users.create({ name: ADMIN_USER_NAME, admin: true });
+      await tx.apiKeys.create(keyRecord(admin.id, apiKey, "user", "write", null, "admin"));
+      await writeSecretFile(path, apiKey);
+    });
+  } catch (err) {
+    // Another process starting on the same database made the admin first.
+    if (hasCode(err, STORE_ERROR_CODES.conflict)) return null;
+    throw err;
+  }
+  logger.info({ path }, "admin key created");
+  return apiKey;
+}
+
+async function writeSecretFile(path: string, content: string): Promise<void> {
+  await mkdir(join(path, ".."), { recursive: true });
+  const temp = `${path}.${process.pid}.tmp`;
+  await writeFile(temp, `${content}\n`, { mode: 0o600 });
+  await rename(temp, path);
+}
