@@ -39,10 +39,7 @@ export class X11Session {
   /** Connects to `display` (":N"); rejects after `timeoutMs`. */
   static open(display: string, timeoutMs: number): Promise<X11Session> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        client.stream?.destroy();
-        reject(new Error(`no answer from X display ${display} in ${timeoutMs} ms`));
-      }, timeoutMs);
+      let timer: NodeJS.Timeout | undefined;
       const client = x11.createClient({ display, shm: false }, (err, xDisplay) => {
         clearTimeout(timer);
         if (err) reject(err);
@@ -50,6 +47,10 @@ export class X11Session {
       });
       // Until the session takes over, a connection error arrives through the callback above.
       client.on("error", () => {});
+      timer = setTimeout(() => {
+        client.stream?.destroy();
+        reject(new Error(`no answer from X display ${display} in ${timeoutMs} ms`));
+      }, timeoutMs);
     });
   }
 
