@@ -160,6 +160,12 @@ export function requireUser(principal: Principal): string {
   return principal.userId;
 }
 
+/** True when a user or admin principal may see a record owned by `ownerId` (projects, tasks). */
+export function canAccessOwned(principal: Principal, ownerId: string): boolean {
+  if (principal.scope !== "user" && principal.scope !== "admin") return false;
+  return principal.admin || principal.userId === ownerId;
+}
+
 /** True when the principal may see and act on the session. */
 export function canAccessSession(principal: Principal, session: Session): boolean {
   if (principal.scope === "session") return principal.sessionId === session.id;
@@ -180,12 +186,19 @@ export interface AuthOptions {
   maxTrackedKeys?: number;
   /** Milliseconds clock for expiry and touch throttling (default Date.now). */
   now?: () => number;
+  /**
+   * How long a key's principal is remembered after a lookup (default 2 000 ms; 0 disables). Calls
+   * through the proxy are hot, and a store lookup per call would cap them; the price is that a
+   * revoked key keeps working for at most this long unless forgetSession() is called.
+   */
+  cacheTtlMs?: number;
 }
 
 const AUTH_DEFAULTS = Object.freeze({
   touchIntervalMs: 60_000,
   maxTrackedKeys: 10_000,
   minRunnerTokenLength: 8,
+  cacheTtlMs: 2_000,
 });
 
 const RUNNER_TOKEN_PRINCIPAL: Principal = Object.freeze({
@@ -207,7 +220,7 @@ function validateAuthOptions(options: AuthOptions): void {
       `must be a string of at least ${AUTH_DEFAULTS.minRunnerTokenLength} characters`,
     );
   }
-  for (const name of ["touchIntervalMs", "maxTrackedKeys"] as const) {
+  for (const name of ["touchIntervalMs", "maxTrackedKeys", "cacheTtlMs"] as const) {
     const value = options[name];
     if (value !== undefined && (!Number.isInteger(value) || value < 0)) {
       throw new InvalidOptionError(name, "must be a non-negative integer");
@@ -227,6 +240,9 @@ export class Auth {
   readonly #maxTrackedKeys: number;
   readonly #now: () => number;
   readonly #lastTouched = new Map<string, number>();
+  readonly #cacheTtlMs: number;
+  /** key hash -> principal and when to look it up again; bounded by maxTrackedKeys. */
+  readonly #cache = new Map<string, { principal: Principal; until: number }>();
 
   constructor(options: AuthOptions) {
     validateAuthOptions(options);
@@ -236,6 +252,7 @@ export class Auth {
     this.#touchIntervalMs = options.touchIntervalMs ?? AUTH_DEFAULTS.touchIntervalMs;
     this.#maxTrackedKeys = options.maxTrackedKeys ?? AUTH_DEFAULTS.maxTrackedKeys;
     this.#now = options.now ?? Date.now;
+    this.#cacheTtlMs = options.cacheTtlMs ?? AUTH_DEFAULTS.cacheTtlMs;
   }
 
   /** The principal for a request's headers, or null when it carries no valid key. */
@@ -244,12 +261,31 @@ export class Auth {
     if (!key) return null;
     if (this.#runnerToken && constantTimeEqual(key, this.#runnerToken)) return RUNNER_TOKEN_PRINCIPAL;
     if (!USER_KEY_PATTERN.test(key) && !SESSION_KEY_PATTERN.test(key)) return null;
-    const found = await this.#store.apiKeys.findByHash(hashKey(key));
+    const hash = hashKey(key);
+    const now = this.#now();
+    const cached = this.#cache.get(hash);
+    if (cached && cached.until > now) return cached.principal;
+    const found = await this.#store.apiKeys.findByHash(hash);
     if (!found) return null;
     const { key: record, user } = found;
-    if (record.expiresAt && record.expiresAt.getTime() <= this.#now()) return null;
+    if (record.expiresAt && record.expiresAt.getTime() <= now) return null;
     this.#touch(record.id);
-    return principalFor(record.id, record.scope, record.access, record.sessionId, user);
+    const principal = principalFor(record.id, record.scope, record.access, record.sessionId, user);
+    this.#remember(hash, principal, record.expiresAt ? record.expiresAt.getTime() : Number.POSITIVE_INFINITY);
+    return principal;
+  }
+
+  #remember(hash: string, principal: Principal, expiresAt: number): void {
+    if (this.#cacheTtlMs === 0) return;
+    if (this.#cache.size >= this.#maxTrackedKeys) this.#cache.clear();
+    this.#cache.set(hash, { principal, until: Math.min(expiresAt, this.#now() + this.#cacheTtlMs) });
+  }
+
+  /** Drops remembered principals of a session's keys (call when they are revoked). */
+  forgetSession(sessionId: string): void {
+    for (const [hash, entry] of this.#cache) {
+      if (entry.principal.sessionId === sessionId) this.#cache.delete(hash);
+    }
   }
 
   /** Fastify preHandler: sets request.principal, or answers 401. */
