@@ -1,0 +1,21 @@
+// The control plane's routes (users, sample projects, projects, spec tasks, sessions, and the
+// sandbox's screenshot and clipboard), registered under one app by src/api/app.ts. Each group is
+// its own file; this one only puts them together.
+
+import type { FastifyInstance } from "fastify";
+import type { ApiContext } from "../context.ts";
+import { externalAgentRoutes } from "./external-agents.ts";
+import { projectRoutes } from "./projects.ts";
+import { sampleProjectRoutes } from "./sample-projects.ts";
+import { sessionRoutes } from "./sessions.ts";
+import { specTaskRoutes } from "./spec-tasks.ts";
+import { userRoutes } from "./users.ts";
+
+export async function controlPlaneRoutes(app: FastifyInstance, ctx: ApiContext): Promise<void> {
+  await userRoutes(app, ctx);
+  await sampleProjectRoutes(app, ctx);
+  await projectRoutes(app, ctx);
+  await specTaskRoutes(app, ctx);
+  await sessionRoutes(app, ctx);
+  await externalAgentRoutes(app, ctx);
+}
