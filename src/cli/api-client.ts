@@ -1,0 +1,139 @@
+// The CLI's client for the control-plane API: a thin fetch wrapper that finds the server
+// (REVDIAL_URL, default http://127.0.0.1:8080) and the key (REVDIAL_API_KEY, else ./data/admin.key
+// when present), sends JSON, and turns every failure into an ApiRequestError carrying the HTTP
+// status and the server's code and message, which commands print as they are.
+
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { RevdialError } from "../common/errors.ts";
+
+export const DEFAULT_API_URL = "http://127.0.0.1:8080";
+/** Deadline for one API call (default 60 s), so a hung server does not hang the CLI. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+
+/** A failed API call. `status` is 0 when the server could not be reached at all. */
+export class ApiRequestError extends RevdialError {
+  readonly status: number;
+  readonly serverMessage: string;
+  readonly exitCode = 1;
+
+  constructor(status: number, code: string, serverMessage: string, options?: { cause?: unknown }) {
+    super(code, status ? `${serverMessage} (HTTP ${status})` : serverMessage, options);
+    this.status = status;
+    this.serverMessage = serverMessage;
+  }
+}
+
+export interface ApiClientOptions {
+  baseUrl: string;
+  apiKey: string | null;
+  timeoutMs?: number;
+}
+
+/** Where the CLI finds its server and key, from the environment and the working directory. */
+export function clientOptionsFromEnv(
+  env: NodeJS.ProcessEnv = process.env,
+  cwd = process.cwd(),
+): ApiClientOptions {
+  const baseUrl = (env.REVDIAL_URL || DEFAULT_API_URL).replace(/\/+$/, "");
+  return { baseUrl, apiKey: env.REVDIAL_API_KEY || adminKeyFromDisk(env, cwd) };
+}
+
+function adminKeyFromDisk(env: NodeJS.ProcessEnv, cwd: string): string | null {
+  const dataDir = env.REVDIAL_DATA_DIR || join(cwd, "data");
+  const path = join(dataDir, "admin.key");
+  if (!existsSync(path)) return null;
+  const key = readFileSync(path, "utf8").trim();
+  return key || null;
+}
+
+/** An answer whose body the caller reads (binary downloads). */
+export interface RawAnswer {
+  status: number;
+  headers: Headers;
+  body: ReadableStream<Uint8Array> | null;
+}
+
+export class ApiClient {
+  readonly baseUrl: string;
+  readonly #apiKey: string | null;
+  readonly #timeoutMs: number;
+
+  constructor(options: ApiClientOptions) {
+    this.baseUrl = options.baseUrl;
+    this.#apiKey = options.apiKey;
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  }
+
+  get<T>(path: string): Promise<T> {
+    return this.#json<T>("GET", path);
+  }
+
+  post<T>(path: string, body: unknown): Promise<T> {
+    return this.#json<T>("POST", path, body);
+  }
+
+  delete<T>(path: string): Promise<T> {
+    return this.#json<T>("DELETE", path);
+  }
+
+  /** A GET whose body is streamed to the caller; error statuses still throw ApiRequestError. */
+  async raw(path: string, headers: Record<string, string> = {}): Promise<RawAnswer> {
+    const res = await this.#fetch("GET", path, undefined, headers);
+    if (!res.ok) throw await errorFrom(res);
+    return { status: res.status, headers: res.headers, body: res.body };
+  }
+
+  async #json<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.#fetch(method, path, body);
+    if (!res.ok) throw await errorFrom(res);
+    const text = await res.text();
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  async #fetch(
+    method: string,
+    path: string,
+    body?: unknown,
+    extra: Record<string, string> = {},
+  ): Promise<Response> {
+    const headers: Record<string, string> = { accept: "application/json", ...extra };
+    if (this.#apiKey) headers.authorization = `Bearer ${this.#apiKey}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const url = this.baseUrl + path;
+    try {
+      return await fetch(url, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.#timeoutMs),
+      });
+    } catch (err) {
+      const reason = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
+      throw new ApiRequestError(0, "RD_ERR_CLI_UNREACHABLE", `cannot reach ${this.baseUrl}: ${reason}`, {
+        cause: err,
+      });
+    }
+  }
+}
+
+async function errorFrom(res: Response): Promise<ApiRequestError> {
+  const text = await res.text().catch(() => "");
+  try {
+    const body = JSON.parse(text) as { error?: { code?: string; message?: string } };
+    if (body.error?.message)
+      return new ApiRequestError(res.status, body.error.code ?? "RD_ERR_API", body.error.message);
+  } catch {
+    // Not our error shape (a proxy in between, say): fall through to the status text.
+  }
+  return new ApiRequestError(
+    res.status,
+    "RD_ERR_API",
+    text.trim().slice(0, 200) || res.statusText || "request failed",
+  );
+}
+
+/** The client for this process's environment. */
+export function createApiClient(): ApiClient {
+  return new ApiClient(clientOptionsFromEnv());
+}
