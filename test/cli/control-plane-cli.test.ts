@@ -172,7 +172,7 @@ describe("revdial CLI against a server", () => {
       } finally {
         h.dialer.connect(`sandbox-${sessionId}`, desktop.url);
       }
-      const other = await run(["spectask", "screenshot", sessionId], as(h.adminKey.slice(0, -1) + "x"));
+      const other = await run(["spectask", "screenshot", sessionId], as(`${h.adminKey.slice(0, -1)}x`));
       assert.equal(other.code, 1);
       assert.match(other.stderr, /^Error: screenshot request failed: 401 - /);
     });
