@@ -1,9 +1,9 @@
 // What every route plugin receives: the parts of the control plane, passed in (never global).
 
 import type { Logger } from "../common/logger.ts";
+import type { Store } from "../store/index.ts";
 import type { TunnelDialer } from "../tunnel/types.ts";
 import type { Auth } from "./auth.ts";
-import type { Store } from "../store/index.ts";
 
 export interface ApiConfig {
   /** The URL agents and hosts use to reach this API (what a host hands to the sandboxes it starts). */

@@ -10,6 +10,11 @@ export function installErrorHandlers(app: FastifyInstance): void {
     reply.code(status).send(errorBody(err));
   });
   app.setNotFoundHandler((request, reply) => {
-    reply.code(404).send({ error: { code: "RD_ERR_NOT_FOUND", message: `no route ${request.method} ${request.url.split("?")[0]}` } });
+    reply.code(404).send({
+      error: {
+        code: "RD_ERR_NOT_FOUND",
+        message: `no route ${request.method} ${request.url.split("?")[0]}`,
+      },
+    });
   });
 }

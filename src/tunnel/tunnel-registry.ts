@@ -73,6 +73,8 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
   readonly #now: () => number;
   readonly #live = new Map<string, Tunnel>();
   readonly #grace = new Map<string, Grace>();
+  /** Bytes carried by tunnels that have closed, so totals survive reconnects. */
+  readonly #closedBytes = { in: 0, out: 0 };
   #closed = false;
 
   constructor(options: TunnelRegistryOptions) {
@@ -118,6 +120,9 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
 
   #onTunnelClose(tunnel: Tunnel, reason: string): void {
     const runnerId = tunnel.runnerId;
+    const final = tunnel.stats();
+    this.#closedBytes.in += final.bytes_in;
+    this.#closedBytes.out += final.bytes_out;
     if (this.#live.get(runnerId) !== tunnel) return;
     this.#live.delete(runnerId);
     this.#log.info({ runner_id: runnerId, reason }, "tunnel disconnected");
@@ -160,6 +165,17 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
 
   list(): TunnelStats[] {
     return [...this.#live.values()].map((t) => t.stats());
+  }
+
+  /** Bytes carried by every tunnel this registry has held, closed ones included. */
+  bytesTotal(): { in: number; out: number } {
+    const total = { ...this.#closedBytes };
+    for (const t of this.#live.values()) {
+      const s = t.stats();
+      total.in += s.bytes_in;
+      total.out += s.bytes_out;
+    }
+    return total;
   }
 
   get size(): number {

@@ -1,0 +1,278 @@
+// `npm run bench -- tunnel`: the tunnel path against the direct path, side by side in one run.
+// A target HTTP server, the revdial server and an agent run as separate processes on 127.0.0.1;
+// the same load generators (wrk, curl, a keep-alive Node client) hit the target directly and
+// through /api/v1/revdial/{id}/proxy/…. Prints figures, ratios and the issue's bars.
+// Options: --duration 10s (wrk run), --connections 32, --idle 2000 (idle agents; 0 skips).
+
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import http from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseDuration } from "../src/common/duration.ts";
+import { type Proc, rssOf, startNode } from "./procs.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const CLI = join(ROOT, "src/cli/main.ts");
+const RUNNER_TOKEN = "bench-runner-token-0123456789";
+
+interface Options {
+  durationMs: number;
+  connections: number;
+  idle: number;
+}
+
+function parseArgs(args: string[]): Options {
+  const o: Options = { durationMs: 10_000, connections: 32, idle: 2000 };
+  for (let i = 0; i < args.length; i += 2) {
+    const [flag, value] = [args[i], args[i + 1] ?? ""];
+    if (flag === "--duration") o.durationMs = parseDuration(value);
+    else if (flag === "--connections") o.connections = Number(value);
+    else if (flag === "--idle") o.idle = Number(value);
+    else throw new Error(`unknown option ${flag}`);
+  }
+  return o;
+}
+
+interface Path {
+  name: string;
+  base: string;
+  headers: Record<string, string>;
+}
+
+export async function main(args: string[]): Promise<void> {
+  const o = parseArgs(args);
+  const dataDir = mkdtempSync(join(tmpdir(), "revdial-bench-"));
+  const procs: Proc[] = [];
+  try {
+    const target = await startNode([join(ROOT, "bench/fixtures/target.ts")], /^ready \d+/);
+    procs.push(target);
+    const targetPort = Number(target.line.split(" ")[1]);
+    const server = await startNode(
+      [
+        CLI,
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dataDir,
+        "--runner-token",
+        RUNNER_TOKEN,
+        "--log-level",
+        "warn",
+      ],
+      /^listening on /,
+    );
+    procs.push(server);
+    const serverUrl = server.line.slice("listening on ".length).trim();
+    const adminKey = readFileSync(join(dataDir, "admin.key"), "utf8").trim();
+    const agent = await startAgentProc(serverUrl, `127.0.0.1:${targetPort}`);
+    procs.push(agent);
+    await waitForTunnels(serverUrl, adminKey, 1);
+
+    const direct: Path = { name: "direct", base: `http://127.0.0.1:${targetPort}`, headers: {} };
+    const tunnel: Path = {
+      name: "tunnel",
+      base: `${serverUrl}/api/v1/revdial/wolf-bench/proxy`,
+      headers: { authorization: `Bearer ${adminKey}` },
+    };
+    console.log(
+      `revdial tunnel benchmark (node ${process.versions.node}, ${o.connections} connections, wrk ${o.durationMs / 1000}s)`,
+    );
+    console.log("");
+    await reportSequential(direct, tunnel);
+    reportThroughput(direct, tunnel, o);
+    reportLargeBody(direct, tunnel);
+    if (o.idle > 0) await reportIdle(serverUrl, adminKey, server, o.idle);
+  } finally {
+    await Promise.all(procs.reverse().map((p) => p.stop()));
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+function startAgentProc(serverUrl: string, local: string): Promise<Proc> {
+  return startNode(
+    [
+      CLI,
+      "agent",
+      "--server",
+      serverUrl,
+      "--runner-id",
+      "wolf-bench",
+      "--token",
+      RUNNER_TOKEN,
+      "--local",
+      local,
+      "--log-level",
+      "info",
+    ],
+    null,
+  );
+}
+
+async function waitForTunnels(
+  serverUrl: string,
+  adminKey: string,
+  n: number,
+  timeoutMs = 120_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const res = await fetch(`${serverUrl}/healthz`).catch(() => null);
+    const body = res ? ((await res.json()) as { tunnels: number }) : { tunnels: 0 };
+    if (body.tunnels >= n) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(
+    `only some of ${n} tunnels connected within ${timeoutMs} ms (key ${adminKey.slice(0, 3)}…)`,
+  );
+}
+
+// ---- sequential latency ----------------------------------------------------------------------
+
+async function sequential(path: Path, count: number): Promise<number[]> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const times: number[] = [];
+  for (let i = 0; i < count + 200; i++) {
+    const started = process.hrtime.bigint();
+    await new Promise<void>((resolve, reject) => {
+      http
+        .get(`${path.base}/small`, { agent, headers: path.headers }, (res) => {
+          res.resume();
+          res.on("end", resolve);
+        })
+        .on("error", reject);
+    });
+    if (i >= 200) times.push(Number(process.hrtime.bigint() - started) / 1e6);
+  }
+  agent.destroy();
+  return times.sort((a, b) => a - b);
+}
+
+function pct(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function reportSequential(direct: Path, tunnel: Path): Promise<void> {
+  const d = await sequential(direct, 2000);
+  const t = await sequential(tunnel, 2000);
+  console.log("sequential 100-byte GET, 2,000 requests (keep-alive)");
+  row(
+    "p50",
+    `${pct(d, 50).toFixed(3)} ms`,
+    `${pct(t, 50).toFixed(3)} ms`,
+    `bar <= 0.35 ms: ${pct(t, 50) <= 0.35 ? "met" : "NOT met"}`,
+  );
+  row("p99", `${pct(d, 99).toFixed(3)} ms`, `${pct(t, 99).toFixed(3)} ms`, "");
+  console.log("");
+}
+
+// ---- concurrent load (wrk) ---------------------------------------------------------------------
+
+interface WrkResult {
+  rps: number;
+  p99ms: number;
+  errors: string;
+}
+
+function wrk(path: Path, o: Options): WrkResult | null {
+  const which = spawnSync("wrk", ["--version"]);
+  if (which.error) return null;
+  const args = ["-t2", `-c${o.connections}`, `-d${Math.round(o.durationMs / 1000)}s`, "--latency"];
+  for (const [k, v] of Object.entries(path.headers)) args.push("-H", `${k}: ${v}`);
+  const out = execFileSync("wrk", [...args, `${path.base}/small`], { encoding: "utf8" });
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
+  const p99 = /99%\s+([\d.]+)(us|ms|s)/.exec(out);
+  const unit = p99?.[2] === "us" ? 0.001 : p99?.[2] === "s" ? 1000 : 1;
+  const errors = /Non-2xx or 3xx responses: (\d+)|Socket errors: ([^\n]+)/.exec(out)?.[0] ?? "";
+  return { rps, p99ms: Number(p99?.[1] ?? 0) * unit, errors };
+}
+
+function reportThroughput(direct: Path, tunnel: Path, o: Options): void {
+  const d = wrk(direct, o);
+  const t = wrk(tunnel, o);
+  console.log(`100-byte GET, ${o.connections} connections, ${o.durationMs / 1000} s (wrk)`);
+  if (!d || !t) {
+    console.log("  wrk is not installed (apt-get install wrk); skipped");
+    console.log("");
+    return;
+  }
+  const ratio = t.rps / d.rps;
+  row(
+    "req/s",
+    d.rps.toFixed(0),
+    t.rps.toFixed(0),
+    `ratio ${ratio.toFixed(3)} (bar >= 0.15: ${ratio >= 0.15 ? "met" : "NOT met"})`,
+  );
+  row("p99", `${d.p99ms.toFixed(2)} ms`, `${t.p99ms.toFixed(2)} ms`, "");
+  if (d.errors || t.errors) console.log(`  errors: direct [${d.errors}] tunnel [${t.errors}]`);
+  console.log("");
+}
+
+// ---- one large body ------------------------------------------------------------------------------
+
+function curlSpeed(path: Path): number {
+  const args = ["-s", "-o", "/dev/null", "-w", "%{speed_download}"];
+  for (const [k, v] of Object.entries(path.headers)) args.push("-H", `${k}: ${v}`);
+  const runs: number[] = [];
+  for (let i = 0; i < 3; i++)
+    runs.push(Number(execFileSync("curl", [...args, `${path.base}/big`], { encoding: "utf8" })));
+  return runs.sort((a, b) => a - b)[1] / 1e6;
+}
+
+function reportLargeBody(direct: Path, tunnel: Path): void {
+  const d = curlSpeed(direct);
+  const t = curlSpeed(tunnel);
+  const ratio = t / d;
+  console.log("one 64 MiB GET (curl, median of 3)");
+  row(
+    "MB/s",
+    d.toFixed(0),
+    t.toFixed(0),
+    `ratio ${ratio.toFixed(3)} (bar >= 0.10: ${ratio >= 0.1 ? "met" : "NOT met"})`,
+  );
+  console.log("");
+}
+
+// ---- idle tunnels -----------------------------------------------------------------------------------
+
+async function reportIdle(serverUrl: string, adminKey: string, server: Proc, count: number): Promise<void> {
+  const before = rssOf(server.child.pid!);
+  const procs: Proc[] = [];
+  const perProc = 500;
+  try {
+    const groups = Math.ceil(count / perProc);
+    const started = Date.now();
+    const waits: Promise<Proc>[] = [];
+    for (let g = 0; g < groups; g++) {
+      const n = Math.min(perProc, count - g * perProc);
+      waits.push(
+        startNode(
+          [join(ROOT, "bench/fixtures/idle-agents.ts"), serverUrl, RUNNER_TOKEN, String(n), `wolf-idle${g}`],
+          /^connected/,
+          180_000,
+        ),
+      );
+    }
+    procs.push(...(await Promise.all(waits)));
+    await waitForTunnels(serverUrl, adminKey, count + 1);
+    const connectMs = Date.now() - started;
+    await new Promise((r) => setTimeout(r, 2000));
+    const after = rssOf(server.child.pid!);
+    const perTunnel = (after - before) / count;
+    console.log(
+      `${count} idle agents in ${procs.length} processes (connected in ${(connectMs / 1000).toFixed(1)} s)`,
+    );
+    console.log(
+      `  server RSS ${(before / 1e6).toFixed(1)} MB -> ${(after / 1e6).toFixed(1)} MB: ${(perTunnel / 1024).toFixed(1)} KB per tunnel (bar <= 32 KB: ${perTunnel <= 32 * 1024 ? "met" : "NOT met"})`,
+    );
+  } finally {
+    await Promise.all(procs.map((p) => p.stop()));
+  }
+}
+
+function row(label: string, direct: string, tunnel: string, note: string): void {
+  console.log(`  ${label.padEnd(6)} direct ${direct.padStart(11)}   tunnel ${tunnel.padStart(11)}   ${note}`);
+}
+
+if (import.meta.main) await main(process.argv.slice(2));

@@ -1,0 +1,73 @@
+// Assembles the control plane's HTTP app: error handling, request logging, health, metrics, the
+// tunnel routes and the control-plane routes. The parts are built by the caller (server.ts) and
+// passed in, so tests can assemble an app around their own store or registry.
+
+import Fastify, { type FastifyInstance } from "fastify";
+import type { Logger } from "../common/logger.ts";
+import type { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
+import type { ApiContext } from "./context.ts";
+import { installErrorHandlers } from "./error-handler.ts";
+import type { ApiMetrics } from "./metrics.ts";
+import { controlPlaneRoutes } from "./routes/control-plane.ts";
+import { revdialRoutes } from "./routes/revdial.ts";
+
+export interface AppParts {
+  ctx: ApiContext;
+  endpoint: TunnelEndpoint;
+  metrics: ApiMetrics;
+  logger: Logger;
+  https?: { key: Buffer; cert: Buffer } | null;
+}
+
+export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
+  const { ctx, metrics } = parts;
+  const app = Fastify({
+    loggerInstance: parts.logger,
+    disableRequestLogging: true,
+    bodyLimit: ctx.config.bodyLimit,
+    requestIdHeader: false,
+    return503OnClosing: true,
+    forceCloseConnections: "idle",
+    ...(parts.https ? { https: parts.https } : {}),
+  }) as unknown as FastifyInstance;
+  app.decorateRequest("principal", null);
+  installErrorHandlers(app);
+  logEveryRequest(app, metrics);
+
+  app.get("/healthz", async () => ({ status: "ok", tunnels: ctx.dialer.list().length }));
+  app.get("/metrics", async (_request, reply) => {
+    reply.type(metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+  await app.register(revdialRoutes, { ctx, endpoint: parts.endpoint });
+  await app.register(async (scope) => controlPlaneRoutes(scope, ctx));
+  return app;
+}
+
+/**
+ * One log line per request, with status and duration, and session_id / runner_id when the route
+ * names one. Calls through the tunnel are hot: they log at debug so a load does not flood the log.
+ */
+function logEveryRequest(app: FastifyInstance, metrics: ApiMetrics): void {
+  app.addHook("onResponse", async (request, reply) => {
+    const params = (request.params ?? {}) as Record<string, string | undefined>;
+    const route = request.routeOptions.url ?? "unmatched";
+    const status = reply.statusCode;
+    metrics.httpRequests.inc({ route, status: `${Math.floor(status / 100)}xx` });
+    const fields: Record<string, unknown> = {
+      method: request.method,
+      path: request.url.split("?")[0],
+      status,
+      duration_ms: Math.round(reply.elapsedTime * 100) / 100,
+    };
+    const sessionId = params.sessionID ?? params.sessionId ?? params.id;
+    if (sessionId?.startsWith("ses_")) {
+      fields.session_id = sessionId;
+      fields.runner_id = `sandbox-${sessionId}`;
+    }
+    if (params.runnerId) fields.runner_id = params.runnerId;
+    const hot = route.includes("/proxy/");
+    const level = status >= 500 ? "warn" : hot ? "debug" : "info";
+    request.log[level](fields, "request");
+  });
+}

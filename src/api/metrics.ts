@@ -1,0 +1,105 @@
+// Prometheus metrics of the control plane, on a registry owned by the app (not prom-client's global
+// one, so two servers in one process, as in tests, do not collide). The tunnel registry reports
+// through the RegistryObserver hooks; HTTP requests through an onResponse hook.
+
+import client from "prom-client";
+import type { RegistryObserver } from "../tunnel/tunnel-registry.ts";
+
+export class ApiMetrics {
+  readonly registry = new client.Registry();
+  readonly tunnelsConnected: client.Gauge;
+  readonly registrations: client.Counter;
+  readonly replacements: client.Counter;
+  readonly calls: client.Counter;
+  readonly callSeconds: client.Histogram;
+  readonly bytes: client.Counter;
+  readonly graceWaits: client.Counter;
+  readonly httpRequests: client.Counter;
+  #byteSources: Array<() => { in: number; out: number }> = [];
+
+  constructor(tunnelCount: () => number) {
+    const registers = [this.registry];
+    client.collectDefaultMetrics({ register: this.registry, prefix: "revdial_process_" });
+    this.tunnelsConnected = new client.Gauge({
+      name: "revdial_tunnels_connected",
+      help: "Live tunnels on this server",
+      registers,
+      collect() {
+        this.set(tunnelCount());
+      },
+    });
+    this.registrations = new client.Counter({
+      name: "revdial_tunnel_registrations_total",
+      help: "Tunnels registered, by protocol",
+      labelNames: ["protocol"],
+      registers,
+    });
+    this.replacements = new client.Counter({
+      name: "revdial_tunnel_replacements_total",
+      help: "Tunnels closed because a newer agent registered the same runner id",
+      registers,
+    });
+    this.calls = new client.Counter({
+      name: "revdial_tunnel_calls_total",
+      help: "Calls through tunnels, by outcome",
+      labelNames: ["outcome"],
+      registers,
+    });
+    this.callSeconds = new client.Histogram({
+      name: "revdial_tunnel_call_duration_seconds",
+      help: "Time from a call's start to its response headers",
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 30],
+      registers,
+    });
+    const sources = () => this.#byteSources;
+    let reported = { in: 0, out: 0 };
+    this.bytes = new client.Counter({
+      name: "revdial_tunnel_bytes_total",
+      help: "Bytes carried by tunnels (link level), by direction from the server's side",
+      labelNames: ["direction"],
+      registers,
+      collect() {
+        const total = { in: 0, out: 0 };
+        for (const s of sources()) {
+          const b = s();
+          total.in += b.in;
+          total.out += b.out;
+        }
+        if (total.in > reported.in) this.inc({ direction: "in" }, total.in - reported.in);
+        if (total.out > reported.out) this.inc({ direction: "out" }, total.out - reported.out);
+        reported = { in: Math.max(total.in, reported.in), out: Math.max(total.out, reported.out) };
+      },
+    });
+    this.graceWaits = new client.Counter({
+      name: "revdial_tunnel_grace_waits_total",
+      help: "Calls that waited for a dropped tunnel to come back, by outcome",
+      labelNames: ["outcome"],
+      registers,
+    });
+    this.httpRequests = new client.Counter({
+      name: "revdial_http_requests_total",
+      help: "HTTP requests answered, by route and status class",
+      labelNames: ["route", "status"],
+      registers,
+    });
+  }
+
+  /** Adds a source of cumulative byte counts (the registry's closed + live tunnels). */
+  addByteSource(source: () => { in: number; out: number }): void {
+    this.#byteSources.push(source);
+  }
+
+  observer(): RegistryObserver {
+    return {
+      registered: (_id, protocol, replaced) => {
+        this.registrations.inc({ protocol });
+        if (replaced) this.replacements.inc();
+      },
+      call: (outcome, seconds) => {
+        this.calls.inc({ outcome });
+        this.callSeconds.observe(seconds);
+      },
+      graceWait: (outcome) => this.graceWaits.inc({ outcome }),
+    };
+  }
+}

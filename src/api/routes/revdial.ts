@@ -1,0 +1,143 @@
+// The tunnel's HTTP surface: the tunnel endpoint itself (an upgrade, handled on the raw server),
+// the admin's view of live tunnels, and the admin proxy that passes any request through a runner's
+// tunnel: GET|POST|PUT|PATCH|DELETE /api/v1/revdial/{runnerId}/proxy/{path}.
+
+import { Transform, type TransformCallback } from "node:stream";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { RUNNER_ID_PATTERN } from "../../tunnel/constants.ts";
+import { BodyTooLargeError } from "../../tunnel/errors.ts";
+import type { TunnelEndpoint } from "../../tunnel/tunnel-endpoint.ts";
+import { principalOf, requireAdmin } from "../auth.ts";
+import type { ApiContext } from "../context.ts";
+import { ApiError, errorBody, statusOf } from "../http-errors.ts";
+
+export interface RevdialRouteOptions {
+  ctx: ApiContext;
+  endpoint: TunnelEndpoint;
+}
+
+const PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"] as const;
+
+export async function revdialRoutes(
+  app: FastifyInstance,
+  { ctx, endpoint }: RevdialRouteOptions,
+): Promise<void> {
+  app.server.on("upgrade", (req, socket, head) => {
+    if (endpoint.matches(req)) void endpoint.handleUpgrade(req, socket, head);
+    else {
+      socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    }
+  });
+
+  app.get("/api/v1/revdial/connections", { preHandler: ctx.auth.preHandler }, async (request) => {
+    requireAdmin(principalOf(request));
+    return describeConnections(ctx);
+  });
+
+  await app.register(async (scope) => {
+    // Bodies pass through as streams: no parsing, no buffering.
+    scope.removeAllContentTypeParsers();
+    scope.addContentTypeParser("*", (_req, _payload, done) => done(null));
+    scope.route({
+      method: [...PROXY_METHODS],
+      url: "/api/v1/revdial/:runnerId/proxy/*",
+      preHandler: ctx.auth.preHandler,
+      errorHandler: (err, request, reply) => sendProxyError(request, reply, err),
+      handler: (request, reply) => proxy(ctx, request, reply),
+    });
+  });
+}
+
+async function describeConnections(ctx: ApiContext) {
+  const stats = ctx.dialer.list();
+  return Promise.all(
+    stats.map(async (s) => {
+      const sessionId = s.runner_id.startsWith("sandbox-") ? s.runner_id.slice("sandbox-".length) : null;
+      const session = sessionId ? await ctx.store.sessions.get(sessionId).catch(() => null) : null;
+      return { ...s, session_id: session ? session.id : null, owner: session ? session.ownerId : null };
+    }),
+  );
+}
+
+async function proxy(ctx: ApiContext, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+  requireAdmin(principalOf(request));
+  const { runnerId } = request.params as { runnerId: string };
+  if (!RUNNER_ID_PATTERN.test(runnerId)) {
+    throw new ApiError(400, "RD_ERR_TUNNEL_INVALID_RUNNER_ID", "invalid runner ID format");
+  }
+  const limit = ctx.config.bodyLimit;
+  const declared = Number(request.headers["content-length"] ?? 0);
+  if (declared > limit) throw new BodyTooLargeError(limit);
+  const raw = request.raw;
+  const hasBody = declared > 0 || request.headers["transfer-encoding"] !== undefined;
+  const abort = new AbortController();
+  raw.once("close", () => {
+    if (!reply.sent && !raw.complete) abort.abort(new Error("client went away"));
+  });
+  const rawUrl = request.raw.url ?? "/";
+  const marker = `/${runnerId}/proxy`;
+  const path = rawUrl.slice(rawUrl.indexOf(marker) + marker.length) || "/";
+  const limiter = hasBody ? raw.pipe(limitBytes(limit)) : null;
+  let res: Awaited<ReturnType<typeof ctx.dialer.request>>;
+  try {
+    res = await ctx.dialer.request(runnerId, {
+      method: request.method,
+      path: path.startsWith("/") ? path : `/${path}`,
+      headers: forwardHeaders(request),
+      body: limiter,
+      signal: abort.signal,
+    });
+  } catch (err) {
+    // A body cut off at the limit resets the stream; the caller should hear why.
+    throw limiter?.errored instanceof BodyTooLargeError ? limiter.errored : err;
+  }
+  reply.code(res.status);
+  reply.headers(res.headers);
+  return reply.send(res.body);
+}
+
+/** Headers the sandbox sees: the caller's, minus its credentials for this API. */
+function forwardHeaders(request: FastifyRequest): Record<string, string | string[] | undefined> {
+  const out: Record<string, string | string[] | undefined> = { ...request.headers };
+  delete out.authorization;
+  delete out["x-api-key"];
+  out["x-forwarded-for"] = request.ip;
+  return out;
+}
+
+/** Fails the stream once more than `limit` bytes went through. */
+function limitBytes(limit: number): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb: TransformCallback) {
+      seen += chunk.length;
+      if (seen > limit) cb(new BodyTooLargeError(limit));
+      else cb(null, chunk);
+    },
+  });
+}
+
+/**
+ * Proxy errors keep the seed's plain-text form (`Sandbox not connected: no connection`) unless the
+ * caller accepts JSON only, in which case it gets the usual {"error":{"code","message"}}.
+ */
+function sendProxyError(request: FastifyRequest, reply: FastifyReply, err: unknown): FastifyReply {
+  const status = statusOf(err);
+  if (status >= 500 && status !== 503 && status !== 502 && status !== 504) {
+    request.log.error({ err }, "proxy call failed");
+  }
+  const body = errorBody(err);
+  if (reply.sent || reply.raw.headersSent) {
+    reply.raw.destroy();
+    return reply;
+  }
+  reply.code(status);
+  if (acceptsJsonOnly(request.headers.accept)) return reply.send(body);
+  return reply.type("text/plain; charset=utf-8").send(body.error.message);
+}
+
+function acceptsJsonOnly(accept: string | undefined): boolean {
+  if (!accept) return false;
+  const types = accept.split(",").map((t) => t.split(";")[0].trim().toLowerCase());
+  return types.includes("application/json") && !types.some((t) => t.startsWith("text/") || t === "*/*");
+}

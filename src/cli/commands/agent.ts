@@ -1,0 +1,90 @@
+// `revdial agent`: the sandbox side of a tunnel. Dials out, registers as --runner-id, and serves the
+// API's calls by proxying them to --local (every target name) or to the --target allow-list.
+// Exit status: 0 after SIGTERM/SIGINT, 3 when a newer agent took the runner id, 2 on bad usage.
+
+import type { Command } from "commander";
+import { createLogger, type Logger } from "../../common/logger.ts";
+import { AgentClient } from "../../tunnel/agent-client.ts";
+import { TargetMap } from "../../tunnel/target-map.ts";
+import { CliUsageError, env, logLevelOption } from "../env.ts";
+import { onShutdownSignal } from "../signals.ts";
+
+export const EXIT_REPLACED = 3;
+
+export interface AgentFlags {
+  server?: string;
+  runnerId?: string;
+  token?: string;
+  local?: string;
+  target: string[];
+  logLevel: string;
+  desktop?: boolean;
+  display?: string;
+  desktopListen: string;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+export function register(program: Command): void {
+  program
+    .command("agent")
+    .description("dial out to the API and serve local services through the tunnel")
+    .option("--server <url>", "API URL, http(s):// or ws(s):// (env REVDIAL_URL)", env("REVDIAL_URL"))
+    .option(
+      "--runner-id <id>",
+      "id to register as, e.g. sandbox-ses_... (env REVDIAL_RUNNER_ID)",
+      env("REVDIAL_RUNNER_ID"),
+    )
+    .option(
+      "--token <token>",
+      "API key, sandbox key or runner token (env REVDIAL_TOKEN)",
+      env("REVDIAL_TOKEN"),
+    )
+    .option(
+      "--local <addr>",
+      "serve every target name from ADDR (host:port or unix:///path); default 127.0.0.1:9876",
+    )
+    .option("--target <name=addr>", "allow-list a named target (repeatable)", collect, [])
+    .option("--desktop", "also run the desktop service (screenshot, clipboard) and serve it as `desktop`")
+    .option("--display <display>", "X display for the desktop service (default $DISPLAY)")
+    .option("--desktop-listen <host:port>", "where the desktop service listens", "127.0.0.1:9876")
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info")
+    .action(async (flags: AgentFlags) => runAgent(flags));
+}
+
+export async function runAgent(flags: AgentFlags): Promise<void> {
+  if (!flags.server) throw new CliUsageError("--server is required (or set REVDIAL_URL)");
+  if (!flags.runnerId) throw new CliUsageError("--runner-id is required");
+  if (!flags.token) throw new CliUsageError("--token is required");
+  const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
+  const stopDesktop = flags.desktop ? await startDesktop(flags, logger) : null;
+  const local = flags.local ?? (flags.desktop ? flags.desktopListen : undefined);
+  let targets: TargetMap;
+  try {
+    targets = TargetMap.fromFlags(local, flags.target);
+  } catch (err) {
+    throw new CliUsageError((err as Error).message);
+  }
+  const agent = new AgentClient({
+    serverUrl: flags.server,
+    runnerId: flags.runnerId,
+    token: flags.token,
+    targets,
+    logger,
+  });
+  onShutdownSignal(logger, async () => {
+    await agent.close();
+    await stopDesktop?.();
+  });
+  const exit = await agent.start();
+  await stopDesktop?.();
+  process.exit(exit === "replaced" ? EXIT_REPLACED : 0);
+}
+
+async function startDesktop(flags: AgentFlags, logger: Logger): Promise<() => Promise<void>> {
+  const { startDesktopService } = await import("../../agent/desktop/desktop-service.ts");
+  const service = await startDesktopService({ listen: flags.desktopListen, display: flags.display, logger });
+  return () => service.close();
+}

@@ -1,0 +1,47 @@
+// Reading flags' fallbacks from the environment, and turning option text into checked values, the
+// same way for every command.
+
+import { parseDuration } from "../common/duration.ts";
+import { LOG_LEVELS, type LogLevel } from "../common/logger.ts";
+
+/** The first non-empty environment variable of `names`, else undefined. */
+export function env(...names: string[]): string | undefined {
+  for (const name of names) {
+    const value = process.env[name];
+    if (value !== undefined && value !== "") return value;
+  }
+  return undefined;
+}
+
+export function durationOption(name: string, text: string): number {
+  try {
+    return parseDuration(text);
+  } catch (err) {
+    throw new CliUsageError(`${name}: ${(err as Error).message}`);
+  }
+}
+
+export function logLevelOption(text: string | undefined): LogLevel {
+  const level = (text ?? "info").toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+    throw new CliUsageError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
+  }
+  return level as LogLevel;
+}
+
+export function sizeOption(name: string, text: string): number {
+  const match = /^(\d+)\s*(b|kib|kb|k|mib|mb|m|gib|gb|g)?$/i.exec(text.trim());
+  if (!match) throw new CliUsageError(`${name}: expected a size like 10MiB, got "${text}"`);
+  const unit = (match[2] ?? "b").toLowerCase();
+  const factor = unit.startsWith("g")
+    ? 1024 ** 3
+    : unit.startsWith("m")
+      ? 1024 ** 2
+      : unit.startsWith("k")
+        ? 1024
+        : 1;
+  return Number(match[1]) * factor;
+}
+
+/** A usage mistake: printed without a stack, exit status 2. */
+export class CliUsageError extends Error {}

@@ -1,0 +1,54 @@
+// `revdial-client`: the agent with the seed's single-dash flag names, so existing startup scripts
+//   revdial-client -server "http://api:8080/api/v1/revdial" -runner-id "sandbox-$ID" -token "$T"
+// run unchanged. It is the same program as `revdial agent` (protocol v2).
+
+import { type AgentFlags, runAgent } from "./commands/agent.ts";
+import { CliUsageError } from "./env.ts";
+
+const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
+  server: "server",
+  "runner-id": "runnerId",
+  token: "token",
+  local: "local",
+  target: "target",
+  "log-level": "logLevel",
+  display: "display",
+  "desktop-listen": "desktopListen",
+};
+
+const USAGE =
+  "usage: revdial-client -server URL -runner-id ID -token T [-local ADDR] [-target NAME=ADDR ...]";
+
+/** Parses Go-style flags: `-name value`, `-name=value`, `--name value`; booleans `-desktop`. */
+export function parseClientFlags(args: string[]): AgentFlags {
+  const flags: AgentFlags = { target: [], logLevel: "info", desktopListen: "127.0.0.1:9876" };
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "-h" || arg === "-help" || arg === "--help") throw new CliUsageError(USAGE);
+    const match = /^--?([a-z-]+)(?:=(.*))?$/.exec(arg);
+    if (!match) throw new CliUsageError(`unexpected argument "${arg}"\n${USAGE}`);
+    const [, name, inline] = match;
+    if (name === "desktop") {
+      flags.desktop = true;
+      continue;
+    }
+    const key = VALUE_FLAGS[name];
+    if (!key) throw new CliUsageError(`unknown flag -${name}\n${USAGE}`);
+    const value = inline ?? args[++i];
+    if (value === undefined) throw new CliUsageError(`flag -${name} needs a value`);
+    if (key === "target") flags.target.push(value);
+    else (flags as unknown as Record<string, string>)[key] = value;
+  }
+  return flags;
+}
+
+export async function main(args: string[]): Promise<void> {
+  try {
+    await runAgent(parseClientFlags(args));
+  } catch (err) {
+    process.stderr.write(`Error: ${(err as Error).message}\n`);
+    process.exitCode = err instanceof CliUsageError ? 2 : 1;
+  }
+}
+
+if (import.meta.main) await main(process.argv.slice(2));
