@@ -27,6 +27,7 @@ import {
 import { HandshakeRejectedError } from "./errors.ts";
 import type { TargetMap } from "./target-map.ts";
 import { TargetProxy } from "./target-proxy.ts";
+import { classifyTlsError, hostOf, INSECURE_WARNING } from "./tls.ts";
 import { WebSocketStream } from "./ws-stream.ts";
 
 export type AgentState = "connecting" | "connected" | "waiting" | "closed";
@@ -91,6 +92,7 @@ export class AgentClient extends EventEmitter {
   #state: AgentState | null = null;
   #ws: WebSocket | null = null;
   #session: ServerHttp2Session | null = null;
+  #link: WebSocketStream | null = null;
   #sleep: { timer: NodeJS.Timeout; wake: () => void } | null = null;
   #stopping = false;
   #exit: AgentExit = "closed";
@@ -151,7 +153,9 @@ export class AgentClient extends EventEmitter {
     return this.#exit;
   }
 
-  #logFailure(err: Error): void {
+  #logFailure(failure: Error): void {
+    // A certificate problem is named as such, not as a generic connection error.
+    const err = classifyTlsError(failure, hostOf(this.#url)) ?? failure;
     const fields: Record<string, unknown> = { err: err.message };
     if (err instanceof HandshakeRejectedError) fields.status = err.status;
     const code = (err as { code?: string }).code;
@@ -188,6 +192,8 @@ export class AgentClient extends EventEmitter {
   /** One connection: resolves when it ends normally, rejects when the handshake fails. */
   #connectOnce(): Promise<void> {
     this.#setState("connecting");
+    if (this.#url.protocol === "wss:" && this.#o.tls?.rejectUnauthorized === false)
+      this.#log.warn({ server: this.#url.origin }, INSECURE_WARNING);
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.#url, [SUBPROTOCOL_H2], {
         headers: { authorization: `Bearer ${this.#o.token}`, ...this.#o.headers },
@@ -221,6 +227,7 @@ export class AgentClient extends EventEmitter {
 
   #serve(ws: WebSocket, done: () => void): void {
     const link = new WebSocketStream(ws);
+    this.#link = link;
     this.#backoff.reset();
     this.#setState("connected");
     let lastFrameAt = Date.now();
@@ -239,6 +246,7 @@ export class AgentClient extends EventEmitter {
     ws.once("close", (code: number, reason: Buffer) => {
       clearInterval(watchdog);
       this.#session = null;
+      this.#link = null;
       this.#ws = null;
       if (code === CLOSE.REPLACED) {
         this.#log.warn("another agent registered this runner id; stopping (replaced)");
@@ -262,17 +270,20 @@ export class AgentClient extends EventEmitter {
     const ws = this.#ws;
     if (ws && ws.readyState === ws.OPEN) {
       const session = this.#session;
+      const link = this.#link;
       await new Promise<void>((resolve) => {
         const cut = setTimeout(resolve, drainMs);
-        if (session && !session.closed)
-          session.close(() => {
-            clearTimeout(cut);
-            resolve();
-          });
-        else {
+        const drained = () => {
           clearTimeout(cut);
           resolve();
-        }
+        };
+        // The session ends the link once its last stream is done (see H2Tunnel.close): waiting for
+        // the session's `close` instead would wait for the server to close the link, i.e. drainMs.
+        if (session && !session.closed && link && !link.writableFinished) {
+          link.once("finish", drained);
+          link.once("close", drained);
+          session.close();
+        } else drained();
       });
       if (ws.readyState === ws.OPEN) ws.close(CLOSE.GOING_AWAY, "agent stopping");
     } else ws?.terminate();

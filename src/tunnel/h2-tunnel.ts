@@ -248,10 +248,14 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       this.#closing = true;
       const cut = setTimeout(() => this.#closeLink(code, reason), this.#timings.drainTimeoutMs);
       cut.unref();
-      this.#session.close(() => {
+      // The session ends the link once GOAWAY is out and its last stream is done. A WebSocket cannot
+      // half-close, so that is when to close it: the session's own `close` waits for the peer to
+      // close the link, which it never does, and would hold every close() for the whole drain.
+      this.#link.once("finish", () => {
         clearTimeout(cut);
         this.#closeLink(code, reason);
       });
+      this.#session.close();
     }
     return new Promise((resolve) => {
       if (this.#closed) resolve();

@@ -1,8 +1,10 @@
 // Real sockets on 127.0.0.1 for tunnel tests: a target HTTP service, a bare tunnel server (an HTTP
 // server with the tunnel endpoint and a registry, no control plane), and agents dialing into it.
 
+import { type ChildProcess, spawn } from "node:child_process";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { fileURLToPath } from "node:url";
 import { silentLogger } from "../../src/common/logger.ts";
 import { AgentClient, type AgentClientOptions } from "../../src/tunnel/agent-client.ts";
 import { TargetMap } from "../../src/tunnel/target-map.ts";
@@ -140,4 +142,121 @@ export async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of stream) chunks.push(c as Buffer);
   return Buffer.concat(chunks);
+}
+
+/** Polls `check` until it returns true, failing with `what` after `timeoutMs`. */
+export async function pollUntil(
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 5000,
+  intervalMs = 10,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
+
+/** Resolves once the registry has dropped the runner's live tunnel. */
+export function waitDisconnected(
+  registry: TunnelRegistry,
+  runnerId: string,
+  timeoutMs = 5000,
+): Promise<string> {
+  if (!registry.isConnected(runnerId)) return Promise.resolve("not connected");
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`${runnerId} did not disconnect in ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    const on = (id: string, reason: string) => {
+      if (id !== runnerId) return;
+      clearTimeout(timer);
+      registry.off("disconnected", on);
+      resolve(reason);
+    };
+    registry.on("disconnected", on);
+  });
+}
+
+export interface AgentProcess {
+  child: ChildProcess;
+  /** Resolves once the agent reports its tunnel connected (the first time). */
+  connected: Promise<void>;
+  /** Resolves when the process has exited. */
+  exited: Promise<void>;
+  /** SIGKILLs the process (SIGCONT first if stopped) and waits for it to exit. Idempotent. */
+  kill(): Promise<void>;
+}
+
+const AGENT_FIXTURE = fileURLToPath(new URL("../tunnel/fixtures/agent-process.ts", import.meta.url));
+
+/** Runs an agent in a child process (test/tunnel/fixtures/agent-process.ts). */
+export function spawnAgentProcess(
+  serverUrl: string,
+  runnerId: string,
+  local: string,
+  timeoutMs = 10_000,
+): AgentProcess {
+  const child = spawn(process.execPath, [AGENT_FIXTURE, serverUrl, runnerId, local], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const exited = new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve();
+    else child.once("exit", () => resolve());
+  });
+  const connected = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`agent process did not connect in ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    let buffered = "";
+    child.stdout?.setEncoding("utf8");
+    child.stdout?.on("data", (text: string) => {
+      buffered += text;
+      if (buffered.includes('"state":"connected"')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`agent process exited (${code ?? signal}) before connecting`));
+    });
+  });
+  connected.catch(() => {});
+  return {
+    child,
+    connected,
+    exited,
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGCONT");
+        child.kill("SIGKILL");
+      }
+      await exited;
+    },
+  };
+}
+
+/**
+ * Resolves once the agent itself is in `state`. The server registers a tunnel as soon as it has
+ * answered the upgrade, which can be before the agent has read that answer.
+ */
+export function waitAgentState(agent: AgentClient, state: string, timeoutMs = 5000): Promise<void> {
+  if (agent.state === state) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      agent.off("state", on);
+      reject(new Error(`agent did not reach state ${state} in ${timeoutMs} ms (is ${agent.state})`));
+    }, timeoutMs);
+    const on = (s: string) => {
+      if (s !== state) return;
+      clearTimeout(timer);
+      agent.off("state", on);
+      resolve();
+    };
+    agent.on("state", on);
+  });
 }
