@@ -79,7 +79,12 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       peerMaxConcurrentStreams: 100_000,
     });
     this.#session.on("connect", () => this.#session.setLocalWindowSize(CONNECTION_WINDOW));
-    this.#session.on("error", (err) => this.#log.warn({ err: err.message }, "tunnel session error"));
+    this.#session.on("error", (err) => {
+      // The agent broke HTTP/2 (garbage, a bad preface): the tunnel's close reason says so. nghttp2
+      // has already told the agent in a GOAWAY carrying the HTTP/2 error code.
+      this.#log.warn({ err: err.message }, "tunnel session error");
+      this.#link.closeReason ??= `HTTP/2 error: ${err.message}`;
+    });
     this.#session.on("close", () => this.#finish(this.#link.closeReason ?? "session closed"));
     const check = Math.max(
       5,

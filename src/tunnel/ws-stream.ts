@@ -39,7 +39,10 @@ export class WebSocketStream extends Duplex {
     ws.binaryType = "nodebuffer";
     ws.on("message", (data: Buffer, isBinary: boolean) => this.#onMessage(data, isBinary));
     ws.on("close", (code: number, reason: Buffer) => this.#onClose(code, reason.toString()));
-    ws.on("error", (err: Error) => this.destroy(err));
+    ws.on("error", (err: Error) => {
+      this.closeReason ??= `WebSocket error: ${err.message}`;
+      this.destroy(err);
+    });
   }
 
   #onMessage(data: Buffer, isBinary: boolean): void {
