@@ -9,7 +9,7 @@
 
 import { EventEmitter } from "node:events";
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
-import { type Duplex, PassThrough, pipeline, type Readable } from "node:stream";
+import { type Duplex, PassThrough, type Readable } from "node:stream";
 import type { WebSocket } from "ws";
 import type { Logger } from "../common/logger.ts";
 import {
@@ -325,7 +325,12 @@ function fromH2Headers(h: IncomingHttpHeaders): Record<string, string | string[]
  */
 function bodyOf(stream: ClientHttp2Stream): Readable {
   const body = new PassThrough({ highWaterMark: 256 * 1024 });
-  pipeline(stream, body, () => {});
+  // A plain pipe, not pipeline(): pipeline allocates an error and an AbortController per call.
+  stream.pipe(body);
+  stream.on("error", (err) => body.destroy(err));
+  body.on("close", () => {
+    if (!stream.destroyed && !stream.readableEnded) stream.close(NGHTTP2_CANCEL);
+  });
   return body;
 }
 

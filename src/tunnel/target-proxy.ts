@@ -19,6 +19,9 @@ export interface TargetProxyOptions {
 
 const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_CANCEL } = http2.constants;
 
+/** Answers with a declared length up to this many bytes are sent whole (see sendWhole). */
+const SMALL_BODY = 64 * 1024;
+
 export class TargetProxy {
   readonly #targets: TargetMap;
   readonly #log: Logger;
@@ -82,9 +85,13 @@ export class TargetProxy {
       for (const [name, value] of Object.entries(res.headers)) {
         if (value !== undefined && !HOP_BY_HOP.has(name)) h[name] = value;
       }
-      stream.respond(h);
-      res.pipe(stream);
       res.on("error", () => stream.close(NGHTTP2_INTERNAL_ERROR));
+      const length = Number(res.headers["content-length"]);
+      if (length <= SMALL_BODY) sendWhole(stream, h, res);
+      else {
+        stream.respond(h);
+        res.pipe(stream);
+      }
     });
     req.on("error", (err) => {
       if (!stream.headersSent) {
@@ -120,6 +127,24 @@ export class TargetProxy {
     for (const agent of this.#agents.values()) agent.destroy();
     this.#agents.clear();
   }
+}
+
+/**
+ * A small answer leaves as one write (HEADERS, DATA and END_STREAM together) once it is complete:
+ * fewer frames on the link and no per-chunk stream work, which is most of the cost of a small call.
+ */
+function sendWhole(
+  stream: ServerHttp2Stream,
+  headers: Record<string, string | string[] | number>,
+  res: http.IncomingMessage,
+): void {
+  const chunks: Buffer[] = [];
+  res.on("data", (c: Buffer) => chunks.push(c));
+  res.on("end", () => {
+    if (stream.destroyed) return;
+    stream.respond(headers);
+    stream.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
+  });
 }
 
 function respondError(stream: ServerHttp2Stream, status: number, message: string): void {
