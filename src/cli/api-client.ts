@@ -1,11 +1,17 @@
 // The CLI's client for the control-plane API: a thin fetch wrapper that finds the server
 // (REVDIAL_URL, default http://127.0.0.1:8080) and the key (REVDIAL_API_KEY, else ./data/admin.key
 // when present), sends JSON, and turns every failure into an ApiRequestError carrying the HTTP
-// status and the server's code and message, which commands print as they are.
+// status and the server's code and message, which commands print as they are. HTTPS is verified
+// against the default roots, plus REVDIAL_CA_FILE; REVDIAL_INSECURE=1 turns verification off. A
+// certificate problem is reported as such (code RD_ERR_TLS_VERIFY), not as "cannot reach".
 
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { RevdialError } from "../common/errors.ts";
+import { type ClientTls, classifyTlsError, clientTls, hostOf } from "../tunnel/tls.ts";
+import { CliUsageError } from "./env.ts";
+import { fetchWithTls } from "./tls-fetch.ts";
+import { insecureFromEnv } from "./tls-options.ts";
 
 export const DEFAULT_API_URL = "http://127.0.0.1:8080";
 /** Deadline for one API call (default 60 s), so a hung server does not hang the CLI. */
@@ -28,6 +34,8 @@ export interface ApiClientOptions {
   baseUrl: string;
   apiKey: string | null;
   timeoutMs?: number;
+  /** Trust settings for https (a private CA, or verification off); default roots when unset. */
+  tls?: ClientTls;
 }
 
 /** Where the CLI finds its server and key, from the environment and the working directory. */
@@ -36,7 +44,19 @@ export function clientOptionsFromEnv(
   cwd = process.cwd(),
 ): ApiClientOptions {
   const baseUrl = (env.REVDIAL_URL || DEFAULT_API_URL).replace(/\/+$/, "");
-  return { baseUrl, apiKey: env.REVDIAL_API_KEY || adminKeyFromDisk(env, cwd) };
+  return {
+    baseUrl,
+    apiKey: env.REVDIAL_API_KEY || adminKeyFromDisk(env, cwd),
+    tls: tlsFromEnv(env),
+  };
+}
+
+function tlsFromEnv(env: NodeJS.ProcessEnv): ClientTls | undefined {
+  try {
+    return clientTls({ caFile: env.REVDIAL_CA_FILE, insecure: insecureFromEnv(env.REVDIAL_INSECURE) });
+  } catch (err) {
+    throw new CliUsageError((err as Error).message);
+  }
 }
 
 function adminKeyFromDisk(env: NodeJS.ProcessEnv, cwd: string): string | null {
@@ -58,11 +78,13 @@ export class ApiClient {
   readonly baseUrl: string;
   readonly #apiKey: string | null;
   readonly #timeoutMs: number;
+  readonly #tls: ClientTls | undefined;
 
   constructor(options: ApiClientOptions) {
     this.baseUrl = options.baseUrl;
     this.#apiKey = options.apiKey;
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.#tls = options.tls;
   }
 
   get<T>(path: string): Promise<T> {
@@ -101,14 +123,18 @@ export class ApiClient {
     if (this.#apiKey) headers.authorization = `Bearer ${this.#apiKey}`;
     if (body !== undefined) headers["content-type"] = "application/json";
     const url = this.baseUrl + path;
+    const init = {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(this.#timeoutMs),
+    };
     try {
-      return await fetch(url, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.#timeoutMs),
-      });
+      if (this.#tls && url.startsWith("https:")) return await fetchWithTls(url, init, this.#tls);
+      return await fetch(url, init);
     } catch (err) {
+      const tlsError = classifyTlsError(err, hostOf(new URL(url)));
+      if (tlsError) throw new ApiRequestError(0, tlsError.code, tlsError.message, { cause: tlsError });
       const reason = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
       throw new ApiRequestError(0, "RD_ERR_CLI_UNREACHABLE", `cannot reach ${this.baseUrl}: ${reason}`, {
         cause: err,

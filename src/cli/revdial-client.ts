@@ -3,7 +3,8 @@
 // run unchanged. It is the same program as `revdial agent` (protocol v2).
 
 import { type AgentFlags, runAgent } from "./commands/agent.ts";
-import { CliUsageError } from "./env.ts";
+import { CliUsageError, env } from "./env.ts";
+import { insecureFromEnv } from "./tls-options.ts";
 
 const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
   server: "server",
@@ -14,22 +15,31 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
   "log-level": "logLevel",
   display: "display",
   "desktop-listen": "desktopListen",
+  "ca-file": "caFile",
 };
 
 const USAGE =
-  "usage: revdial-client -server URL -runner-id ID -token T [-local ADDR] [-target NAME=ADDR ...]";
+  "usage: revdial-client -server URL -runner-id ID -token T [-local ADDR] [-target NAME=ADDR ...]\n" +
+  "                      [-ca-file FILE] [-insecure]";
 
-/** Parses Go-style flags: `-name value`, `-name=value`, `--name value`; booleans `-desktop`. */
+/** Parses Go-style flags: `-name value`, `-name=value`, `--name value`; booleans `-desktop`, `-insecure`. */
 export function parseClientFlags(args: string[]): AgentFlags {
-  const flags: AgentFlags = { target: [], logLevel: "info", desktopListen: "127.0.0.1:9876" };
+  const flags: AgentFlags = {
+    target: [],
+    logLevel: "info",
+    desktopListen: "127.0.0.1:9876",
+    caFile: env("REVDIAL_CA_FILE"),
+    insecure: insecureFromEnv(),
+  };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     if (arg === "-h" || arg === "-help" || arg === "--help") throw new CliUsageError(USAGE);
     const match = /^--?([a-z-]+)(?:=(.*))?$/.exec(arg);
     if (!match) throw new CliUsageError(`unexpected argument "${arg}"\n${USAGE}`);
     const [, name, inline] = match;
-    if (name === "desktop") {
-      flags.desktop = true;
+    if (name === "desktop" || name === "insecure") {
+      // Go's boolean flags also take `-insecure=false`.
+      flags[name] = inline === undefined || !/^(false|0)$/i.test(inline);
       continue;
     }
     const key = VALUE_FLAGS[name];

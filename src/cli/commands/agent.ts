@@ -8,10 +8,11 @@ import { AgentClient } from "../../tunnel/agent-client.ts";
 import { TargetMap } from "../../tunnel/target-map.ts";
 import { CliUsageError, env, logLevelOption } from "../env.ts";
 import { onShutdownSignal } from "../signals.ts";
+import { addTlsOptions, type TlsFlags, tlsFromFlags } from "../tls-options.ts";
 
 export const EXIT_REPLACED = 3;
 
-export interface AgentFlags {
+export interface AgentFlags extends TlsFlags {
   server?: string;
   runnerId?: string;
   token?: string;
@@ -28,7 +29,7 @@ function collect(value: string, previous: string[]): string[] {
 }
 
 export function register(program: Command): void {
-  program
+  const command = program
     .command("agent")
     .description("dial out to the API and serve local services through the tunnel")
     .option("--server <url>", "API URL, http(s):// or ws(s):// (env REVDIAL_URL)", env("REVDIAL_URL"))
@@ -50,14 +51,18 @@ export function register(program: Command): void {
     .option("--desktop", "also run the desktop service (screenshot, clipboard) and serve it as `desktop`")
     .option("--display <display>", "X display for the desktop service (default $DISPLAY)")
     .option("--desktop-listen <host:port>", "where the desktop service listens", "127.0.0.1:9876")
-    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info")
-    .action(async (flags: AgentFlags) => runAgent(flags));
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
+  // optsWithGlobals: the TLS flags may also be program-wide options (see register-commands.ts).
+  addTlsOptions(command).action(async (_flags: AgentFlags, cmd: Command) =>
+    runAgent(cmd.optsWithGlobals<AgentFlags>()),
+  );
 }
 
 export async function runAgent(flags: AgentFlags): Promise<void> {
   if (!flags.server) throw new CliUsageError("--server is required (or set REVDIAL_URL)");
   if (!flags.runnerId) throw new CliUsageError("--runner-id is required");
   if (!flags.token) throw new CliUsageError("--token is required");
+  const tls = tlsFromFlags(flags);
   const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
   const stopDesktop = flags.desktop ? await startDesktop(flags, logger) : null;
   const local = flags.local ?? (flags.desktop ? flags.desktopListen : undefined);
@@ -73,6 +78,7 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
     token: flags.token,
     targets,
     logger,
+    tls,
   });
   onShutdownSignal(logger, async () => {
     await agent.close();

@@ -1,9 +1,11 @@
-// `revdial server`: runs the control plane until SIGTERM/SIGINT, then drains and exits 0.
+// `revdial server`: runs the control plane until SIGTERM/SIGINT, then drains and exits 0. With
+// --tls-cert/--tls-key it serves HTTPS and WSS on the same listener and reloads the pair on SIGHUP.
 
 import type { Command } from "commander";
 import { startServer } from "../../api/server.ts";
-import { createLogger } from "../../common/logger.ts";
-import { durationOption, env, logLevelOption, sizeOption } from "../env.ts";
+import type { SecureContextTarget } from "../../api/tls-reloader.ts";
+import { createLogger, type Logger } from "../../common/logger.ts";
+import { CliUsageError, durationOption, env, logLevelOption, sizeOption } from "../env.ts";
 import { onShutdownSignal } from "../signals.ts";
 
 interface ServerFlags {
@@ -15,6 +17,8 @@ interface ServerFlags {
   bodyLimit: string;
   publicUrl?: string;
   logLevel: string;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 export function register(program: Command): void {
@@ -57,12 +61,23 @@ export function register(program: Command): void {
       env("REVDIAL_PUBLIC_URL"),
     )
     .option(
+      "--tls-cert <file>",
+      "serve HTTPS/WSS with this PEM certificate chain; reloaded on SIGHUP (env REVDIAL_TLS_CERT)",
+      env("REVDIAL_TLS_CERT"),
+    )
+    .option(
+      "--tls-key <file>",
+      "the certificate's PEM private key (env REVDIAL_TLS_KEY)",
+      env("REVDIAL_TLS_KEY"),
+    )
+    .option(
       "--log-level <level>",
       "fatal|error|warn|info|debug|trace (env REVDIAL_LOG_LEVEL)",
       env("REVDIAL_LOG_LEVEL") ?? "info",
     )
     .action(async (flags: ServerFlags) => {
       const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-server" });
+      const https = await tlsPairFromFlags(flags);
       const server = await startServer({
         listen: flags.listen,
         dataDir: flags.dataDir,
@@ -71,8 +86,11 @@ export function register(program: Command): void {
         gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
         bodyLimit: sizeOption("--body-limit", flags.bodyLimit),
         publicUrl: flags.publicUrl,
+        https,
         logger,
       });
+      // With https set, the listener is an https.Server.
+      if (https) await reloadOnSighup(server.app.server as unknown as SecureContextTarget, flags, logger);
       if (server.adminKey) {
         process.stdout.write(
           `admin API key (saved to ${flags.dataDir}/admin.key; shown once): ${server.adminKey}\n`,
@@ -81,4 +99,31 @@ export function register(program: Command): void {
       process.stdout.write(`listening on ${server.url}\n`);
       onShutdownSignal(logger, () => server.close());
     });
+}
+
+async function tlsPairFromFlags(flags: ServerFlags): Promise<{ cert: Buffer; key: Buffer } | null> {
+  if (!flags.tlsCert && !flags.tlsKey) return null;
+  if (!flags.tlsCert || !flags.tlsKey) throw new CliUsageError("--tls-cert and --tls-key go together");
+  const { loadTlsPair } = await import("../../api/tls-reloader.ts");
+  try {
+    const { cert, key } = await loadTlsPair(flags.tlsCert, flags.tlsKey);
+    return { cert, key };
+  } catch (err) {
+    throw new CliUsageError((err as Error).message);
+  }
+}
+
+async function reloadOnSighup(
+  server: SecureContextTarget,
+  flags: ServerFlags,
+  logger: Logger,
+): Promise<void> {
+  const { TlsReloader } = await import("../../api/tls-reloader.ts");
+  const reloader = new TlsReloader({
+    server,
+    certFile: flags.tlsCert as string,
+    keyFile: flags.tlsKey as string,
+    logger,
+  });
+  process.on("SIGHUP", () => void reloader.reload());
 }
