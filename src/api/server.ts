@@ -18,6 +18,7 @@ import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError } from "./http-errors.ts";
 import { ApiMetrics } from "./metrics.ts";
+import { SandboxTracker } from "./sandbox-tracker.ts";
 
 export interface ServerOptions {
   /** HOST:PORT to listen on. Default 127.0.0.1:8080; port 0 picks a free one. */
@@ -41,6 +42,10 @@ export interface ServerOptions {
   /** The URL agents use to reach this server (given to hosts). Default from the listen address. */
   publicUrl?: string;
   https?: { key: Buffer; cert: Buffer } | null;
+  /** A host with no heartbeat for this long and no tunnel is offline. Default 90 s. */
+  hostOfflineAfterMs?: number;
+  /** How often hosts are checked for that. Default 15 s. */
+  hostSweepIntervalMs?: number;
   logger: Logger;
 }
 
@@ -131,6 +136,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     config: { publicUrl, bodyLimit: o.bodyLimit, callTimeoutMs: o.callTimeoutMs },
   };
   const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });
+  const tracker = new SandboxTracker({
+    ctx,
+    events: registry,
+    offlineAfterMs: o.hostOfflineAfterMs,
+    sweepIntervalMs: o.hostSweepIntervalMs,
+  });
+  tracker.start();
   await app.listen({ host, port });
   const actual = (app.server.address() as AddressInfo).port;
   const url = `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${actual}`;
@@ -149,6 +161,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     close() {
       closing ??= (async () => {
         endpoint.destroy();
+        await tracker.close();
         await registry.close();
         await app.close();
         await store.close();

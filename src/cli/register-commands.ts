@@ -8,10 +8,11 @@ import * as project from "./commands/project.ts";
 import * as session from "./commands/session.ts";
 import * as spectask from "./commands/spectask.ts";
 import * as user from "./commands/user.ts";
+import * as wolf from "./commands/wolf.ts";
 import { addTlsOptions, type TlsFlags } from "./tls-options.ts";
 
 export function registerControlPlaneCommands(program: Command): void {
-  for (const command of [user, project, spectask, session, connections, doctor]) command.register(program);
+  for (const command of [user, project, spectask, session, connections, doctor, wolf]) command.register(program);
   addTlsOptions(program);
   // The commands build their API client from the environment (createApiClient), so the flags are
   // handed on as the variables they stand for; the process is the CLI's own, ending with the command.

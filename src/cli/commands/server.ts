@@ -19,6 +19,7 @@ interface ServerFlags {
   logLevel: string;
   tlsCert?: string;
   tlsKey?: string;
+  withLocalHost?: boolean;
 }
 
 export function register(program: Command): void {
@@ -71,6 +72,10 @@ export function register(program: Command): void {
       env("REVDIAL_TLS_KEY"),
     )
     .option(
+      "--with-local-host",
+      "also run a sandbox host `local` (process driver) in this process, with the runner token",
+    )
+    .option(
       "--log-level <level>",
       "fatal|error|warn|info|debug|trace (env REVDIAL_LOG_LEVEL)",
       env("REVDIAL_LOG_LEVEL") ?? "info",
@@ -97,8 +102,27 @@ export function register(program: Command): void {
         );
       }
       process.stdout.write(`listening on ${server.url}\n`);
-      onShutdownSignal(logger, () => server.close());
+      const localHost = flags.withLocalHost ? await startLocalHost(server, logger) : null;
+      onShutdownSignal(logger, async () => {
+        await localHost?.close();
+        await server.close();
+      });
     });
+}
+
+/** The sandbox host `local` (process driver), dialing this server like any remote host would. */
+async function startLocalHost(server: { url: string; runnerToken: string }, logger: Logger) {
+  const { WolfHost } = await import("../../host/wolf-host.ts");
+  const host = new WolfHost({
+    serverUrl: server.url,
+    token: server.runnerToken,
+    id: "local",
+    driver: "process",
+    logger,
+  });
+  await host.start();
+  process.stdout.write(`local sandbox host running (wolf-local, process driver, max ${host.maxSandboxes})\n`);
+  return host;
 }
 
 async function tlsPairFromFlags(flags: ServerFlags): Promise<{ cert: Buffer; key: Buffer } | null> {

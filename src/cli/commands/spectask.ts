@@ -1,6 +1,7 @@
 // `revdial spectask list [--project ID]`, `spectask create`, and the sandbox of a session:
 // `spectask screenshot SESSION_ID [-o FILE] [--format png|jpeg]` and
-// `spectask clipboard SESSION_ID [--set TEXT]`.
+// `spectask clipboard SESSION_ID [--set TEXT]`. The lifecycle (start, stop, cleanup) is in
+// spectask-lifecycle.ts and registered here.
 
 import { createWriteStream } from "node:fs";
 import { rename, rm, writeFile } from "node:fs/promises";
@@ -13,6 +14,7 @@ import { ApiRequestError, createApiClient } from "../api-client.ts";
 import { CliUsageError } from "../env.ts";
 import { formatJson, print, printList } from "../output.ts";
 import { TASK_COLUMNS } from "./project.ts";
+import { registerLifecycle } from "./spectask-lifecycle.ts";
 
 type SpecTaskView = ReturnType<typeof specTaskView>;
 
@@ -158,4 +160,6 @@ export function register(program: Command): void {
     .option("-o, --output <file>", "save an image clipboard to this file")
     .option("--json", "print JSON")
     .action(clipboard);
+
+  registerLifecycle(spectask);
 }
