@@ -12,11 +12,12 @@ import { createApiClient } from "../api-client.ts";
 import { CliUsageError, durationOption, env, logLevelOption } from "../env.ts";
 import { type Column, printList } from "../output.ts";
 import { onShutdownSignal } from "../signals.ts";
+import { addTlsOptions, type TlsFlags, tlsFromFlags } from "../tls-options.ts";
 import { EXIT_REPLACED } from "./agent.ts";
 
 type WolfView = ReturnType<typeof wolfInstanceView>;
 
-interface RunFlags {
+interface RunFlags extends TlsFlags {
   server?: string;
   token?: string;
   id?: string;
@@ -74,6 +75,7 @@ async function run(flags: RunFlags): Promise<void> {
       app: flags.app ?? null,
       labels: parseLabels(flags.label),
       heartbeatIntervalMs: durationOption("--heartbeat", flags.heartbeat),
+      agent: { tls: tlsFromFlags(flags) },
       logger,
     });
   } catch (err) {
@@ -97,7 +99,7 @@ async function run(flags: RunFlags): Promise<void> {
 export function register(program: Command): void {
   const wolf = program.command("wolf").description("sandbox hosts (Wolf instances)");
 
-  wolf
+  const runCommand = wolf
     .command("run")
     .description("run a sandbox host: register, heartbeat, and serve the lobby API through its tunnel")
     .option("--server <url>", "API URL (env REVDIAL_URL)", env("REVDIAL_URL"))
@@ -113,8 +115,9 @@ export function register(program: Command): void {
     .option("--app <command>", "command started on each sandbox's display (process driver)")
     .option("--label <key=value>", "a label (repeatable)", collect, [])
     .option("--heartbeat <duration>", "heartbeat interval", "30s")
-    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info")
-    .action(run);
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
+  // The TLS flags may also be program-wide (register-commands.ts); sandboxes inherit them as env.
+  addTlsOptions(runCommand).action((_flags: RunFlags, cmd: Command) => run(cmd.optsWithGlobals<RunFlags>()));
 
   wolf
     .command("list")
