@@ -12,7 +12,8 @@ import * as wolf from "./commands/wolf.ts";
 import { addTlsOptions, type TlsFlags } from "./tls-options.ts";
 
 export function registerControlPlaneCommands(program: Command): void {
-  for (const command of [user, project, spectask, session, connections, doctor, wolf]) command.register(program);
+  for (const command of [user, project, spectask, session, connections, doctor, wolf])
+    command.register(program);
   addTlsOptions(program);
   // The commands build their API client from the environment (createApiClient), so the flags are
   // handed on as the variables they stand for; the process is the CLI's own, ending with the command.
