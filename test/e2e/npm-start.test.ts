@@ -1,0 +1,108 @@
+// The main job on a fresh machine: `revdial server --with-local-host` (what `npm start` runs) and,
+// with nothing else started, the CLI forks the sample project, starts a planning session (--wait),
+// takes a screenshot, lists the host, and stops the session. Then SIGTERM leaves no sandbox behind.
+
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, describe, it } from "node:test";
+import { groupAlive } from "../../src/host/process-driver.ts";
+import { missingTools } from "../agent/desktop/xvfb.ts";
+import { MAIN, revdial } from "./cli-harness.ts";
+
+describe("npm start: server with a local host, then fork, start, screenshot", {
+  skip: missingTools("Xvfb"),
+}, () => {
+  let dir: string;
+  let server: ChildProcess;
+  let env: Record<string, string>;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "revdial-e2e-"));
+    server = spawn(
+      process.execPath,
+      [MAIN, "server", "--with-local-host", "--listen", "127.0.0.1:0", "--data-dir", join(dir, "data")],
+      { cwd: dir, stdio: ["ignore", "pipe", "ignore"] },
+    );
+    const lines = createInterface({ input: server.stdout! });
+    let url = "";
+    for await (const line of lines) {
+      const m = /^listening on (\S+)/.exec(line);
+      if (m) url = m[1];
+      if (line.startsWith("local sandbox host running")) break;
+    }
+    assert.ok(url, "the server printed its URL");
+    env = { REVDIAL_URL: url, REVDIAL_DATA_DIR: join(dir, "data") };
+  });
+  after(async () => {
+    if (server.exitCode === null) {
+      server.kill("SIGTERM");
+      await once(server, "exit");
+    }
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("fork, spectask start --wait, screenshot, wolf list, stop; SIGTERM leaves no sandbox", async () => {
+    const fork = await revdial(
+      ["project", "fork", "modern-todo-app", "--name", "RevDial Routing Test"],
+      env,
+      dir,
+    );
+    assert.equal(fork.code, 0, fork.stderr);
+    const list = await revdial(["spectask", "list", "--json"], env, dir);
+    const task = (JSON.parse(list.stdout) as { id: string; name: string }[]).find(
+      (t) => t.name === "Fix delete bug",
+    )!;
+    const start = await revdial(["spectask", "start", task.id, "--wait", "--timeout", "60s"], env, dir);
+    assert.equal(start.code, 0, start.stderr);
+    assert.match(start.stdout, new RegExp(`^Planning session started: ${task.id}$`, "m"));
+    const sessionId = /^Session ID: (ses_[0-9a-z]{26})$/m.exec(start.stdout)?.[1];
+    assert.ok(sessionId, start.stdout);
+    assert.match(start.stdout, /Sandbox connected \(host local/);
+
+    const shot = await revdial(["spectask", "screenshot", sessionId, "-o", "shot.png"], env, dir);
+    assert.equal(shot.code, 0, shot.stderr);
+    const bytes = await readFile(join(dir, "shot.png"));
+    assert.deepEqual(bytes.subarray(0, 4), Buffer.from([0x89, 0x50, 0x4e, 0x47]));
+
+    const wolves = await revdial(["wolf", "list"], env, dir);
+    assert.match(wolves.stdout, /^local\s+local\s+online\s+1\/10\s+up\s+\S+$/m);
+
+    const second = await revdial(
+      ["spectask", "start", (JSON.parse(list.stdout) as { id: string }[])[1].id, "--wait"],
+      env,
+      dir,
+    );
+    assert.equal(second.code, 0, second.stderr);
+    const stop = await revdial(["spectask", "stop", sessionId], env, dir);
+    assert.equal(stop.code, 0, stop.stderr);
+    assert.match(stop.stdout, new RegExp(`Session stopped: ${sessionId}`));
+    const paused = await revdial(["spectask", "screenshot", sessionId, "-o", "final.png"], env, dir);
+    assert.match(paused.stdout, /final screenshot of a stopped session/);
+
+    // The second sandbox is still running: SIGTERM to the server stops it with the host.
+    const pgids = (await pgidsOf("lobby-launcher.ts")).filter(groupAlive);
+    assert.ok(pgids.length >= 1);
+    server.kill("SIGTERM");
+    await once(server, "exit");
+    for (const pgid of pgids) assert.equal(groupAlive(pgid), false, `group ${pgid} gone`);
+  });
+});
+
+/** Process groups led by a process whose command line mentions `needle` and is a child of ours. */
+async function pgidsOf(needle: string): Promise<number[]> {
+  const { readdir } = await import("node:fs/promises");
+  const out: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmd = await readFile(`/proc/${entry}/cmdline`, "utf8");
+      if (cmd.includes(needle)) out.push(Number(entry));
+    } catch {}
+  }
+  return out;
+}
