@@ -76,7 +76,11 @@ export class TargetProxy {
       headers: outHeaders,
       agent: this.#agentFor(target),
     });
+    let answered = false;
     req.on("response", (res) => {
+      res.once("end", () => {
+        answered = true;
+      });
       if (stream.destroyed) {
         res.destroy();
         return;
@@ -100,7 +104,10 @@ export class TargetProxy {
       } else if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
     });
     stream.on("close", () => {
-      if (!req.writableFinished || !stream.writableFinished) req.destroy();
+      // Node ends a stream's writable side when the API resets it (deadline, abort), so
+      // writableFinished cannot tell a delivered answer from a cancelled call: the target's own
+      // response can. A cancelled call must free the target, not leave its request hanging.
+      if (!answered || !req.writableFinished) req.destroy();
     });
     stream.pipe(req);
   }

@@ -83,7 +83,10 @@ export class WebSocketStream extends Duplex {
 
   #send(data: Buffer, callback: Callback): void {
     if (this.ws.readyState !== this.ws.OPEN) {
-      callback(new Error("WebSocket is not open"));
+      // The link is closing: these bytes (a late RST_STREAM, PING or GOAWAY) have nobody to reach.
+      // Drop them; the WebSocket's close event ends the stream. Failing the write instead would
+      // emit 'error' on a link nobody listens to any more, and crash the process.
+      callback();
       return;
     }
     this.bytesOut += data.length;
