@@ -47,7 +47,7 @@ test("tunnel.close() with nothing in flight returns at once, and the agent recon
     () => server.registry.get(RUNNER) !== undefined && server.registry.get(RUNNER) !== tunnel,
     "the agent to reconnect",
   );
-  assert.equal(agent.state, "connected");
+  await waitAgentState(agent, "connected");
 });
 
 test("tunnel.close() lets a call in flight finish, refuses new calls, then closes", async (t) => {
