@@ -84,7 +84,8 @@ async function attacker(runnerId: string) {
 }
 
 test("wrong or missing token: 401 with a JSON error, before any upgrade", async () => {
-  for (const headers of [{ authorization: "Bearer wrong-token" }, {}]) {
+  const attempts: Array<Record<string, string>> = [{ authorization: "Bearer wrong-token" }, {}];
+  for (const headers of attempts) {
     const h = await dial("sandbox-x", headers);
     assert.ok("status" in h);
     assert.equal(h.status, 401);
