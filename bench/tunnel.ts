@@ -66,39 +66,43 @@ export async function main(args: string[]): Promise<void> {
     procs.push(server);
     const serverUrl = server.line.slice("listening on ".length).trim();
     const adminKey = readFileSync(join(dataDir, "admin.key"), "utf8").trim();
-    const agent = await startAgentProc(serverUrl, `127.0.0.1:${targetPort}`);
-    procs.push(agent);
-    await waitForTunnels(serverUrl, adminKey, 1);
+    for (const transport of ["ws", "raw"] as const) {
+      procs.push(await startAgentProc(serverUrl, `127.0.0.1:${targetPort}`, transport));
+    }
+    await waitForTunnels(serverUrl, adminKey, 2);
 
     const direct: Path = { name: "direct", base: `http://127.0.0.1:${targetPort}`, headers: {} };
-    const tunnel: Path = {
-      name: "tunnel",
-      base: `${serverUrl}/api/v1/revdial/wolf-bench/proxy`,
+    const tunnels: Path[] = (["ws", "raw"] as const).map((transport) => ({
+      name: `tunnel ${transport}`,
+      base: `${serverUrl}/api/v1/revdial/wolf-bench-${transport}/proxy`,
       headers: { authorization: `Bearer ${adminKey}` },
-    };
+    }));
     console.log(
       `revdial tunnel benchmark (node ${process.versions.node}, ${o.connections} connections, wrk ${o.durationMs / 1000}s)`,
     );
+    console.log("direct = the target itself; tunnel ws / raw = through the API and an agent on each transport");
     console.log("");
-    await reportSequential(direct, tunnel);
-    reportThroughput(direct, tunnel, o);
-    reportLargeBody(direct, tunnel);
-    if (o.idle > 0) await reportIdle(serverUrl, adminKey, server, o.idle);
+    await reportSequential(direct, tunnels);
+    reportThroughput(direct, tunnels, o);
+    reportLargeBody(direct, tunnels);
+    if (o.idle > 0) await reportIdle(serverUrl, adminKey, server, o.idle, 2);
   } finally {
     await Promise.all(procs.reverse().map((p) => p.stop()));
     rmSync(dataDir, { recursive: true, force: true });
   }
 }
 
-function startAgentProc(serverUrl: string, local: string): Promise<Proc> {
+function startAgentProc(serverUrl: string, local: string, transport: "ws" | "raw"): Promise<Proc> {
   return startNode(
     [
       CLI,
       "agent",
+      "--transport",
+      transport,
       "--server",
       serverUrl,
       "--runner-id",
-      "wolf-bench",
+      `wolf-bench-${transport}`,
       "--token",
       RUNNER_TOKEN,
       "--local",
@@ -153,17 +157,17 @@ function pct(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-async function reportSequential(direct: Path, tunnel: Path): Promise<void> {
+async function reportSequential(direct: Path, tunnels: Path[]): Promise<void> {
   const d = await sequential(direct, 2000);
-  const t = await sequential(tunnel, 2000);
+  const ts: number[][] = [];
+  for (const t of tunnels) ts.push(await sequential(t, 2000));
   console.log("sequential 100-byte GET, 2,000 requests (keep-alive)");
   row(
     "p50",
-    `${pct(d, 50).toFixed(3)} ms`,
-    `${pct(t, 50).toFixed(3)} ms`,
-    `bar <= 0.35 ms: ${pct(t, 50) <= 0.35 ? "met" : "NOT met"}`,
+    [d, ...ts].map((x) => `${pct(x, 50).toFixed(3)} ms`),
+    ts.map((x) => `${pct(x, 50) <= 0.35 ? "met" : "NOT met"}`).join(" / ") + " (bar <= 0.35 ms)",
   );
-  row("p99", `${pct(d, 99).toFixed(3)} ms`, `${pct(t, 99).toFixed(3)} ms`, "");
+  row("p99", [d, ...ts].map((x) => `${pct(x, 99).toFixed(3)} ms`), "");
   console.log("");
 }
 
@@ -188,24 +192,26 @@ function wrk(path: Path, o: Options): WrkResult | null {
   return { rps, p99ms: Number(p99?.[1] ?? 0) * unit, errors };
 }
 
-function reportThroughput(direct: Path, tunnel: Path, o: Options): void {
+function reportThroughput(direct: Path, tunnels: Path[], o: Options): void {
   const d = wrk(direct, o);
-  const t = wrk(tunnel, o);
+  const ts = tunnels.map((t) => wrk(t, o));
   console.log(`100-byte GET, ${o.connections} connections, ${o.durationMs / 1000} s (wrk)`);
-  if (!d || !t) {
+  if (!d || ts.some((t) => !t)) {
     console.log("  wrk is not installed (apt-get install wrk); skipped");
     console.log("");
     return;
   }
-  const ratio = t.rps / d.rps;
+  const results = ts as WrkResult[];
+  const ratios = results.map((t) => t.rps / d.rps);
   row(
     "req/s",
-    d.rps.toFixed(0),
-    t.rps.toFixed(0),
-    `ratio ${ratio.toFixed(3)} (bar >= 0.15: ${ratio >= 0.15 ? "met" : "NOT met"})`,
+    [d, ...results].map((x) => x.rps.toFixed(0)),
+    `ratio ${ratios.map((r) => r.toFixed(3)).join(" / ")} (bar >= 0.15: ${ratios.map((r) => (r >= 0.15 ? "met" : "NOT met")).join(" / ")})`,
   );
-  row("p99", `${d.p99ms.toFixed(2)} ms`, `${t.p99ms.toFixed(2)} ms`, "");
-  if (d.errors || t.errors) console.log(`  errors: direct [${d.errors}] tunnel [${t.errors}]`);
+  row("p99", [d, ...results].map((x) => `${x.p99ms.toFixed(2)} ms`), "");
+  for (const [i, x] of [d, ...results].entries()) {
+    if (x.errors) console.log(`  errors (${["direct", ...tunnels.map((t) => t.name)][i]}): ${x.errors}`);
+  }
   console.log("");
 }
 
@@ -220,23 +226,28 @@ function curlSpeed(path: Path): number {
   return runs.sort((a, b) => a - b)[1] / 1e6;
 }
 
-function reportLargeBody(direct: Path, tunnel: Path): void {
+function reportLargeBody(direct: Path, tunnels: Path[]): void {
   const d = curlSpeed(direct);
-  const t = curlSpeed(tunnel);
-  const ratio = t / d;
+  const ts = tunnels.map((t) => curlSpeed(t));
+  const ratios = ts.map((t) => t / d);
   console.log("one 64 MiB GET (curl, median of 3)");
   row(
     "MB/s",
-    d.toFixed(0),
-    t.toFixed(0),
-    `ratio ${ratio.toFixed(3)} (bar >= 0.10: ${ratio >= 0.1 ? "met" : "NOT met"})`,
+    [d, ...ts].map((x) => x.toFixed(0)),
+    `ratio ${ratios.map((r) => r.toFixed(3)).join(" / ")} (bar >= 0.10: ${ratios.map((r) => (r >= 0.1 ? "met" : "NOT met")).join(" / ")})`,
   );
   console.log("");
 }
 
 // ---- idle tunnels -----------------------------------------------------------------------------------
 
-async function reportIdle(serverUrl: string, adminKey: string, server: Proc, count: number): Promise<void> {
+async function reportIdle(
+  serverUrl: string,
+  adminKey: string,
+  server: Proc,
+  count: number,
+  already: number,
+): Promise<void> {
   const before = rssOf(server.child.pid!);
   const procs: Proc[] = [];
   const perProc = 500;
@@ -255,7 +266,7 @@ async function reportIdle(serverUrl: string, adminKey: string, server: Proc, cou
       );
     }
     procs.push(...(await Promise.all(waits)));
-    await waitForTunnels(serverUrl, adminKey, count + 1);
+    await waitForTunnels(serverUrl, adminKey, count + already);
     const connectMs = Date.now() - started;
     await new Promise((r) => setTimeout(r, 2000));
     const after = rssOf(server.child.pid!);
@@ -271,8 +282,10 @@ async function reportIdle(serverUrl: string, adminKey: string, server: Proc, cou
   }
 }
 
-function row(label: string, direct: string, tunnel: string, note: string): void {
-  console.log(`  ${label.padEnd(6)} direct ${direct.padStart(11)}   tunnel ${tunnel.padStart(11)}   ${note}`);
+function row(label: string, cells: string[], note: string): void {
+  const names = ["direct", "tunnel ws", "tunnel raw"];
+  const text = cells.map((c, i) => `${names[i] ?? ""} ${c.padStart(11)}`).join("   ");
+  console.log(`  ${label.padEnd(6)} ${text}   ${note}`);
 }
 
 if (import.meta.main) await main(process.argv.slice(2));

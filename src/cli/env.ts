@@ -43,5 +43,13 @@ export function sizeOption(name: string, text: string): number {
   return Number(match[1]) * factor;
 }
 
+/** The tunnel transport of an agent: `ws` (default) or `raw` (see src/tunnel/tunnel-link.ts). */
+export function transportOption(text: string | undefined): "ws" | "raw" {
+  const value = (text ?? "ws").toLowerCase();
+  if (value !== "ws" && value !== "raw")
+    throw new CliUsageError(`--transport must be ws or raw, got "${text}"`);
+  return value;
+}
+
 /** A usage mistake: printed without a stack, exit status 2. */
 export class CliUsageError extends Error {}

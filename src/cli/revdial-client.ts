@@ -16,11 +16,12 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
   display: "display",
   "desktop-listen": "desktopListen",
   "ca-file": "caFile",
+  transport: "transport",
 };
 
 const USAGE =
   "usage: revdial-client -server URL -runner-id ID -token T [-local ADDR] [-target NAME=ADDR ...]\n" +
-  "                      [-ca-file FILE] [-insecure]";
+  "                      [-ca-file FILE] [-insecure] [-transport ws|raw]";
 
 /** Parses Go-style flags: `-name value`, `-name=value`, `--name value`; booleans `-desktop`, `-insecure`. */
 export function parseClientFlags(args: string[]): AgentFlags {

@@ -1,16 +1,18 @@
-// The agent: dials OUT to the API over one WebSocket (protocol v2), then SERVES the API's calls by
-// proxying each HTTP/2 stream to a local target. This is the side that runs inside a sandbox or on
+// The agent: dials OUT to the API over one link (a WebSocket, or the raw upgraded socket; protocol
+// v2 either way), then SERVES the API's calls by proxying each HTTP/2 stream to a local target. This is the side that runs inside a sandbox or on
 // a sandbox host, behind NAT: it never accepts a connection.
 //
 // Lifecycle: connecting -> connected -> (link lost) -> waiting -> connecting ... forever, with
 // exponential backoff and full jitter, honouring Retry-After. It ends only when close()/destroy() is
 // called (result "closed") or when the server says a newer agent took the runner id (close code
-// REPLACED: result "replaced"; fighting the newer agent for the id would flap both). Each state
+// REPLACED, or a GOAWAY saying "replaced" on a raw link: result "replaced"; fighting the newer agent for the id would flap both). Each state
 // change is logged once.
 
 import { EventEmitter } from "node:events";
-import type { ClientRequest, IncomingMessage } from "node:http";
+import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import http2, { type Http2Server, type ServerHttp2Session } from "node:http2";
+import https from "node:https";
+import type { Socket } from "node:net";
 import type { SecureContextOptions } from "node:tls";
 import WebSocket from "ws";
 import { InvalidOptionError } from "../common/errors.ts";
@@ -20,6 +22,7 @@ import {
   CLOSE,
   CONNECTION_WINDOW,
   MAX_FRAME_SIZE,
+  RAW_UPGRADE,
   STREAM_WINDOW,
   SUBPROTOCOL_H2,
   TUNNEL_PATH,
@@ -28,7 +31,10 @@ import { HandshakeRejectedError } from "./errors.ts";
 import type { TargetMap } from "./target-map.ts";
 import { TargetProxy } from "./target-proxy.ts";
 import { classifyTlsError, hostOf, INSECURE_WARNING } from "./tls.ts";
+import { RawLink, type TransportName, type TunnelLink, WsLink } from "./tunnel-link.ts";
 import { WebSocketStream } from "./ws-stream.ts";
+
+const { NGHTTP2_NO_ERROR } = http2.constants;
 
 export type AgentState = "connecting" | "connected" | "waiting" | "closed";
 export type AgentExit = "closed" | "replaced";
@@ -48,6 +54,8 @@ export interface AgentClientOptions {
   deadLinkTimeoutMs?: number;
   /** Handshake deadline. Default 15 s. */
   handshakeTimeoutMs?: number;
+  /** `ws` (default; crosses WebSocket proxies) or `raw` (HTTP/2 on the upgraded socket; faster). */
+  transport?: TransportName;
   /** Extra headers for the handshake (e.g. a host's labels). */
   headers?: Record<string, string>;
   signal?: AbortSignal;
@@ -58,6 +66,7 @@ const DEFAULTS = Object.freeze({
   backoffCapMs: 30_000,
   deadLinkTimeoutMs: 45_000,
   handshakeTimeoutMs: 15_000,
+  transport: "ws" as TransportName,
 });
 
 /** Builds the tunnel URL from what a user passes as the server. */
@@ -90,9 +99,10 @@ export class AgentClient extends EventEmitter {
   readonly #proxy: TargetProxy;
   readonly #h2: Http2Server;
   #state: AgentState | null = null;
-  #ws: WebSocket | null = null;
   #session: ServerHttp2Session | null = null;
-  #link: WebSocketStream | null = null;
+  #link: TunnelLink | null = null;
+  /** Cuts whatever is open now: the handshake in progress or the live link. */
+  #cut: (() => void) | null = null;
   #sleep: { timer: NodeJS.Timeout; wake: () => void } | null = null;
   #stopping = false;
   #exit: AgentExit = "closed";
@@ -117,7 +127,9 @@ export class AgentClient extends EventEmitter {
     });
     this.#h2.on("stream", (stream, headers) => this.#proxy.handle(stream, headers));
     this.#h2.on("session", (session) => {
-      session.on("connect", () => session.setLocalWindowSize(CONNECTION_WINDOW));
+      session.on("connect", () => {
+        if (!session.destroyed) session.setLocalWindowSize(CONNECTION_WINDOW);
+      });
       session.on("error", (err) => this.#log.debug({ err: err.message }, "tunnel session error"));
     });
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
@@ -190,10 +202,15 @@ export class AgentClient extends EventEmitter {
   }
 
   /** One connection: resolves when it ends normally, rejects when the handshake fails. */
-  #connectOnce(): Promise<void> {
+  async #connectOnce(): Promise<void> {
     this.#setState("connecting");
     if (this.#url.protocol === "wss:" && this.#o.tls?.rejectUnauthorized === false)
       this.#log.warn({ server: this.#url.origin }, INSECURE_WARNING);
+    const link = this.#o.transport === "raw" ? await this.#openRaw() : await this.#openWs();
+    await new Promise<void>((resolve) => this.#serve(link, resolve));
+  }
+
+  #openWs(): Promise<TunnelLink> {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.#url, [SUBPROTOCOL_H2], {
         headers: { authorization: `Bearer ${this.#o.token}`, ...this.#o.headers },
@@ -202,7 +219,7 @@ export class AgentClient extends EventEmitter {
         maxPayload: 64 * 1024 * 1024,
         ...(this.#o.tls ?? {}),
       });
-      this.#ws = ws;
+      this.#cut = () => ws.terminate();
       let opened = false;
       ws.on("unexpected-response", (_req: ClientRequest, res: IncomingMessage) => {
         readRejection(res).then((err) => {
@@ -217,7 +234,8 @@ export class AgentClient extends EventEmitter {
           reject(new Error(`server did not accept subprotocol ${SUBPROTOCOL_H2}`));
           return;
         }
-        this.#serve(ws, resolve);
+        // Made here, in the open event, so no message can arrive before the stream listens.
+        resolve(new WsLink(new WebSocketStream(ws)));
       });
       ws.on("error", (err) => {
         if (!opened) reject(err);
@@ -225,52 +243,104 @@ export class AgentClient extends EventEmitter {
     });
   }
 
-  #serve(ws: WebSocket, done: () => void): void {
-    const link = new WebSocketStream(ws);
+  /** The raw transport: `Upgrade: revdial.h2`, then HTTP/2 on the socket itself. */
+  #openRaw(): Promise<TunnelLink> {
+    const secure = this.#url.protocol === "wss:";
+    const request = (secure ? https : http).request;
+    return new Promise((resolve, reject) => {
+      const req = request({
+        host: this.#url.hostname.replace(/^\[|\]$/g, ""),
+        port: this.#url.port || (secure ? 443 : 80),
+        path: `${this.#url.pathname}${this.#url.search}`,
+        headers: {
+          connection: "Upgrade",
+          upgrade: RAW_UPGRADE,
+          authorization: `Bearer ${this.#o.token}`,
+          ...this.#o.headers,
+        },
+        agent: false,
+        timeout: this.#o.handshakeTimeoutMs,
+        ...(secure ? (this.#o.tls ?? {}) : {}),
+      });
+      this.#cut = () => req.destroy();
+      req.on("upgrade", (res: IncomingMessage, socket: Socket, head: Buffer) => {
+        if ((res.headers.upgrade ?? "").toLowerCase() !== RAW_UPGRADE) {
+          socket.destroy();
+          reject(new Error(`server upgraded to "${res.headers.upgrade}", not ${RAW_UPGRADE}`));
+          return;
+        }
+        socket.setTimeout(0);
+        if (head.length > 0) socket.unshift(head);
+        resolve(new RawLink(socket));
+      });
+      req.on("response", (res: IncomingMessage) => {
+        readRejection(res).then(reject);
+      });
+      req.on("timeout", () =>
+        req.destroy(new Error(`handshake timed out after ${this.#o.handshakeTimeoutMs} ms`)),
+      );
+      req.on("error", reject);
+      req.end();
+    });
+  }
+
+  #serve(link: TunnelLink, done: () => void): void {
     this.#link = link;
-    this.#backoff.reset();
-    this.#setState("connected");
+    this.#cut = () => {
+      // HTTP/2 owns a raw socket once the session runs: it must be the one to close it.
+      this.#session?.destroy();
+      link.terminate();
+    };
     let lastFrameAt = Date.now();
     const alive = () => {
       lastFrameAt = Date.now();
     };
-    ws.on("message", alive);
-    ws.on("ping", alive);
-    ws.on("pong", alive);
+    link.onActivity(alive);
     const check = Math.max(5, Math.floor(this.#o.deadLinkTimeoutMs / 5));
     const watchdog = setInterval(() => {
       if (Date.now() - lastFrameAt <= this.#o.deadLinkTimeoutMs) return;
       this.#log.warn("no frame from the server within the dead-link timeout; reconnecting");
-      ws.terminate();
+      link.terminate();
     }, check);
-    ws.once("close", (code: number, reason: Buffer) => {
+    let replaced = false;
+    this.#h2.once("session", (session: ServerHttp2Session) => {
+      this.#session = session;
+      // Connected means usable: the server's SETTINGS have arrived over the link.
+      session.once("remoteSettings", () => {
+        this.#backoff.reset();
+        this.#setState("connected", { transport: link.transport });
+      });
+      // The server PINGs every interval: on a raw link that is the only sign of life below streams.
+      session.on("ping", alive);
+      session.on("goaway", (_code: number, _last: number, data?: Buffer) => {
+        if (data?.toString() === "replaced") replaced = true;
+      });
+    });
+    link.onClose((reason) => {
       clearInterval(watchdog);
       this.#session = null;
       this.#link = null;
-      this.#ws = null;
-      if (code === CLOSE.REPLACED) {
+      this.#cut = null;
+      const closeCode = link instanceof WsLink ? link.closeCode : null;
+      if (replaced || closeCode === CLOSE.REPLACED) {
         this.#log.warn("another agent registered this runner id; stopping (replaced)");
         this.#exit = "replaced";
         this.#stopping = true;
       } else if (!this.#stopping) {
-        this.#log.info({ code, reason: reason.toString() }, "tunnel lost");
+        this.#log.info({ code: closeCode ?? undefined, reason }, "tunnel lost");
       }
       done();
     });
-    this.#h2.once("session", (session: ServerHttp2Session) => {
-      this.#session = session;
-    });
-    this.#h2.emit("connection", link);
+    this.#h2.emit("connection", link.stream);
   }
 
   /** Stops reconnecting, lets calls in flight finish (bounded), closes the link. Idempotent. */
   async close(drainMs = 5000): Promise<AgentExit> {
     this.#stopping = true;
     this.#sleep?.wake();
-    const ws = this.#ws;
-    if (ws && ws.readyState === ws.OPEN) {
+    const link = this.#link;
+    if (link) {
       const session = this.#session;
-      const link = this.#link;
       await new Promise<void>((resolve) => {
         const cut = setTimeout(resolve, drainMs);
         const drained = () => {
@@ -279,14 +349,18 @@ export class AgentClient extends EventEmitter {
         };
         // The session ends the link once its last stream is done (see H2Tunnel.close): waiting for
         // the session's `close` instead would wait for the server to close the link, i.e. drainMs.
-        if (session && !session.closed && link && !link.writableFinished) {
-          link.once("finish", drained);
-          link.once("close", drained);
+        // Before the SETTINGS exchange nothing can be in flight, and HTTP/2 would wait for it.
+        const usable = this.#state === "connected" && session && !session.closed;
+        if (usable && !link.stream.writableFinished && !link.stream.destroyed) {
+          link.onWritesDone(drained);
+          link.onClose(drained);
+          // A raw link has no close frame: the reason rides in a GOAWAY of its own.
+          if (link.transport === "raw") session.goaway(NGHTTP2_NO_ERROR, 0, Buffer.from("agent stopping"));
           session.close();
         } else drained();
       });
-      if (ws.readyState === ws.OPEN) ws.close(CLOSE.GOING_AWAY, "agent stopping");
-    } else ws?.terminate();
+      link.close(CLOSE.GOING_AWAY, "agent stopping");
+    } else this.#cut?.();
     return this.#running ?? "closed";
   }
 
@@ -294,7 +368,7 @@ export class AgentClient extends EventEmitter {
   destroy(): void {
     this.#stopping = true;
     this.#sleep?.wake();
-    this.#ws?.terminate();
+    this.#cut?.();
   }
 }
 

@@ -3,6 +3,12 @@
 /** WebSocket subprotocol that selects protocol v2 (HTTP/2 over the WebSocket byte stream). */
 export const SUBPROTOCOL_H2 = "revdial.h2";
 
+/**
+ * HTTP/1.1 upgrade token of the raw transport: after `101 Switching Protocols` the socket itself
+ * carries protocol v2's HTTP/2 (no WebSocket framing). Same endpoint, same authentication.
+ */
+export const RAW_UPGRADE = "revdial.h2";
+
 /** The one endpoint for tunnels, both protocols. */
 export const TUNNEL_PATH = "/api/v1/revdial";
 

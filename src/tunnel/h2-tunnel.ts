@@ -1,16 +1,16 @@
-// The API's end of one protocol-v2 tunnel: an HTTP/2 CLIENT session over the agent's WebSocket
-// (cloudflared's reversed roles: the agent dialed out, and now serves). Each call is one HTTP/2
-// stream, so calls cost no extra round trip and any number run at once without crossing.
+// The API's end of one protocol-v2 tunnel: an HTTP/2 CLIENT session over the agent's link (a
+// WebSocket, or the raw upgraded socket; see tunnel-link.ts) — cloudflared's reversed roles: the
+// agent dialed out, and now serves. Each call is one HTTP/2 stream, so calls cost no extra round trip
+// and any number run at once without crossing.
 //
 // Liveness: every pingInterval the tunnel sends an HTTP/2 PING (its RTT is recorded) and a WebSocket
-// ping (keeps proxies from idling the link out). Any frame from the agent counts as life; after
-// deadLinkTimeout without one, the tunnel is destroyed. close() sends GOAWAY and lets calls in flight
+// ping (keeps proxies from idling the link out). Any frame from the agent and any PING answer count
+// as life; after deadLinkTimeout without one, the tunnel is destroyed. close() sends GOAWAY and lets calls in flight
 // finish within drainTimeout; destroy() cuts at once. Both are idempotent; `close` is emitted once.
 
 import { EventEmitter } from "node:events";
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
 import { type Duplex, PassThrough, type Readable } from "node:stream";
-import type { WebSocket } from "ws";
 import type { Logger } from "../common/logger.ts";
 import {
   CLOSE,
@@ -22,19 +22,19 @@ import {
 } from "./constants.ts";
 import { TunnelAbortedError, TunnelClosedError, TunnelStreamError, TunnelTimeoutError } from "./errors.ts";
 import type { Tunnel, TunnelTimings } from "./tunnel.ts";
+import type { TunnelLink } from "./tunnel-link.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "./types.ts";
-import { WebSocketStream } from "./ws-stream.ts";
 
 export interface H2TunnelOptions {
   runnerId: string;
-  ws: WebSocket;
+  link: TunnelLink;
   remoteAddress: string;
   logger: Logger;
   timings: TunnelTimings;
   now?: () => number;
 }
 
-const { NGHTTP2_CANCEL } = http2.constants;
+const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
 
 export class H2Tunnel extends EventEmitter implements Tunnel {
   readonly runnerId: string;
@@ -44,7 +44,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
   readonly #log: Logger;
   readonly #timings: TunnelTimings;
   readonly #now: () => number;
-  readonly #link: WebSocketStream;
+  readonly #link: TunnelLink;
   readonly #session: ClientHttp2Session;
   readonly #timer: NodeJS.Timeout;
   #lastFrameAt: number;
@@ -61,29 +61,29 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     this.#timings = options.timings;
     this.#now = options.now ?? Date.now;
     this.#lastFrameAt = this.#now();
-    const ws = options.ws;
-    this.#link = new WebSocketStream(ws);
-    const alive = () => {
+    this.#link = options.link;
+    this.#link.onActivity(() => {
       this.#lastFrameAt = this.#now();
-    };
-    ws.on("message", alive);
-    ws.on("pong", alive);
-    ws.on("ping", alive);
-    ws.on("close", (code: number, reason: Buffer) =>
-      this.#finish(reason.toString() || `websocket closed (${code})`),
-    );
+    });
+    this.#link.onClose((reason) => this.#finish(reason));
     this.#session = http2.connect("http://revdial.tunnel", {
-      createConnection: () => this.#link,
+      createConnection: () => this.#link.stream,
       settings: { initialWindowSize: STREAM_WINDOW, enablePush: false, maxFrameSize: MAX_FRAME_SIZE },
       maxSessionMemory: 256,
       peerMaxConcurrentStreams: 100_000,
     });
-    this.#session.on("connect", () => this.#session.setLocalWindowSize(CONNECTION_WINDOW));
+    this.#session.on("connect", () => {
+      if (!this.#session.destroyed) this.#session.setLocalWindowSize(CONNECTION_WINDOW);
+    });
     this.#session.on("error", (err) => {
       // The agent broke HTTP/2 (garbage, a bad preface): the tunnel's close reason says so. nghttp2
       // has already told the agent in a GOAWAY carrying the HTTP/2 error code.
       this.#log.warn({ err: err.message }, "tunnel session error");
       this.#link.closeReason ??= `HTTP/2 error: ${err.message}`;
+    });
+    this.#session.on("goaway", (_code: number, _last: number, data?: Buffer) => {
+      // An agent that leaves in order says why (a raw link has no close frame to carry it).
+      if (data && data.length > 0) this.#link.closeReason ??= data.subarray(0, 120).toString("utf8");
     });
     this.#session.on("close", () => this.#finish(this.#link.closeReason ?? "session closed"));
     const check = Math.max(
@@ -106,14 +106,12 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     if (this.#closed) return;
     if (!this.#session.destroyed) {
       this.#session.ping((err, duration) => {
-        if (!err) this.#rttMs = Math.round(duration * 1000) / 1000;
+        if (err) return;
+        this.#lastFrameAt = this.#now();
+        this.#rttMs = Math.round(duration * 1000) / 1000;
       });
     }
-    try {
-      this.#link.ws.ping();
-    } catch {
-      // The socket is closing; the close event tears the tunnel down.
-    }
+    this.#link.ping();
   }
 
   #checkAlive(): void {
@@ -121,7 +119,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     if (silent <= this.#timings.deadLinkTimeoutMs) return;
     this.#log.warn({ silent_ms: silent }, "tunnel dead: no frame within the dead-link timeout");
     this.#link.closeReason = "dead link";
-    this.#link.ws.terminate();
+    this.#link.terminate();
     this.destroy(new Error("dead link"));
   }
 
@@ -129,6 +127,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     return {
       runner_id: this.runnerId,
       protocol: this.protocol,
+      transport: this.#link.transport,
       connected_at: this.connectedAt.toISOString(),
       remote_address: this.remoteAddress,
       rtt_ms: this.#rttMs,
@@ -256,10 +255,12 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       // The session ends the link once GOAWAY is out and its last stream is done. A WebSocket cannot
       // half-close, so that is when to close it: the session's own `close` waits for the peer to
       // close the link, which it never does, and would hold every close() for the whole drain.
-      this.#link.once("finish", () => {
+      this.#link.onWritesDone(() => {
         clearTimeout(cut);
         this.#closeLink(code, reason);
       });
+      // The reason rides in the GOAWAY too: a raw link has no close code to carry "replaced".
+      this.#session.goaway(NGHTTP2_NO_ERROR, 0, Buffer.from(reason));
       this.#session.close();
     }
     return new Promise((resolve) => {
@@ -269,20 +270,15 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
   }
 
   #closeLink(code: number, reason: string): void {
-    this.#link.closeReason ??= reason;
-    const ws = this.#link.ws;
-    if (ws.readyState === ws.OPEN) ws.close(code, reason);
-    const hard = setTimeout(() => ws.terminate(), 2000);
-    hard.unref();
-    ws.once("close", () => clearTimeout(hard));
+    this.#link.close(code, reason);
   }
 
   destroy(err?: Error): void {
     if (this.#closed) return;
     this.#link.closeReason ??= err?.message ?? "destroyed";
     this.#session.destroy();
-    this.#link.destroy();
-    this.#finish(this.#link.closeReason);
+    this.#link.terminate();
+    this.#finish(this.#link.closeReason ?? "destroyed");
   }
 
   #finish(reason: string): void {

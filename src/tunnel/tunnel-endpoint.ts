@@ -1,5 +1,5 @@
-// The server's end of `GET /api/v1/revdial?runnerid=ID`: checks the handshake, upgrades to a
-// WebSocket, and registers the tunnel. It knows nothing of users or sessions: the caller passes an
+// The server's end of `GET /api/v1/revdial?runnerid=ID`: checks the handshake, upgrades (to a
+// WebSocket, or with `Upgrade: revdial.h2` to the raw socket), and registers the tunnel. It knows nothing of users or sessions: the caller passes an
 // `authorize` function that accepts the request or throws an error with a `statusCode`.
 //
 // Handshake errors are plain HTTP answers before the upgrade, JSON {"error":{"code","message"}}:
@@ -7,13 +7,16 @@
 // protocol: `revdial.h2` is v2; none is the legacy v1 control connection (handled by `legacy`).
 
 import type { IncomingMessage } from "node:http";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { type WebSocket, WebSocketServer } from "ws";
 import type { Logger } from "../common/logger.ts";
-import { RUNNER_ID_PATTERN, SUBPROTOCOL_H2, TUNNEL_PATH } from "./constants.ts";
+import { RAW_UPGRADE, RUNNER_ID_PATTERN, SUBPROTOCOL_H2, TUNNEL_PATH } from "./constants.ts";
 import { H2Tunnel } from "./h2-tunnel.ts";
 import type { TunnelTimings } from "./tunnel.ts";
+import { RawLink, type TunnelLink, WsLink } from "./tunnel-link.ts";
 import type { TunnelRegistry } from "./tunnel-registry.ts";
+import { WebSocketStream } from "./ws-stream.ts";
 
 export interface HandshakeError {
   statusCode: number;
@@ -91,18 +94,38 @@ export class TunnelEndpoint {
       return;
     }
     if (socket.destroyed) return;
-    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, req, runnerId));
+    if (isRawUpgrade(req)) this.#acceptRaw(req, socket as Socket, head, runnerId);
+    else this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, req, runnerId));
+  }
+
+  /**
+   * The raw transport: answer 101 and run HTTP/2 on the socket itself. The session starts only once
+   * the 101 has reached the socket: HTTP/2 writes natively, past anything still queued in JavaScript.
+   */
+  #acceptRaw(req: IncomingMessage, socket: Socket, head: Buffer, runnerId: string): void {
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${RAW_UPGRADE}\r\n\r\n`,
+      (err) => {
+        if (err || socket.destroyed) return;
+        if (head.length > 0) socket.unshift(head);
+        this.#register(new RawLink(socket), req, runnerId);
+      },
+    );
   }
 
   #accept(ws: WebSocket, req: IncomingMessage, runnerId: string): void {
-    const remoteAddress = `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`;
-    const log = this.#o.logger.child({ runner_id: runnerId });
     if (ws.protocol !== SUBPROTOCOL_H2) {
       if (this.#o.legacy) this.#o.legacy(ws, req, runnerId);
       else ws.close(1002, `subprotocol ${SUBPROTOCOL_H2} required`);
       return;
     }
-    const tunnel = new H2Tunnel({ runnerId, ws, remoteAddress, logger: log, timings: this.#o.timings });
+    this.#register(new WsLink(new WebSocketStream(ws)), req, runnerId);
+  }
+
+  #register(link: TunnelLink, req: IncomingMessage, runnerId: string): void {
+    const remoteAddress = `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`;
+    const logger = this.#o.logger.child({ runner_id: runnerId });
+    const tunnel = new H2Tunnel({ runnerId, link, remoteAddress, logger, timings: this.#o.timings });
     this.#o.registry.register(tunnel);
   }
 
@@ -111,6 +134,11 @@ export class TunnelEndpoint {
     for (const s of this.#sockets) s.destroy();
     this.#wss.close();
   }
+}
+
+/** True for `Connection: Upgrade` + `Upgrade: revdial.h2` (the raw transport), not a WebSocket. */
+function isRawUpgrade(req: IncomingMessage): boolean {
+  return (req.headers.upgrade ?? "").trim().toLowerCase() === RAW_UPGRADE;
 }
 
 const REASONS: Record<number, string> = {

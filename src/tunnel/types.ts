@@ -32,6 +32,8 @@ export interface TunnelResponse {
 export interface TunnelStats {
   runner_id: string;
   protocol: TunnelProtocol;
+  /** What carries the bytes: WebSocket messages, or the raw upgraded socket. */
+  transport: "ws" | "raw";
   connected_at: string;
   remote_address: string;
   rtt_ms: number | null;

@@ -100,6 +100,12 @@ export async function startTunnelServer(
   };
 }
 
+/**
+ * The transport agents use in tunnel tests: `ws` by default; REVDIAL_TEST_TRANSPORT=raw runs the same
+ * suite over the raw upgraded socket (CI runs both).
+ */
+export const TEST_TRANSPORT: "ws" | "raw" = process.env.REVDIAL_TEST_TRANSPORT === "raw" ? "raw" : "ws";
+
 export function startAgent(
   serverUrl: string,
   runnerId: string,
@@ -114,6 +120,7 @@ export function startAgent(
     logger: silentLogger(),
     backoffBaseMs: 20,
     backoffCapMs: 200,
+    transport: TEST_TRANSPORT,
     ...extra,
   });
   void agent.start();

@@ -4,9 +4,10 @@
 
 import assert from "node:assert/strict";
 import http from "node:http";
+import type { Duplex } from "node:stream";
 import { test } from "node:test";
 import { WebSocketServer } from "ws";
-import { SUBPROTOCOL_H2 } from "../../src/tunnel/constants.ts";
+import { RAW_UPGRADE, SUBPROTOCOL_H2 } from "../../src/tunnel/constants.ts";
 import {
   listen,
   pollUntil,
@@ -15,6 +16,7 @@ import {
   startAgent,
   startTarget,
   startTunnelServer,
+  TEST_TRANSPORT,
   waitConnected,
   waitDisconnected,
 } from "../helpers/tunnel-harness.ts";
@@ -65,14 +67,26 @@ test("agent side: a server that goes silent is dropped after the agent's dead-li
   // Accepts tunnels, never sends a byte (not even HTTP/2 SETTINGS), never pings.
   const wss = new WebSocketServer({ noServer: true, handleProtocols: () => SUBPROTOCOL_H2 });
   const accepted: number[] = [];
+  const rawSockets: Duplex[] = [];
   const server = await listen(http.createServer());
-  server.server.on("upgrade", (req, socket, head) =>
+  server.server.on("upgrade", (req, socket, head) => {
+    if (TEST_TRANSPORT === "raw") {
+      // The raw transport: a 101, then silence.
+      rawSockets.push(socket);
+      socket.on("error", () => {});
+      socket.write(
+        `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${RAW_UPGRADE}\r\n\r\n`,
+      );
+      accepted.push(Date.now());
+      return;
+    }
     wss.handleUpgrade(req, socket, head, (ws) => {
       accepted.push(Date.now());
       ws.on("error", () => {});
-    }),
-  );
+    });
+  });
   t.after(async () => {
+    for (const socket of rawSockets) socket.destroy();
     for (const ws of wss.clients) ws.terminate();
     wss.close();
     await server.close();

@@ -105,6 +105,7 @@ class FakeTunnel extends EventEmitter implements Tunnel {
     return {
       runner_id: this.runnerId,
       protocol: "h2",
+      transport: "ws",
       connected_at: new Date(0).toISOString(),
       remote_address: "test",
       rtt_ms: null,

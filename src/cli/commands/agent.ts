@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import { createLogger, type Logger } from "../../common/logger.ts";
 import { AgentClient } from "../../tunnel/agent-client.ts";
 import { TargetMap } from "../../tunnel/target-map.ts";
-import { CliUsageError, env, logLevelOption } from "../env.ts";
+import { CliUsageError, env, logLevelOption, transportOption } from "../env.ts";
 import { onShutdownSignal } from "../signals.ts";
 import { addTlsOptions, type TlsFlags, tlsFromFlags } from "../tls-options.ts";
 
@@ -22,6 +22,7 @@ export interface AgentFlags extends TlsFlags {
   desktop?: boolean;
   display?: string;
   desktopListen: string;
+  transport?: string;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -51,6 +52,11 @@ export function register(program: Command): void {
     .option("--desktop", "also run the desktop service (screenshot, clipboard) and serve it as `desktop`")
     .option("--display <display>", "X display for the desktop service (default $DISPLAY)")
     .option("--desktop-listen <host:port>", "where the desktop service listens", "127.0.0.1:9876")
+    .option(
+      "--transport <ws|raw>",
+      "ws: WebSocket (crosses any proxy that passes WebSockets); raw: HTTP/2 on the upgraded socket, faster (env REVDIAL_TRANSPORT)",
+      env("REVDIAL_TRANSPORT") ?? "ws",
+    )
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
   // optsWithGlobals: the TLS flags may also be program-wide options (see register-commands.ts).
   addTlsOptions(command).action(async (_flags: AgentFlags, cmd: Command) =>
@@ -63,6 +69,7 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
   if (!flags.runnerId) throw new CliUsageError("--runner-id is required");
   if (!flags.token) throw new CliUsageError("--token is required");
   const tls = tlsFromFlags(flags);
+  const transport = transportOption(flags.transport ?? env("REVDIAL_TRANSPORT"));
   const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
   const stopDesktop = flags.desktop ? await startDesktop(flags, logger) : null;
   const local = flags.local ?? (flags.desktop ? flags.desktopListen : undefined);
@@ -79,6 +86,7 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
     targets,
     logger,
     tls,
+    transport,
   });
   onShutdownSignal(logger, async () => {
     await agent.close();
