@@ -2,7 +2,6 @@
 // --tls-cert/--tls-key it serves HTTPS and WSS on the same listener and reloads the pair on SIGHUP.
 
 import type { Command } from "commander";
-import { startServer } from "../../api/server.ts";
 import type { SecureContextTarget } from "../../api/tls-reloader.ts";
 import { createLogger, type Logger } from "../../common/logger.ts";
 import { CliUsageError, durationOption, env, logLevelOption, sizeOption } from "../env.ts";
@@ -83,6 +82,8 @@ export function register(program: Command): void {
     .action(async (flags: ServerFlags) => {
       const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-server" });
       const https = await tlsPairFromFlags(flags);
+      // Loaded here so that agents and client commands do not pay for the server's modules.
+      const { startServer } = await import("../../api/server.ts");
       const server = await startServer({
         listen: flags.listen,
         dataDir: flags.dataDir,
