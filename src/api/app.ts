@@ -2,7 +2,7 @@
 // tunnel routes and the control-plane routes. The parts are built by the caller (server.ts) and
 // passed in, so tests can assemble an app around their own store or registry.
 
-import Fastify, { type FastifyInstance } from "fastify";
+import Fastify, { type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "../common/logger.ts";
 import type { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
 import type { ApiContext } from "./context.ts";
@@ -23,7 +23,8 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
   const { ctx, metrics } = parts;
   const app = Fastify({
     loggerInstance: parts.logger,
-    disableRequestLogging: true,
+    // One line per request comes from logEveryRequest below, with the fields we want.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: ctx.config.bodyLimit,
     requestIdHeader: false,
     return503OnClosing: true,
