@@ -48,21 +48,7 @@ export async function main(args: string[]): Promise<void> {
     const target = await startNode([join(ROOT, "bench/fixtures/target.ts")], /^ready \d+/);
     procs.push(target);
     const targetPort = Number(target.line.split(" ")[1]);
-    const server = await startNode(
-      [
-        CLI,
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dataDir,
-        "--runner-token",
-        RUNNER_TOKEN,
-        "--log-level",
-        "warn",
-      ],
-      /^listening on /,
-    );
+    const server = await startServerProc(dataDir);
     procs.push(server);
     const serverUrl = server.line.slice("listening on ".length).trim();
     const adminKey = readFileSync(join(dataDir, "admin.key"), "utf8").trim();
@@ -80,16 +66,25 @@ export async function main(args: string[]): Promise<void> {
     console.log(
       `revdial tunnel benchmark (node ${process.versions.node}, ${o.connections} connections, wrk ${o.durationMs / 1000}s)`,
     );
-    console.log("direct = the target itself; tunnel ws / raw = through the API and an agent on each transport");
+    console.log(
+      "direct = the target itself; tunnel ws / raw = through the API and an agent on each transport",
+    );
     console.log("");
     await reportSequential(direct, tunnels);
     reportThroughput(direct, tunnels, o);
     reportLargeBody(direct, tunnels);
-    if (o.idle > 0) await reportIdle(serverUrl, adminKey, server, o.idle, 2);
+    if (o.idle > 0) {
+      for (const transport of ["ws", "raw"] as const) await reportIdle(o.idle, transport);
+    }
   } finally {
     await Promise.all(procs.reverse().map((p) => p.stop()));
     rmSync(dataDir, { recursive: true, force: true });
   }
+}
+
+function startServerProc(dataDir: string): Promise<Proc> {
+  const args = ["server", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--runner-token", RUNNER_TOKEN];
+  return startNode([CLI, ...args, "--log-level", "warn"], /^listening on /);
 }
 
 function startAgentProc(serverUrl: string, local: string, transport: "ws" | "raw"): Promise<Proc> {
@@ -167,7 +162,11 @@ async function reportSequential(direct: Path, tunnels: Path[]): Promise<void> {
     [d, ...ts].map((x) => `${pct(x, 50).toFixed(3)} ms`),
     ts.map((x) => `${pct(x, 50) <= 0.35 ? "met" : "NOT met"}`).join(" / ") + " (bar <= 0.35 ms)",
   );
-  row("p99", [d, ...ts].map((x) => `${pct(x, 99).toFixed(3)} ms`), "");
+  row(
+    "p99",
+    [d, ...ts].map((x) => `${pct(x, 99).toFixed(3)} ms`),
+    "",
+  );
   console.log("");
 }
 
@@ -208,7 +207,11 @@ function reportThroughput(direct: Path, tunnels: Path[], o: Options): void {
     [d, ...results].map((x) => x.rps.toFixed(0)),
     `ratio ${ratios.map((r) => r.toFixed(3)).join(" / ")} (bar >= 0.15: ${ratios.map((r) => (r >= 0.15 ? "met" : "NOT met")).join(" / ")})`,
   );
-  row("p99", [d, ...results].map((x) => `${x.p99ms.toFixed(2)} ms`), "");
+  row(
+    "p99",
+    [d, ...results].map((x) => `${x.p99ms.toFixed(2)} ms`),
+    "",
+  );
   for (const [i, x] of [d, ...results].entries()) {
     if (x.errors) console.log(`  errors (${["direct", ...tunnels.map((t) => t.name)][i]}): ${x.errors}`);
   }
@@ -241,44 +244,50 @@ function reportLargeBody(direct: Path, tunnels: Path[]): void {
 
 // ---- idle tunnels -----------------------------------------------------------------------------------
 
-async function reportIdle(
-  serverUrl: string,
-  adminKey: string,
-  server: Proc,
-  count: number,
-  already: number,
-): Promise<void> {
-  const before = rssOf(server.child.pid!);
+/**
+ * Server memory per idle tunnel, on a fresh server of its own: the load tests above leave the first
+ * server's heap grown, and new tunnels would fill freed memory instead of showing their cost.
+ */
+async function reportIdle(count: number, transport: "ws" | "raw"): Promise<void> {
+  const dataDir = mkdtempSync(join(tmpdir(), "revdial-bench-idle-"));
   const procs: Proc[] = [];
-  const perProc = 500;
   try {
-    const groups = Math.ceil(count / perProc);
+    const server = await startServerProc(dataDir);
+    procs.push(server);
+    const serverUrl = server.line.slice("listening on ".length).trim();
+    const adminKey = readFileSync(join(dataDir, "admin.key"), "utf8").trim();
+    await new Promise((r) => setTimeout(r, 2000));
+    const before = rssOf(server.child.pid!);
+    const perProc = 500;
     const started = Date.now();
     const waits: Promise<Proc>[] = [];
-    for (let g = 0; g < groups; g++) {
+    for (let g = 0; g < Math.ceil(count / perProc); g++) {
       const n = Math.min(perProc, count - g * perProc);
-      waits.push(
-        startNode(
-          [join(ROOT, "bench/fixtures/idle-agents.ts"), serverUrl, RUNNER_TOKEN, String(n), `wolf-idle${g}`],
-          /^connected/,
-          180_000,
-        ),
-      );
+      const args = [
+        join(ROOT, "bench/fixtures/idle-agents.ts"),
+        serverUrl,
+        RUNNER_TOKEN,
+        String(n),
+        `wolf-idle${g}`,
+        transport,
+      ];
+      waits.push(startNode(args, /^connected/, 180_000));
     }
     procs.push(...(await Promise.all(waits)));
-    await waitForTunnels(serverUrl, adminKey, count + already);
+    await waitForTunnels(serverUrl, adminKey, count);
     const connectMs = Date.now() - started;
-    await new Promise((r) => setTimeout(r, 2000));
+    await new Promise((r) => setTimeout(r, 3000));
     const after = rssOf(server.child.pid!);
     const perTunnel = (after - before) / count;
     console.log(
-      `${count} idle agents in ${procs.length} processes (connected in ${(connectMs / 1000).toFixed(1)} s)`,
+      `${count} idle agents (${transport}) in ${waits.length} processes, connected in ${(connectMs / 1000).toFixed(1)} s`,
     );
     console.log(
       `  server RSS ${(before / 1e6).toFixed(1)} MB -> ${(after / 1e6).toFixed(1)} MB: ${(perTunnel / 1024).toFixed(1)} KB per tunnel (bar <= 32 KB: ${perTunnel <= 32 * 1024 ? "met" : "NOT met"})`,
     );
   } finally {
-    await Promise.all(procs.map((p) => p.stop()));
+    await Promise.all(procs.reverse().map((p) => p.stop()));
+    rmSync(dataDir, { recursive: true, force: true });
   }
 }
 

@@ -241,7 +241,8 @@ export class Auth {
   readonly #now: () => number;
   readonly #lastTouched = new Map<string, number>();
   readonly #cacheTtlMs: number;
-  /** key hash -> principal and when to look it up again; bounded by maxTrackedKeys. */
+  readonly #runnerTokenKeyShaped: boolean;
+  /** key -> principal and when to look it up again; bounded by maxTrackedKeys. */
   readonly #cache = new Map<string, { principal: Principal; until: number }>();
 
   constructor(options: AuthOptions) {
@@ -253,38 +254,45 @@ export class Auth {
     this.#maxTrackedKeys = options.maxTrackedKeys ?? AUTH_DEFAULTS.maxTrackedKeys;
     this.#now = options.now ?? Date.now;
     this.#cacheTtlMs = options.cacheTtlMs ?? AUTH_DEFAULTS.cacheTtlMs;
+    const token = this.#runnerToken ?? "";
+    this.#runnerTokenKeyShaped = USER_KEY_PATTERN.test(token) || SESSION_KEY_PATTERN.test(token);
   }
 
   /** The principal for a request's headers, or null when it carries no valid key. */
   async authenticate(headers: Record<string, string | string[] | undefined>): Promise<Principal | null> {
     const key = keyFromHeaders(headers);
     if (!key) return null;
-    if (this.#runnerToken && constantTimeEqual(key, this.#runnerToken)) return RUNNER_TOKEN_PRINCIPAL;
-    if (!USER_KEY_PATTERN.test(key) && !SESSION_KEY_PATTERN.test(key)) return null;
-    const hash = hashKey(key);
+    const keyShaped = USER_KEY_PATTERN.test(key) || SESSION_KEY_PATTERN.test(key);
+    // A key-shaped secret cannot be a runner token that is not key-shaped: skip the comparison (two
+    // SHA-256 digests) on the hot path of user and session keys.
+    const mayBeRunnerToken = this.#runnerToken !== null && (!keyShaped || this.#runnerTokenKeyShaped);
+    if (mayBeRunnerToken && constantTimeEqual(key, this.#runnerToken as string))
+      return RUNNER_TOKEN_PRINCIPAL;
+    if (!keyShaped) return null;
     const now = this.#now();
-    const cached = this.#cache.get(hash);
+    // Looked up by the key as presented: hashing it on every call would cost more than the lookup.
+    const cached = this.#cache.get(key);
     if (cached && cached.until > now) return cached.principal;
-    const found = await this.#store.apiKeys.findByHash(hash);
+    const found = await this.#store.apiKeys.findByHash(hashKey(key));
     if (!found) return null;
     const { key: record, user } = found;
     if (record.expiresAt && record.expiresAt.getTime() <= now) return null;
     this.#touch(record.id);
     const principal = principalFor(record.id, record.scope, record.access, record.sessionId, user);
-    this.#remember(hash, principal, record.expiresAt ? record.expiresAt.getTime() : Number.POSITIVE_INFINITY);
+    this.#remember(key, principal, record.expiresAt ? record.expiresAt.getTime() : Number.POSITIVE_INFINITY);
     return principal;
   }
 
-  #remember(hash: string, principal: Principal, expiresAt: number): void {
+  #remember(key: string, principal: Principal, expiresAt: number): void {
     if (this.#cacheTtlMs === 0) return;
     if (this.#cache.size >= this.#maxTrackedKeys) this.#cache.clear();
-    this.#cache.set(hash, { principal, until: Math.min(expiresAt, this.#now() + this.#cacheTtlMs) });
+    this.#cache.set(key, { principal, until: Math.min(expiresAt, this.#now() + this.#cacheTtlMs) });
   }
 
   /** Drops remembered principals of a session's keys (call when they are revoked). */
   forgetSession(sessionId: string): void {
-    for (const [hash, entry] of this.#cache) {
-      if (entry.principal.sessionId === sessionId) this.#cache.delete(hash);
+    for (const [key, entry] of this.#cache) {
+      if (entry.principal.sessionId === sessionId) this.#cache.delete(key);
     }
   }
 

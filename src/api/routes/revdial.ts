@@ -5,7 +5,7 @@
 import { Transform, type TransformCallback } from "node:stream";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { RUNNER_ID_PATTERN } from "../../tunnel/constants.ts";
-import { BodyTooLargeError } from "../../tunnel/errors.ts";
+import { BodyTooLargeError, TunnelStreamError } from "../../tunnel/errors.ts";
 import type { TunnelEndpoint } from "../../tunnel/tunnel-endpoint.ts";
 import { principalOf, requireAdmin } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
@@ -93,7 +93,22 @@ async function proxy(ctx: ApiContext, request: FastifyRequest, reply: FastifyRep
   }
   reply.code(res.status);
   reply.headers(res.headers);
+  const length = Number(res.headers["content-length"]);
+  if (length <= SMALL_ANSWER) return reply.send(await readWhole(res.body, length, runnerId));
   return reply.send(res.body);
+}
+
+/** Answers up to this size leave in one write, not as a piped stream (most calls are small). */
+const SMALL_ANSWER = 64 * 1024;
+
+async function readWhole(body: NodeJS.ReadableStream, length: number, runnerId: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(chunk as Buffer);
+  const whole = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+  if (whole.length !== length) {
+    throw new TunnelStreamError(runnerId, `sandbox sent ${whole.length} bytes, declared ${length}`);
+  }
+  return whole;
 }
 
 /** Headers the sandbox sees: the caller's, minus its credentials for this API. */
@@ -132,6 +147,8 @@ function sendProxyError(request: FastifyRequest, reply: FastifyReply, err: unkno
     return reply;
   }
   reply.code(status);
+  // A body left unread (refused as too large, or cut off) would be parsed as the next request.
+  if (!request.raw.complete) reply.header("connection", "close");
   if (acceptsJsonOnly(request.headers.accept)) return reply.send(body);
   return reply.type("text/plain; charset=utf-8").send(body.error.message);
 }
