@@ -2,7 +2,6 @@
 // read its resident memory. Shared by the benchmark scripts.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 
 export interface Proc {
@@ -45,9 +44,48 @@ export function startNode(args: string[], ready: RegExp | null, timeoutMs = 30_0
   });
 }
 
-/** Resident memory of a process, in bytes (Linux). */
-export function rssOf(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  return kb * 1024;
+export interface ProcWithStdin extends Proc {
+  /** Writes `line` to the process and resolves with the next stdout line matching `answer`. */
+  ask(line: string, answer: RegExp): Promise<string>;
+}
+
+/** Like startNode, with a line protocol over stdin/stdout for asking the process questions. */
+export async function startNodeWithStdin(
+  args: string[],
+  ready: RegExp,
+  timeoutMs = 30_000,
+): Promise<ProcWithStdin> {
+  const child = spawn(process.execPath, args, { stdio: ["pipe", "pipe", "inherit"] });
+  const lines = createInterface({ input: child.stdout! });
+  const next = (pattern: RegExp) =>
+    new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`${args.join(" ")}: no ${pattern} in ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      const on = (line: string) => {
+        if (!pattern.test(line)) return;
+        clearTimeout(timer);
+        lines.off("line", on);
+        resolve(line);
+      };
+      lines.on("line", on);
+    });
+  const line = await next(ready);
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once("exit", () => resolve());
+      child.kill("SIGTERM");
+    });
+  return {
+    child,
+    line,
+    stop,
+    ask(text: string, answer: RegExp) {
+      const reply = next(answer);
+      child.stdin!.write(`${text}\n`);
+      return reply;
+    },
+  };
 }
