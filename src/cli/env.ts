@@ -43,6 +43,13 @@ export function sizeOption(name: string, text: string): number {
   return Number(match[1]) * factor;
 }
 
+/** The `--transport` option of every command that runs an agent (commander's .option arguments). */
+export const TRANSPORT_OPTION = [
+  "--transport <ws|raw>",
+  "ws: WebSocket, crosses any proxy that passes WebSockets; raw: HTTP/2 on the upgraded socket, faster (env REVDIAL_TRANSPORT)",
+  env("REVDIAL_TRANSPORT") ?? "ws",
+] as const;
+
 /** The tunnel transport of an agent: `ws` (default) or `raw` (see src/tunnel/tunnel-link.ts). */
 export function transportOption(text: string | undefined): "ws" | "raw" {
   const value = (text ?? "ws").toLowerCase();

@@ -2,6 +2,7 @@
 // where several API replicas share one database.
 
 import pg from "pg";
+import { guardedDatabase } from "./guarded-database.ts";
 import type { SqlDatabase, SqlExecutor, SqlResult } from "./sql-executor.ts";
 import { STORE_ERROR_CODES, StoreError, toStoreError } from "./store-errors.ts";
 
@@ -53,22 +54,10 @@ export async function openPostgres(options: PgDriverOptions): Promise<SqlDatabas
     );
   }
   const outer = executorOf(pool);
-  let closing: Promise<void> | null = null;
-  const guard = (): void => {
-    if (closing) throw new StoreError(STORE_ERROR_CODES.closed, "store is closed");
-  };
-  return {
+  return guardedDatabase({
     backend: "postgres",
-    query<T>(text: string, params?: readonly unknown[]): Promise<SqlResult<T>> {
-      guard();
-      return outer.query<T>(text, params);
-    },
-    exec(text: string): Promise<void> {
-      guard();
-      return outer.exec(text);
-    },
+    outer,
     async transaction<T>(fn: (tx: SqlExecutor) => Promise<T>): Promise<T> {
-      guard();
       const client = await pool.connect();
       try {
         await client.query("BEGIN");
@@ -82,9 +71,6 @@ export async function openPostgres(options: PgDriverOptions): Promise<SqlDatabas
         client.release();
       }
     },
-    close(): Promise<void> {
-      closing ??= pool.end();
-      return closing;
-    },
-  };
+    close: () => pool.end(),
+  });
 }

@@ -4,6 +4,7 @@
 
 import { mkdir } from "node:fs/promises";
 import { PGlite, type Transaction } from "@electric-sql/pglite";
+import { guardedDatabase } from "./guarded-database.ts";
 import type { SqlDatabase, SqlExecutor, SqlResult } from "./sql-executor.ts";
 import { STORE_ERROR_CODES, StoreError, toStoreError } from "./store-errors.ts";
 
@@ -44,31 +45,16 @@ export async function openPGlite(dir: string | undefined): Promise<SqlDatabase> 
     });
   }
   const outer = executorOf(db as unknown as PGliteLike);
-  let closing: Promise<void> | null = null;
-  const guard = (): void => {
-    if (closing) throw new StoreError(STORE_ERROR_CODES.closed, "store is closed");
-  };
-  return {
+  return guardedDatabase({
     backend: "pglite",
-    query<T>(text: string, params?: readonly unknown[]): Promise<SqlResult<T>> {
-      guard();
-      return outer.query<T>(text, params);
-    },
-    exec(text: string): Promise<void> {
-      guard();
-      return outer.exec(text);
-    },
+    outer,
     async transaction<T>(fn: (tx: SqlExecutor) => Promise<T>): Promise<T> {
-      guard();
       try {
         return await db.transaction((tx: Transaction) => fn(executorOf(tx as unknown as PGliteLike)));
       } catch (err) {
         throw toStoreError(err);
       }
     },
-    close(): Promise<void> {
-      closing ??= db.close();
-      return closing;
-    },
-  };
+    close: () => db.close(),
+  });
 }

@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import { createLogger, type Logger } from "../../common/logger.ts";
 import { AgentClient } from "../../tunnel/agent-client.ts";
 import { TargetMap } from "../../tunnel/target-map.ts";
-import { CliUsageError, env, logLevelOption, transportOption } from "../env.ts";
+import { CliUsageError, env, logLevelOption, TRANSPORT_OPTION, transportOption } from "../env.ts";
 import { onShutdownSignal } from "../signals.ts";
 import { addTlsOptions, type TlsFlags, tlsFromFlags } from "../tls-options.ts";
 
@@ -52,11 +52,7 @@ export function register(program: Command): void {
     .option("--desktop", "also run the desktop service (screenshot, clipboard) and serve it as `desktop`")
     .option("--display <display>", "X display for the desktop service (default $DISPLAY)")
     .option("--desktop-listen <host:port>", "where the desktop service listens", "127.0.0.1:9876")
-    .option(
-      "--transport <ws|raw>",
-      "ws: WebSocket (crosses any proxy that passes WebSockets); raw: HTTP/2 on the upgraded socket, faster (env REVDIAL_TRANSPORT)",
-      env("REVDIAL_TRANSPORT") ?? "ws",
-    )
+    .option(...TRANSPORT_OPTION)
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
   // optsWithGlobals: the TLS flags may also be program-wide options (see register-commands.ts).
   addTlsOptions(command).action(async (_flags: AgentFlags, cmd: Command) =>
@@ -69,7 +65,7 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
   if (!flags.runnerId) throw new CliUsageError("--runner-id is required");
   if (!flags.token) throw new CliUsageError("--token is required");
   const tls = tlsFromFlags(flags);
-  const transport = transportOption(flags.transport ?? env("REVDIAL_TRANSPORT"));
+  const transport = transportOption(flags.transport);
   const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
   const stopDesktop = flags.desktop ? await startDesktop(flags, logger) : null;
   const local = flags.local ?? (flags.desktop ? flags.desktopListen : undefined);

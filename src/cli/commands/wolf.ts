@@ -9,7 +9,14 @@ import type { wolfInstanceView } from "../../api/routes/wolf-instances.ts";
 import { createLogger } from "../../common/logger.ts";
 import { WolfHost } from "../../host/wolf-host.ts";
 import { createApiClient } from "../api-client.ts";
-import { CliUsageError, durationOption, env, logLevelOption, transportOption } from "../env.ts";
+import {
+  CliUsageError,
+  durationOption,
+  env,
+  logLevelOption,
+  TRANSPORT_OPTION,
+  transportOption,
+} from "../env.ts";
 import { type Column, printList } from "../output.ts";
 import { onShutdownSignal } from "../signals.ts";
 import { addTlsOptions, type TlsFlags, tlsFromFlags } from "../tls-options.ts";
@@ -76,7 +83,7 @@ async function run(flags: RunFlags): Promise<void> {
       app: flags.app ?? null,
       labels: parseLabels(flags.label),
       heartbeatIntervalMs: durationOption("--heartbeat", flags.heartbeat),
-      agent: { tls: tlsFromFlags(flags), transport: transportOption(flags.transport) },
+      agent: { tls: tlsFromFlags(flags), transport: inheritedTransport(flags.transport) },
       logger,
     });
   } catch (err) {
@@ -116,11 +123,7 @@ export function register(program: Command): void {
     .option("--app <command>", "command started on each sandbox's display (process driver)")
     .option("--label <key=value>", "a label (repeatable)", collect, [])
     .option("--heartbeat <duration>", "heartbeat interval", "30s")
-    .option(
-      "--transport <ws|raw>",
-      "the host's tunnel transport; its sandboxes use REVDIAL_TRANSPORT from its environment (env REVDIAL_TRANSPORT)",
-      env("REVDIAL_TRANSPORT") ?? "ws",
-    )
+    .option(...TRANSPORT_OPTION)
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
   // The TLS flags may also be program-wide (register-commands.ts); sandboxes inherit them as env.
   addTlsOptions(runCommand).action((_flags: RunFlags, cmd: Command) => run(cmd.optsWithGlobals<RunFlags>()));
@@ -132,4 +135,11 @@ export function register(program: Command): void {
     .action(async (flags: { json?: boolean }) => {
       printList(await createApiClient().get<WolfView[]>("/api/v1/wolf-instances"), WOLF_COLUMNS, flags.json);
     });
+}
+
+/** The host's transport, also handed to the sandboxes it spawns (they inherit its environment). */
+function inheritedTransport(text: string | undefined): "ws" | "raw" {
+  const transport = transportOption(text);
+  process.env.REVDIAL_TRANSPORT = transport;
+  return transport;
 }
