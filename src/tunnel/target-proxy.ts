@@ -19,6 +19,9 @@ export interface TargetProxyOptions {
 
 const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_CANCEL } = http2.constants;
 
+/** Bytes of a large answer the agent buffers per stream before it pauses the target (see pump). */
+const STREAM_BUFFER = 1024 * 1024;
+
 /** Answers with a declared length up to this many bytes are sent whole (see sendWhole). */
 const SMALL_BODY = 64 * 1024;
 
@@ -94,7 +97,7 @@ export class TargetProxy {
       if (length <= SMALL_BODY) sendWhole(stream, h, res);
       else {
         stream.respond(h);
-        res.pipe(stream);
+        pump(res, stream);
       }
     });
     req.on("error", (err) => {
@@ -152,6 +155,23 @@ function sendWhole(
     stream.respond(headers);
     stream.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
   });
+}
+
+/**
+ * Copies a large answer into the stream with a bounded buffer of STREAM_BUFFER bytes. A plain pipe
+ * pauses the source at the HTTP/2 stream's 16 KiB high-water mark, i.e. after every chunk the target
+ * sends, and the round trip through the event loop per chunk caps a single call's throughput.
+ */
+function pump(source: http.IncomingMessage, stream: ServerHttp2Stream): void {
+  source.on("data", (chunk: Buffer) => {
+    stream.write(chunk);
+    if (stream.writableLength >= STREAM_BUFFER && !source.isPaused()) {
+      source.pause();
+      stream.once("drain", () => source.resume());
+    }
+  });
+  source.once("end", () => stream.end());
+  stream.once("close", () => source.destroy());
 }
 
 function respondError(stream: ServerHttp2Stream, status: number, message: string): void {
