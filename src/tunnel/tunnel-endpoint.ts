@@ -4,15 +4,17 @@
 //
 // Handshake errors are plain HTTP answers before the upgrade, JSON {"error":{"code","message"}}:
 // 400 runner id, 401 token, 403 not allowed, 429 too many tunnels. The subprotocol picks the
-// protocol: `revdial.h2` is v2; none is the legacy v1 control connection (handled by `legacy`).
+// protocol: `revdial.h2` is v2; none is the legacy v1 control connection (legacy-tunnel.ts), whose
+// data connections come back with `revdial.dialer` and `revdial.req` instead of a runner id.
 
 import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { type WebSocket, WebSocketServer } from "ws";
 import type { Logger } from "../common/logger.ts";
-import { RAW_UPGRADE, RUNNER_ID_PATTERN, SUBPROTOCOL_H2, TUNNEL_PATH } from "./constants.ts";
+import { CLOSE, RAW_UPGRADE, RUNNER_ID_PATTERN, SUBPROTOCOL_H2, TUNNEL_PATH } from "./constants.ts";
 import { H2Tunnel } from "./h2-tunnel.ts";
+import { LegacyTunnel } from "./legacy-tunnel.ts";
 import type { TunnelTimings } from "./tunnel.ts";
 import { RawLink, type TunnelLink, WsLink } from "./tunnel-link.ts";
 import type { TunnelRegistry } from "./tunnel-registry.ts";
@@ -34,14 +36,16 @@ export interface TunnelEndpointOptions {
   maxTunnels?: number;
   /** Largest WebSocket message accepted from an agent. Default 4 MiB. */
   maxMessageBytes?: number;
-  /** Serves a legacy v1 control connection (no subprotocol), or null to refuse v1. */
-  legacy?: ((ws: WebSocket, req: IncomingMessage, runnerId: string) => void) | null;
+  /** Serve the legacy v1 protocol (a WebSocket with no subprotocol). Default true. */
+  legacy?: boolean;
 }
 
 export class TunnelEndpoint {
   readonly #o: TunnelEndpointOptions;
   readonly #wss: WebSocketServer;
   readonly #sockets = new Set<Duplex>();
+  /** Live v1 tunnels by dialer id, to route their data connections (one endpoint's, not global). */
+  readonly #dialers = new Map<string, LegacyTunnel>();
 
   constructor(options: TunnelEndpointOptions) {
     this.#o = options;
@@ -65,11 +69,13 @@ export class TunnelEndpoint {
     socket.once("close", () => this.#sockets.delete(socket));
     socket.on("error", () => {});
     const url = new URL(req.url ?? "/", "http://x");
+    const dialer = url.searchParams.get("revdial.dialer");
+    if (dialer !== null) {
+      await this.#acceptDataConnection(req, socket, head, dialer, url.searchParams.get("revdial.req") ?? "");
+      return;
+    }
     const runnerId = url.searchParams.get("runnerid") ?? "";
     try {
-      if (url.searchParams.has("revdial.dialer") && this.#o.legacy) {
-        throw { statusCode: 500, code: "RD_ERR_TUNNEL_UNKNOWN_DIALER", message: "unknown dialer" };
-      }
       if (!RUNNER_ID_PATTERN.test(runnerId)) {
         throw {
           statusCode: 400,
@@ -115,11 +121,48 @@ export class TunnelEndpoint {
 
   #accept(ws: WebSocket, req: IncomingMessage, runnerId: string): void {
     if (ws.protocol !== SUBPROTOCOL_H2) {
-      if (this.#o.legacy) this.#o.legacy(ws, req, runnerId);
-      else ws.close(1002, `subprotocol ${SUBPROTOCOL_H2} required`);
+      if (this.#o.legacy === false) ws.close(CLOSE.PROTOCOL_ERROR, `subprotocol ${SUBPROTOCOL_H2} required`);
+      else this.#acceptLegacy(ws, req, runnerId);
       return;
     }
     this.#register(new WsLink(new WebSocketStream(ws)), req, runnerId);
+  }
+
+  /** A v1 control connection: the tunnel is registered like any other. */
+  #acceptLegacy(ws: WebSocket, req: IncomingMessage, runnerId: string): void {
+    const logger = this.#o.logger.child({ runner_id: runnerId });
+    const remoteAddress = `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`;
+    const tunnel = new LegacyTunnel({ runnerId, ws, remoteAddress, logger, timings: this.#o.timings });
+    this.#dialers.set(tunnel.dialerId, tunnel);
+    tunnel.once("close", () => this.#dialers.delete(tunnel.dialerId));
+    this.#o.registry.register(tunnel);
+  }
+
+  /**
+   * A v1 data connection: it must carry a token allowed to register the dialer's runner id, and a
+   * dial must still wait for its request id; otherwise it is refused or closed.
+   */
+  async #acceptDataConnection(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    dialerId: string,
+    reqId: string,
+  ): Promise<void> {
+    const tunnel = this.#dialers.get(dialerId);
+    try {
+      if (!tunnel || this.#o.legacy === false) {
+        throw { statusCode: 500, code: "RD_ERR_TUNNEL_UNKNOWN_DIALER", message: "unknown dialer" };
+      }
+      await this.#o.authorize(req, tunnel.runnerId);
+    } catch (err) {
+      rejectHandshake(socket, err as HandshakeError);
+      return;
+    }
+    if (socket.destroyed) return;
+    this.#wss.handleUpgrade(req, socket, head, (ws) => {
+      if (!tunnel.pickup(reqId, ws)) ws.close(CLOSE.NORMAL, "no dial waits for this connection");
+    });
   }
 
   #register(link: TunnelLink, req: IncomingMessage, runnerId: string): void {
