@@ -8,9 +8,9 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { RevdialError } from "../common/errors.ts";
+import { fetchWithTls } from "../common/tls-fetch.ts";
 import { type ClientTls, classifyTlsError, clientTls, hostOf } from "../tunnel/tls.ts";
 import { CliUsageError } from "./env.ts";
-import { fetchWithTls } from "./tls-fetch.ts";
 import { insecureFromEnv } from "./tls-options.ts";
 
 export const DEFAULT_API_URL = "http://127.0.0.1:8080";

@@ -4,6 +4,8 @@
 // the host go through the host's tunnel instead.
 
 import { RevdialError } from "../common/errors.ts";
+import { fetchWithTls } from "../common/tls-fetch.ts";
+import type { ClientTls } from "../tunnel/tls.ts";
 import { HOST_ERROR_CODES } from "./host-errors.ts";
 import type { LobbyExit } from "./sandbox-driver.ts";
 
@@ -26,14 +28,17 @@ export class ControlPlaneClient {
   readonly #base: string;
   readonly #token: string;
   readonly #timeoutMs: number;
+  readonly #tls: ClientTls | null;
 
-  constructor(options: { serverUrl: string; token: string; timeoutMs?: number }) {
+  /** `tls`: the host's trust settings (--ca-file, --insecure), the same its tunnel uses. */
+  constructor(options: { serverUrl: string; token: string; timeoutMs?: number; tls?: ClientTls | null }) {
     this.#base = options.serverUrl
       .replace(/^ws/, "http")
       .replace(/\/api\/v1\/revdial\/?$/, "")
       .replace(/\/+$/, "");
     this.#token = options.token;
     this.#timeoutMs = options.timeoutMs ?? 10_000;
+    this.#tls = options.tls ?? null;
   }
 
   async register(host: HostIdentity): Promise<void> {
@@ -64,12 +69,17 @@ export class ControlPlaneClient {
   async #post(path: string, body: unknown): Promise<void> {
     let res: Response;
     try {
-      res = await fetch(this.#base + path, {
+      const init = {
         method: "POST",
         headers: { authorization: `Bearer ${this.#token}`, "content-type": "application/json" },
         body: JSON.stringify(body),
         signal: AbortSignal.timeout(this.#timeoutMs),
-      });
+      };
+      const url = this.#base + path;
+      res =
+        this.#tls && url.startsWith("https:")
+          ? await fetchWithTls(url, init, this.#tls)
+          : await fetch(url, init);
     } catch (err) {
       throw new ControlPlaneCallError(0, `cannot reach ${this.#base}: ${(err as Error).message}`, {
         cause: err,

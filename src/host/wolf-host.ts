@@ -89,7 +89,14 @@ export class WolfHost {
     this.maxSandboxes = options.maxSandboxes ?? WOLF_HOST_DEFAULTS.maxSandboxes;
     this.#heartbeatMs = options.heartbeatIntervalMs ?? WOLF_HOST_DEFAULTS.heartbeatIntervalMs;
     this.#log = options.logger.child({ wolf_id: this.id });
-    this.#api = new ControlPlaneClient({ serverUrl: options.serverUrl, token: options.token });
+    const tls = options.agent?.tls;
+    this.#api = new ControlPlaneClient({
+      serverUrl: options.serverUrl,
+      token: options.token,
+      tls: tls
+        ? { ca: tls.ca as string[] | undefined, rejectUnauthorized: tls.rejectUnauthorized !== false }
+        : null,
+    });
     this.driver = this.#makeDriver(options.driver ?? "process");
   }
 

@@ -67,8 +67,10 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
   const tls = tlsFromFlags(flags);
   const transport = transportOption(flags.transport);
   const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
-  const stopDesktop = flags.desktop ? await startDesktop(flags, logger) : null;
-  const local = flags.local ?? (flags.desktop ? flags.desktopListen : undefined);
+  const desktop = flags.desktop ? await startDesktop(flags, logger) : null;
+  const stopDesktop = desktop?.close ?? null;
+  // The desktop's bound address, so `--desktop-listen 127.0.0.1:0` serves the port it was given.
+  const local = flags.local ?? desktop?.address;
   let targets: TargetMap;
   try {
     targets = TargetMap.fromFlags(local, flags.target);
@@ -93,8 +95,15 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
   process.exit(exit === "replaced" ? EXIT_REPLACED : 0);
 }
 
-async function startDesktop(flags: AgentFlags, logger: Logger): Promise<() => Promise<void>> {
+async function startDesktop(
+  flags: AgentFlags,
+  logger: Logger,
+): Promise<{ address: string; close: () => Promise<void> }> {
   const { startDesktopService } = await import("../../agent/desktop/desktop-service.ts");
   const service = await startDesktopService({ listen: flags.desktopListen, display: flags.display, logger });
-  return () => service.close();
+  const bound = service.address;
+  const address = bound
+    ? `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`
+    : flags.desktopListen;
+  return { address, close: () => service.close() };
 }
