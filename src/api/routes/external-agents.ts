@@ -109,7 +109,7 @@ async function relayScreenshot(
   }
   if (res.status !== 200) {
     request.log.warn({ session_id: session.id, sandbox_status: res.status }, "sandbox screenshot failed");
-    throw sandboxFailed(res);
+    throw await sandboxFailed(res);
   }
   if (!sandboxTag) {
     const bytes = await readBounded(res.body, MAX_BUFFERED_SCREENSHOT_BYTES, ctx.config.callTimeoutMs);
@@ -145,7 +145,7 @@ function strictClipboardValidator() {
 
 async function readClipboard(ctx: ApiContext, reply: FastifyReply, session: Session): Promise<Clipboard> {
   const res = await callSandbox(ctx, reply, session.id, { method: "GET", path: "/clipboard" });
-  if (res.status !== 200) throw sandboxFailed(res);
+  if (res.status !== 200) throw await sandboxFailed(res);
   const raw = await readBounded(res.body, MAX_CLIPBOARD_ANSWER_BYTES, ctx.config.callTimeoutMs);
   let parsed: unknown;
   try {
@@ -172,7 +172,7 @@ async function writeClipboard(
     headers: { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) },
     body,
   });
-  if (res.status < 200 || res.status >= 300) throw sandboxFailed(res);
+  if (res.status < 200 || res.status >= 300) throw await sandboxFailed(res);
   res.body.resume();
 }
 

@@ -44,10 +44,30 @@ export function callSandbox(
   });
 }
 
-/** The 502 for a sandbox that answered `status`; the body is discarded. */
-export function sandboxFailed(response: TunnelResponse): ApiError {
-  response.body.resume();
-  return new ApiError(502, SANDBOX_ERROR_CODES.status, `sandbox answered ${response.status}`);
+/** Bytes of a failed sandbox answer read for its message; the rest is discarded. */
+const FAILURE_MESSAGE_BYTES = 1024;
+
+/**
+ * The 502 for a sandbox that answered an error status, naming the status and the sandbox's own
+ * message (`sandbox answered 501: no display available`), read within a short bound.
+ */
+export async function sandboxFailed(response: TunnelResponse): Promise<ApiError> {
+  let text = "";
+  try {
+    text = (await readBounded(response.body, 64 * 1024, 1000))
+      .subarray(0, FAILURE_MESSAGE_BYTES)
+      .toString("utf8");
+  } catch {
+    // No message within the bound: the status alone says what happened.
+  }
+  let message = text.trim();
+  try {
+    message = (JSON.parse(message) as { error?: { message?: string } }).error?.message ?? message;
+  } catch {
+    // Plain text.
+  }
+  const detail = message ? `: ${message.replace(/\s+/g, " ").slice(0, 200)}` : "";
+  return new ApiError(502, SANDBOX_ERROR_CODES.status, `sandbox answered ${response.status}${detail}`);
 }
 
 /**
