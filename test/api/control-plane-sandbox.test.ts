@@ -134,12 +134,12 @@ describe("screenshot and clipboard through the tunnel", () => {
       });
     });
 
-    it("502 naming the status when the sandbox answers with an error", async () => {
+    it("502 naming the status and the sandbox's reason when the sandbox answers with an error", async () => {
       desktop.behaviour.failWith = 500;
       const res = await h.call("GET", shotPath, { key: aliceKey });
       assert.equal(res.status, 502);
       assert.deepEqual(res.json(), {
-        error: { code: "RD_ERR_SANDBOX_ERROR", message: "sandbox answered 500" },
+        error: { code: "RD_ERR_SANDBOX_ERROR", message: "sandbox answered 500: desktop failed" },
       });
     });
 
