@@ -73,7 +73,9 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       peerMaxConcurrentStreams: 100_000,
     });
     this.#session.on("connect", () => {
-      if (!this.#session.destroyed) this.#session.setLocalWindowSize(CONNECTION_WINDOW);
+      if (this.#session.destroyed) return;
+      this.#session.setLocalWindowSize(CONNECTION_WINDOW);
+      this.#ping(); // an RTT from the start, not after the first interval
     });
     this.#session.on("error", (err) => {
       // The agent broke HTTP/2 (garbage, a bad preface): the tunnel's close reason says so. nghttp2

@@ -128,6 +128,7 @@ test("the connections list shows each live tunnel's figures", async () => {
   assert.match(String(row.connected_at), /^\d{4}-\d\d-\d\dT/);
   assert.match(String(row.remote_address), /^127\.0\.0\.1:\d+$/);
   assert.ok(Number(row.bytes_in) > 0 && Number(row.bytes_out) > 0);
+  assert.equal(typeof row.rtt_ms, "number", "the RTT is measured at connect, not after the first interval");
   assert.equal(row.owner, null);
 });
 

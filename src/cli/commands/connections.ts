@@ -29,6 +29,7 @@ export function register(program: Command): void {
         formatTable(rows, [
           { header: "runner id", value: (r) => r.runner_id },
           { header: "protocol", value: (r) => r.protocol },
+          { header: "transport", value: (r) => r.transport },
           { header: "connected at", value: (r) => r.connected_at },
           { header: "remote", value: (r) => r.remote_address },
           { header: "rtt ms", value: (r) => r.rtt_ms },
