@@ -12,15 +12,9 @@ import { EventEmitter } from "node:events";
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
 import { type Duplex, PassThrough, type Readable } from "node:stream";
 import type { Logger } from "../common/logger.ts";
-import {
-  CLOSE,
-  CONNECTION_WINDOW,
-  DEFAULT_TARGET,
-  HOP_BY_HOP,
-  MAX_FRAME_SIZE,
-  STREAM_WINDOW,
-} from "./constants.ts";
+import { CLOSE, CONNECTION_WINDOW, DEFAULT_TARGET, MAX_FRAME_SIZE, STREAM_WINDOW } from "./constants.ts";
 import { TunnelAbortedError, TunnelClosedError, TunnelStreamError, TunnelTimeoutError } from "./errors.ts";
+import { copyEndToEnd } from "./headers.ts";
 import type { Tunnel, TunnelTimings } from "./tunnel.ts";
 import type { TunnelLink } from "./tunnel-link.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "./types.ts";
@@ -252,14 +246,14 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     if (this.#closed) return Promise.resolve();
     if (!this.#closing) {
       this.#closing = true;
-      const cut = setTimeout(() => this.#closeLink(code, reason), this.#timings.drainTimeoutMs);
+      const cut = setTimeout(() => this.#link.close(code, reason), this.#timings.drainTimeoutMs);
       cut.unref();
       // The session ends the link once GOAWAY is out and its last stream is done. A WebSocket cannot
       // half-close, so that is when to close it: the session's own `close` waits for the peer to
       // close the link, which it never does, and would hold every close() for the whole drain.
       this.#link.onWritesDone(() => {
         clearTimeout(cut);
-        this.#closeLink(code, reason);
+        this.#link.close(code, reason);
       });
       // The reason rides in the GOAWAY too: a raw link has no close code to carry "replaced".
       this.#session.goaway(NGHTTP2_NO_ERROR, 0, Buffer.from(reason));
@@ -269,10 +263,6 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       if (this.#closed) resolve();
       else this.once("close", () => resolve());
     });
-  }
-
-  #closeLink(code: number, reason: string): void {
-    this.#link.close(code, reason);
   }
 
   destroy(err?: Error): void {
@@ -299,21 +289,11 @@ function toH2Headers(req: TunnelRequest): http2.OutgoingHttpHeaders {
     ":authority": req.target ?? DEFAULT_TARGET,
     ":scheme": "http",
   };
-  for (const [name, value] of Object.entries(req.headers ?? {})) {
-    const key = name.toLowerCase();
-    if (value === undefined || HOP_BY_HOP.has(key) || key.startsWith(":")) continue;
-    out[key] = value;
-  }
-  return out;
+  return copyEndToEnd(req.headers, out);
 }
 
 function fromH2Headers(h: IncomingHttpHeaders): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(h)) {
-    if (value === undefined || name.startsWith(":") || HOP_BY_HOP.has(name)) continue;
-    out[name] = value;
-  }
-  return out;
+  return copyEndToEnd(h);
 }
 
 /**

@@ -16,8 +16,9 @@ import http from "node:http";
 import type { Duplex } from "node:stream";
 import type { WebSocket } from "ws";
 import type { Logger } from "../common/logger.ts";
-import { CLOSE, HOP_BY_HOP } from "./constants.ts";
+import { CLOSE } from "./constants.ts";
 import { TunnelAbortedError, TunnelClosedError, TunnelStreamError, TunnelTimeoutError } from "./errors.ts";
+import { copyEndToEnd } from "./headers.ts";
 import type { Tunnel, TunnelTimings } from "./tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "./types.ts";
 import { WebSocketStream } from "./ws-stream.ts";
@@ -215,10 +216,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
 
   /** One HTTP/1.1 exchange on a data connection; the connection ends with the response. */
   #exchange(conn: Duplex, req: TunnelRequest, timeoutMs: number): Promise<TunnelResponse> {
-    const headers: Record<string, string | string[]> = { host: "localhost:9876", connection: "close" };
-    for (const [name, value] of Object.entries(req.headers ?? {})) {
-      if (value !== undefined && !HOP_BY_HOP.has(name.toLowerCase())) headers[name] = value;
-    }
+    const headers = copyEndToEnd(req.headers, { host: "localhost:9876", connection: "close" });
     return new Promise((resolve, reject) => {
       const outgoing = http.request({
         createConnection: () => conn as unknown as import("node:net").Socket,
@@ -234,10 +232,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
       outgoing.once("response", (res) => {
         clearTimeout(timer);
         res.once("close", () => conn.destroy());
-        const out: Record<string, string | string[]> = {};
-        for (const [name, value] of Object.entries(res.headers)) {
-          if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value;
-        }
+        const out = copyEndToEnd(res.headers);
         resolve({ status: res.statusCode ?? 502, headers: out, body: res });
       });
       outgoing.once("error", (err) => {

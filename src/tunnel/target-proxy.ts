@@ -7,7 +7,7 @@ import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Logger } from "../common/logger.ts";
-import { HOP_BY_HOP } from "./constants.ts";
+import { copyEndToEnd } from "./headers.ts";
 import { formatTargetAddress, type TargetAddress, type TargetMap } from "./target-map.ts";
 
 export interface TargetProxyOptions {
@@ -66,11 +66,7 @@ export class TargetProxy {
   }
 
   #forward(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, target: TargetAddress): void {
-    const outHeaders: http.OutgoingHttpHeaders = {};
-    for (const [name, value] of Object.entries(headers)) {
-      if (value === undefined || name.startsWith(":") || HOP_BY_HOP.has(name)) continue;
-      outHeaders[name] = value;
-    }
+    const outHeaders = copyEndToEnd<http.OutgoingHttpHeaders>(headers);
     outHeaders.host = target.kind === "tcp" ? `${target.host}:${target.port}` : "localhost";
     const req = http.request({
       ...(target.kind === "tcp" ? { host: target.host, port: target.port } : { socketPath: target.path }),
@@ -88,10 +84,8 @@ export class TargetProxy {
         res.destroy();
         return;
       }
-      const h: Record<string, string | string[] | number> = { ":status": res.statusCode ?? 502 };
-      for (const [name, value] of Object.entries(res.headers)) {
-        if (value !== undefined && !HOP_BY_HOP.has(name)) h[name] = value;
-      }
+      const status: Record<string, string | string[] | number> = { ":status": res.statusCode ?? 502 };
+      const h = copyEndToEnd(res.headers, status);
       res.on("error", () => stream.close(NGHTTP2_INTERNAL_ERROR));
       const length = Number(res.headers["content-length"]);
       if (length <= SMALL_BODY) sendWhole(stream, h, res);

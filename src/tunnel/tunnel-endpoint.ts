@@ -130,9 +130,7 @@ export class TunnelEndpoint {
 
   /** A v1 control connection: the tunnel is registered like any other. */
   #acceptLegacy(ws: WebSocket, req: IncomingMessage, runnerId: string): void {
-    const logger = this.#o.logger.child({ runner_id: runnerId });
-    const remoteAddress = `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`;
-    const tunnel = new LegacyTunnel({ runnerId, ws, remoteAddress, logger, timings: this.#o.timings });
+    const tunnel = new LegacyTunnel({ ws, ...this.#tunnelParts(req, runnerId) });
     this.#dialers.set(tunnel.dialerId, tunnel);
     tunnel.once("close", () => this.#dialers.delete(tunnel.dialerId));
     this.#o.registry.register(tunnel);
@@ -166,10 +164,17 @@ export class TunnelEndpoint {
   }
 
   #register(link: TunnelLink, req: IncomingMessage, runnerId: string): void {
-    const remoteAddress = `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`;
-    const logger = this.#o.logger.child({ runner_id: runnerId });
-    const tunnel = new H2Tunnel({ runnerId, link, remoteAddress, logger, timings: this.#o.timings });
-    this.#o.registry.register(tunnel);
+    this.#o.registry.register(new H2Tunnel({ link, ...this.#tunnelParts(req, runnerId) }));
+  }
+
+  /** What every tunnel is built with, whatever its protocol. */
+  #tunnelParts(req: IncomingMessage, runnerId: string) {
+    return {
+      runnerId,
+      remoteAddress: `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`,
+      logger: this.#o.logger.child({ runner_id: runnerId }),
+      timings: this.#o.timings,
+    };
   }
 
   /** Cuts handshakes still in progress. */
