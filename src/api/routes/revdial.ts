@@ -2,7 +2,7 @@
 // the admin's view of live tunnels, and the admin proxy that passes any request through a runner's
 // tunnel: GET|POST|PUT|PATCH|DELETE /api/v1/revdial/{runnerId}/proxy/{path}.
 
-import { Transform, type TransformCallback } from "node:stream";
+import { type Readable, Transform, type TransformCallback } from "node:stream";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { RUNNER_ID_PATTERN } from "../../tunnel/constants.ts";
 import { BodyTooLargeError, TunnelStreamError } from "../../tunnel/errors.ts";
@@ -10,6 +10,7 @@ import type { TunnelEndpoint } from "../../tunnel/tunnel-endpoint.ts";
 import { principalOf, requireAdmin } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errorBody, statusOf } from "../http-errors.ts";
+import { readBounded } from "./sandbox-call.ts";
 
 export interface RevdialRouteOptions {
   ctx: ApiContext;
@@ -94,17 +95,22 @@ async function proxy(ctx: ApiContext, request: FastifyRequest, reply: FastifyRep
   reply.code(res.status);
   reply.headers(res.headers);
   const length = Number(res.headers["content-length"]);
-  if (length <= SMALL_ANSWER) return reply.send(await readWhole(res.body, length, runnerId));
+  if (length <= SMALL_ANSWER)
+    return reply.send(await readWhole(res.body, length, runnerId, ctx.config.callTimeoutMs));
   return reply.send(res.body);
 }
 
 /** Answers up to this size leave in one write, not as a piped stream (most calls are small). */
 const SMALL_ANSWER = 64 * 1024;
 
-async function readWhole(body: NodeJS.ReadableStream, length: number, runnerId: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(chunk as Buffer);
-  const whole = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+/** The whole small answer, bounded by its declared length and the call deadline. */
+async function readWhole(
+  body: Readable,
+  length: number,
+  runnerId: string,
+  deadlineMs: number,
+): Promise<Buffer> {
+  const whole = await readBounded(body, length, deadlineMs);
   if (whole.length !== length) {
     throw new TunnelStreamError(runnerId, `sandbox sent ${whole.length} bytes, declared ${length}`);
   }
