@@ -33,7 +33,7 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
   }) as unknown as FastifyInstance;
   app.decorateRequest("principal", null);
   installErrorHandlers(app);
-  logEveryRequest(app, metrics);
+  logEveryRequest(app, metrics, parts.logger);
 
   app.get("/healthz", async () => ({ status: "ok", tunnels: ctx.dialer.list().length }));
   app.get("/metrics", async (_request, reply) => {
@@ -49,12 +49,15 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
  * One log line per request, with status and duration, and session_id / runner_id when the route
  * names one. Calls through the tunnel are hot: they log at debug so a load does not flood the log.
  */
-function logEveryRequest(app: FastifyInstance, metrics: ApiMetrics): void {
+function logEveryRequest(app: FastifyInstance, metrics: ApiMetrics, logger: Logger): void {
   app.addHook("onResponse", async (request, reply) => {
-    const params = (request.params ?? {}) as Record<string, string | undefined>;
     const route = request.routeOptions.url ?? "unmatched";
     const status = reply.statusCode;
     metrics.httpRequests.inc({ route, status: `${Math.floor(status / 100)}xx` });
+    const hot = route.includes("/proxy/");
+    const level = status >= 500 ? "warn" : hot ? "debug" : "info";
+    if (!logger.isLevelEnabled(level)) return;
+    const params = (request.params ?? {}) as Record<string, string | undefined>;
     const fields: Record<string, unknown> = {
       method: request.method,
       path: request.url.split("?")[0],
@@ -67,8 +70,6 @@ function logEveryRequest(app: FastifyInstance, metrics: ApiMetrics): void {
       fields.runner_id = `sandbox-${sessionId}`;
     }
     if (params.runnerId) fields.runner_id = params.runnerId;
-    const hot = route.includes("/proxy/");
-    const level = status >= 500 ? "warn" : hot ? "debug" : "info";
     request.log[level](fields, "request");
   });
 }
