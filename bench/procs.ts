@@ -11,6 +11,17 @@ export interface Proc {
   stop(): Promise<void>;
 }
 
+/** SIGTERM, then SIGKILL after 5 s; resolves once the process has exited. */
+function stopper(child: ChildProcess): () => Promise<void> {
+  return () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once("exit", () => resolve());
+      child.kill("SIGTERM");
+      setTimeout(() => child.kill("SIGKILL"), 5000).unref();
+    });
+}
+
 /** Starts `node args…` and resolves once stdout prints a line matching `ready` (at once for null). */
 export function startNode(args: string[], ready: RegExp | null, timeoutMs = 30_000): Promise<Proc> {
   const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -18,13 +29,7 @@ export function startNode(args: string[], ready: RegExp | null, timeoutMs = 30_0
   child.stderr?.on("data", (c: Buffer) => {
     stderr = (stderr + c.toString()).slice(-4000);
   });
-  const stop = () =>
-    new Promise<void>((resolve) => {
-      if (child.exitCode !== null || child.signalCode !== null) return resolve();
-      child.once("exit", () => resolve());
-      child.kill("SIGTERM");
-      setTimeout(() => child.kill("SIGKILL"), 5000).unref();
-    });
+  const stop = stopper(child);
   if (!ready) return Promise.resolve({ child, line: "", stop });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -72,12 +77,7 @@ export async function startNodeWithStdin(
       lines.on("line", on);
     });
   const line = await next(ready);
-  const stop = () =>
-    new Promise<void>((resolve) => {
-      if (child.exitCode !== null || child.signalCode !== null) return resolve();
-      child.once("exit", () => resolve());
-      child.kill("SIGTERM");
-    });
+  const stop = stopper(child);
   return {
     child,
     line,
