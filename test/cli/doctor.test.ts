@@ -84,6 +84,16 @@ describe("revdial doctor", () => {
     assert.equal(session.sandbox_connected, false);
   });
 
+  it("the API answers a plain GET on the tunnel path (an upgrade a proxy stripped) with 426 naming the cause", async () => {
+    const res = await fetch(`${url}/api/v1/revdial?runnerid=wolf-x`, {
+      headers: { authorization: `Bearer ${adminKey}` },
+    });
+    assert.equal(res.status, 426);
+    const { error } = (await res.json()) as { error: { code: string; message: string } };
+    assert.equal(error.code, "RD_ERR_TUNNEL_UPGRADE_STRIPPED");
+    assert.match(error.message, /a proxy in between strips the Upgrade and Connection headers/);
+  });
+
   it("--token-file reads the key from a file", async () => {
     const file = join(dir, "key");
     await writeFile(file, `${adminKey}\n`, { mode: 0o600 });
