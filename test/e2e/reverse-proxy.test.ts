@@ -6,74 +6,100 @@
 // Then the seed's misconfiguration: the same block without its Upgrade and Connection headers. The
 // agents' logs say that a proxy strips the Upgrade headers, and `revdial doctor` fails at its
 // websocket step saying the same, where it passes every step through the documented block.
+// The documented HAProxy configuration gets the same three agents and doctor run.
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import https from "node:https";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type Listening, startTarget } from "../helpers/tunnel-harness.ts";
-import { createTestPki, type TestPki } from "../tls/certs.ts";
+import { createTestPki, type Pair, type TestPki } from "../tls/certs.ts";
 import { type CliProcess, runCli, startCli } from "../tls/cli-process.ts";
 import { type GoClient, startGoClient } from "../tunnel/fixtures/go-revdial-client.ts";
 import {
-  documentedNginxBlock,
+  documentedBlock,
+  HAPROXY,
+  haproxyFor,
   NGINX,
-  type Nginx,
+  type ProxyProcess,
   siteFor,
+  startHaproxy,
   startNginx,
   withoutUpgradeHeaders,
-} from "./nginx-process.ts";
+} from "./proxy-process.ts";
 
 const RUNNER_TOKEN = "rt-reverse-proxy-test-0123456789";
 const MiB = 1024 * 1024;
 
-const skip = NGINX
+const skipNginx = NGINX ? false : "nginx is not installed (apt-get install nginx): nginx tests skipped";
+const skipHaproxy = HAPROXY
   ? false
-  : "nginx is not installed (apt-get install nginx-light): reverse-proxy tests skipped";
-if (skip) process.stdout.write(`# SKIP ${skip}\n`);
+  : "haproxy is not installed (apt-get install haproxy): HAProxy tests skipped";
+for (const reason of [skipNginx, skipHaproxy]) if (reason) process.stdout.write(`# SKIP ${reason}\n`);
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
-describe("behind nginx with the documented configuration", { skip }, () => {
-  let pki: TestPki;
-  let ca: Buffer;
-  let target: Listening;
-  let server: CliProcess;
-  let adminKey: string;
-  let good: Nginx;
-  let bad: Nginx;
-  let goodUrl: string;
-  let badUrl: string;
-  const agents: CliProcess[] = [];
-  const goClients: GoClient[] = [];
+/** One API server, its CA and a target, shared by every proxy in front of it. */
+let pki: TestPki;
+let ca: Buffer;
+let pair: Pair;
+let target: Listening;
+let server: CliProcess;
+let apiPort: number;
+let adminKey: string;
+const agents: CliProcess[] = [];
+const goClients: GoClient[] = [];
 
-  const agent = (url: string, runnerId: string, transport: "ws" | "raw") => {
-    const p = startCli(
-      [
-        "agent",
-        "--server",
-        url,
-        "--runner-id",
-        runnerId,
-        "--local",
-        `127.0.0.1:${target.port}`,
-        "--ca-file",
-        pki.caFile,
-        "--transport",
-        transport,
-      ],
-      { REVDIAL_TOKEN: RUNNER_TOKEN },
-    );
-    agents.push(p);
-    return p;
-  };
+before(async () => {
+  if (skipNginx && skipHaproxy) return;
+  pki = await createTestPki();
+  ca = await readFile(pki.caFile);
+  pair = await pki.issue("proxy");
+  target = await startTarget();
+  await mkdir(join(pki.dir, "data"));
+  server = startCli(["server", "--listen", "127.0.0.1:0", "--data-dir", join(pki.dir, "data")], {
+    REVDIAL_RUNNER_TOKEN: RUNNER_TOKEN,
+  });
+  apiPort = Number((await server.waitFor(/listening on http:\/\/127\.0\.0\.1:(\d+)/, 60_000))[1]);
+  adminKey = (await server.waitFor(/admin API key[^:]*: (\S+)/))[1];
+});
 
-  /** A request through nginx to the API: ours, with the admin key, verified against the test CA. */
-  const request = (method: string, path: string, body?: Buffer) =>
-    new Promise<{ status: number; headers: Record<string, unknown>; body: Buffer }>((resolve, reject) => {
-      const req = https.request(`${goodUrl}${path}`, {
+after(async () => {
+  for (const c of goClients) c.close();
+  for (const a of agents) await a.stop();
+  await server?.stop();
+  await target?.close();
+  await pki?.cleanup();
+});
+
+function agent(url: string, runnerId: string, transport: "ws" | "raw") {
+  const p = startCli(
+    [
+      "agent",
+      "--server",
+      url,
+      "--runner-id",
+      runnerId,
+      "--local",
+      `127.0.0.1:${target.port}`,
+      "--ca-file",
+      pki.caFile,
+      "--transport",
+      transport,
+    ],
+    { REVDIAL_TOKEN: RUNNER_TOKEN },
+  );
+  agents.push(p);
+  return p;
+}
+
+/** A request through the proxy at `base` to the API, with the admin key, verified against the test CA. */
+function request(base: string, method: string, path: string, body?: Buffer) {
+  return new Promise<{ status: number; headers: Record<string, unknown>; body: Buffer }>(
+    (resolve, reject) => {
+      const req = https.request(`${base}${path}`, {
         method,
         ca,
         agent: false,
@@ -89,41 +115,82 @@ describe("behind nginx with the documented configuration", { skip }, () => {
       });
       req.once("error", reject);
       req.end(body);
-    });
+    },
+  );
+}
 
-  /** 1 MiB up and back through the tunnel of `runnerId`, and a GET, both through nginx. */
-  async function assertIntactCalls(runnerId: string) {
-    const body = randomBytes(MiB);
-    const res = await request("POST", `/api/v1/revdial/${runnerId}/proxy/echo?n=1`, body);
-    assert.equal(res.status, 200, res.body.toString().slice(0, 200));
-    assert.equal(res.headers["x-echo-path"], "/echo?n=1");
-    assert.equal(res.body.length, MiB);
-    assert.equal(sha256(res.body), sha256(body));
-    const get = await request("GET", `/api/v1/revdial/${runnerId}/proxy/hello`);
-    assert.equal(get.status, 200);
-    assert.equal(get.headers["x-echo-method"], "GET");
-    assert.equal(get.headers["x-echo-path"], "/hello");
-  }
+/** 1 MiB up and back through the tunnel of `runnerId`, and a GET, both through the proxy. */
+async function assertIntactCalls(base: string, runnerId: string) {
+  const body = randomBytes(MiB);
+  const res = await request(base, "POST", `/api/v1/revdial/${runnerId}/proxy/echo?n=1`, body);
+  assert.equal(res.status, 200, res.body.toString().slice(0, 200));
+  assert.equal(res.headers["x-echo-path"], "/echo?n=1");
+  assert.equal(res.body.length, MiB);
+  assert.equal(sha256(res.body), sha256(body));
+  const get = await request(base, "GET", `/api/v1/revdial/${runnerId}/proxy/hello`);
+  assert.equal(get.status, 200);
+  assert.equal(get.headers["x-echo-method"], "GET");
+  assert.equal(get.headers["x-echo-path"], "/hello");
+}
 
-  async function connection(runnerId: string) {
-    const res = await request("GET", "/api/v1/revdial/connections");
-    assert.equal(res.status, 200);
-    const list = JSON.parse(res.body.toString()) as Array<Record<string, unknown>>;
-    return list.find((c) => c.runner_id === runnerId);
-  }
+async function connection(base: string, runnerId: string) {
+  const res = await request(base, "GET", "/api/v1/revdial/connections");
+  assert.equal(res.status, 200);
+  const list = JSON.parse(res.body.toString()) as Array<Record<string, unknown>>;
+  return list.find((c) => c.runner_id === runnerId);
+}
+
+/** The three kinds of agent and `revdial doctor` through a proxy that passes upgrades. */
+function itCarriesEveryTunnel(name: string, url: () => string) {
+  it(`serves the API through ${name} (TLS at ${name}, plain HTTP behind it)`, async () => {
+    const health = await request(url(), "GET", "/healthz");
+    assert.equal(health.status, 200);
+    assert.equal(JSON.parse(health.body.toString()).status, "ok");
+  });
+
+  it(`a v2 agent on \`ws\` connects through ${name}; calls reach it with intact bytes`, async () => {
+    const id = `wolf-${name}-ws`;
+    await agent(url(), id, "ws").waitFor(/agent connected/);
+    assert.equal((await connection(url(), id))?.transport, "ws");
+    await assertIntactCalls(url(), id);
+  });
+
+  it(`a v2 agent on \`raw\` (Upgrade: revdial.h2) connects through ${name}; intact bytes`, async () => {
+    const id = `wolf-${name}-raw`;
+    await agent(url(), id, "raw").waitFor(/agent connected/);
+    assert.equal((await connection(url(), id))?.transport, "raw");
+    await assertIntactCalls(url(), id);
+  });
+
+  it(`a v1 agent (the seed's Go client) connects through ${name}; each call's data WebSocket too`, async () => {
+    const id = `wolf-${name}-v1`;
+    const client = await startGoClient(url(), id, RUNNER_TOKEN, `127.0.0.1:${target.port}`, { ca });
+    goClients.push(client);
+    assert.equal((await connection(url(), id))?.protocol, "v1");
+    await assertIntactCalls(url(), id);
+    assert.ok(client.lines.filter((l) => l.command === "conn-ready").length >= 2);
+  });
+
+  it(`revdial doctor through ${name}: every step passes, with a round trip through a temporary tunnel`, async () => {
+    const res = await runCli(["doctor", "--server", url(), "--token", adminKey, "--ca-file", pki.caFile]);
+    assert.equal(res.code, 0, res.stdout + res.stderr);
+    const lines = res.stdout.trim().split("\n");
+    assert.deepEqual(
+      lines.map((l) => l.split(/\s+/).slice(0, 2).join(" ")),
+      ["ok dns", "ok tcp", "ok tls", "ok http", "ok websocket", "ok raw", "ok auth", "ok tunnel"],
+    );
+    assert.match(res.stdout, /^ok\s+tunnel\s+round trip through doctor-\w+ .*RTT \d+\.\d ms/m);
+  });
+}
+
+describe("behind nginx with the documented configuration", { skip: skipNginx }, () => {
+  let good: ProxyProcess;
+  let bad: ProxyProcess;
+  let goodUrl: string;
+  let badUrl: string;
 
   before(async () => {
-    pki = await createTestPki();
-    ca = await readFile(pki.caFile);
-    const pair = await pki.issue("nginx");
-    target = await startTarget();
-    await mkdir(join(pki.dir, "data"));
-    server = startCli(["server", "--listen", "127.0.0.1:0", "--data-dir", join(pki.dir, "data")], {
-      REVDIAL_RUNNER_TOKEN: RUNNER_TOKEN,
-    });
-    const apiPort = Number((await server.waitFor(/listening on http:\/\/127\.0\.0\.1:(\d+)/, 60_000))[1]);
-    adminKey = (await server.waitFor(/admin API key[^:]*: (\S+)/))[1];
-    const block = await documentedNginxBlock();
+    const block = await documentedBlock("nginx");
     const files = { apiPort, certFile: pair.certFile, keyFile: pair.keyFile };
     await mkdir(join(pki.dir, "nginx-good"));
     await mkdir(join(pki.dir, "nginx-bad"));
@@ -136,56 +203,11 @@ describe("behind nginx with the documented configuration", { skip }, () => {
   });
 
   after(async () => {
-    for (const c of goClients) c.close();
-    for (const a of agents) await a.stop();
     await good?.stop();
     await bad?.stop();
-    await server?.stop();
-    await target?.close();
-    await pki?.cleanup();
   });
 
-  it("serves the API through nginx (TLS at nginx, plain HTTP behind it)", async () => {
-    const health = await request("GET", "/healthz");
-    assert.equal(health.status, 200);
-    assert.equal(JSON.parse(health.body.toString()).status, "ok");
-  });
-
-  it("a v2 agent on `ws` connects through nginx; calls reach it with intact bytes", async () => {
-    const a = agent(goodUrl, "wolf-nginx-ws", "ws");
-    await a.waitFor(/agent connected/);
-    assert.equal((await connection("wolf-nginx-ws"))?.transport, "ws");
-    await assertIntactCalls("wolf-nginx-ws");
-  });
-
-  it("a v2 agent on `raw` (Upgrade: revdial.h2) connects through the same block; intact bytes", async () => {
-    const a = agent(goodUrl, "wolf-nginx-raw", "raw");
-    await a.waitFor(/agent connected/);
-    assert.equal((await connection("wolf-nginx-raw"))?.transport, "raw");
-    await assertIntactCalls("wolf-nginx-raw");
-  });
-
-  it("a v1 agent (the seed's Go client) connects through nginx; each call's data WebSocket too", async () => {
-    const client = await startGoClient(goodUrl, "wolf-nginx-v1", RUNNER_TOKEN, `127.0.0.1:${target.port}`, {
-      ca,
-    });
-    goClients.push(client);
-    assert.equal((await connection("wolf-nginx-v1"))?.protocol, "v1");
-    await assertIntactCalls("wolf-nginx-v1");
-    assert.ok(client.lines.filter((l) => l.command === "conn-ready").length >= 2);
-  });
-
-  it("revdial doctor through nginx: every step passes, with a round trip through a temporary tunnel", async () => {
-    const res = await runCli(["doctor", "--server", goodUrl, "--token", adminKey, "--ca-file", pki.caFile]);
-    assert.equal(res.code, 0, res.stdout + res.stderr);
-    const lines = res.stdout.trim().split("\n");
-    assert.deepEqual(
-      lines.map((l) => l.split(/\s+/).slice(0, 2).join(" ")),
-      ["ok dns", "ok tcp", "ok tls", "ok http", "ok websocket", "ok raw", "ok auth", "ok tunnel"],
-    );
-    assert.match(res.stdout, /^ok\s+tunnel\s+round trip through doctor-\w+ .*RTT \d+\.\d ms/m);
-  });
-
+  itCarriesEveryTunnel("nginx", () => goodUrl);
   it("without the Upgrade headers: a `ws` agent's log says that a proxy strips them", async () => {
     const a = agent(badUrl, "wolf-stripped-ws", "ws");
     const [line] = await a.waitFor(/.*"msg":"tunnel connect failed".*/);
@@ -193,7 +215,7 @@ describe("behind nginx with the documented configuration", { skip }, () => {
     assert.match(line, /a proxy in between strips the Upgrade and Connection headers/);
     assert.match(line, /proxy_set_header Upgrade \$http_upgrade/);
     assert.doesNotMatch(a.stdout() + a.stderr(), /agent connected/);
-    assert.equal(await connection("wolf-stripped-ws"), undefined);
+    assert.equal(await connection(goodUrl, "wolf-stripped-ws"), undefined);
     await a.stop();
   });
 
@@ -229,4 +251,24 @@ describe("behind nginx with the documented configuration", { skip }, () => {
     const access = await readFile(join(pki.dir, "nginx-bad", "access.log"), "utf8");
     assert.match(access, /"GET \/api\/v1\/revdial\?runnerid=\S* HTTP\/1\.1" 426 /);
   });
+});
+
+describe("behind HAProxy with the documented configuration", { skip: skipHaproxy }, () => {
+  let proxy: ProxyProcess;
+  let url: string;
+
+  before(async () => {
+    const block = await documentedBlock("haproxy");
+    // HAProxy reads the certificate and its key from one PEM file.
+    const pemFile = join(pki.dir, "haproxy.pem");
+    await writeFile(pemFile, Buffer.concat([pair.cert, pair.key]), { mode: 0o600 });
+    proxy = await startHaproxy(pki.dir, (port) => haproxyFor(block, { port, apiPort, pemFile }));
+    url = `https://127.0.0.1:${proxy.port}`;
+  });
+
+  after(async () => {
+    await proxy?.stop();
+  });
+
+  itCarriesEveryTunnel("haproxy", () => url);
 });

@@ -1,6 +1,7 @@
-// A real nginx for the reverse-proxy tests: Debian's binary as a child process (`daemon off`), its
-// prefix, pid, logs and temp dirs in a temp dir, listening on a free 127.0.0.1 port, with a site
-// block taken from docs/reverse-proxy.md and only its addresses and certificate paths replaced.
+// Real reverse proxies for the reverse-proxy tests, from Debian's packages, as child processes in the
+// foreground: nginx (`daemon off`, its prefix, pid, logs and temp dirs in a temp dir) and HAProxy
+// (`-db`). Each listens on a free 127.0.0.1 port, with the configuration block taken from
+// docs/reverse-proxy.md and only its addresses and certificate paths replaced.
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -9,15 +10,17 @@ import net, { type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-export const NGINX = ["/usr/sbin/nginx", "/usr/bin/nginx"].find((p) => existsSync(p)) ?? null;
+const sbin = (name: string) => [`/usr/sbin/${name}`, `/usr/bin/${name}`].find((p) => existsSync(p)) ?? null;
+export const NGINX = sbin("nginx");
+export const HAPROXY = sbin("haproxy");
 
 const DOC = fileURLToPath(new URL("../../docs/reverse-proxy.md", import.meta.url));
 
-/** The first ```nginx block of docs/reverse-proxy.md, as written there. */
-export async function documentedNginxBlock(): Promise<string> {
+/** The first fenced block of `lang` (nginx, haproxy) in docs/reverse-proxy.md, as written there. */
+export async function documentedBlock(lang: "nginx" | "haproxy"): Promise<string> {
   const text = await readFile(DOC, "utf8");
-  const match = /```nginx\n([\s\S]*?)```/.exec(text);
-  if (!match) throw new Error(`no nginx block in ${DOC}`);
+  const match = new RegExp(`\`\`\`${lang}\n([\\s\\S]*?)\`\`\``).exec(text);
+  if (!match) throw new Error(`no ${lang} block in ${DOC}`);
   return match[1];
 }
 
@@ -59,9 +62,10 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-export interface Nginx {
+export interface ProxyProcess {
   port: number;
   child: ChildProcess;
+  /** nginx's error log, or HAProxy's output. */
   errorLog(): Promise<string>;
   stop(): Promise<void>;
 }
@@ -70,7 +74,7 @@ export interface Nginx {
  * Starts nginx with `site(port)` in its `http` context; resolves once the port accepts connections.
  * `dir` must exist and be private to this nginx.
  */
-export async function startNginx(dir: string, site: (port: number) => string): Promise<Nginx> {
+export async function startNginx(dir: string, site: (port: number) => string): Promise<ProxyProcess> {
   if (!NGINX) throw new Error("nginx is not installed");
   const port = await freePort();
   for (const d of ["body", "proxy", "fastcgi", "uwsgi", "scgi"]) await mkdir(join(dir, d));
@@ -110,15 +114,47 @@ ${site(port)}
     await exited;
     throw new Error(`${(err as Error).message}\n${stderr}\n${await errorLog()}`);
   }
-  return {
-    port,
-    child,
-    errorLog,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      await exited;
-    },
-  };
+  return { port, child, errorLog, stop: () => stopChild(child, exited) };
+}
+
+/** The documented HAProxy block pointed at this test's API, port and certificate (cert+key PEM). */
+export function haproxyFor(block: string, o: { port: number; apiPort: number; pemFile: string }): string {
+  const conf = replaceOnce(
+    block,
+    /^(\s*)bind :443 ssl crt \S+/,
+    `$1bind 127.0.0.1:${o.port} ssl crt ${o.pemFile}`,
+  );
+  return replaceOnce(conf, /^(\s*)server api1 127\.0\.0\.1:8080/, `$1server api1 127.0.0.1:${o.apiPort}`);
+}
+
+/** Starts HAProxy in the foreground with `config(port)`; resolves once the port accepts connections. */
+export async function startHaproxy(dir: string, config: (port: number) => string): Promise<ProxyProcess> {
+  if (!HAPROXY) throw new Error("haproxy is not installed");
+  const port = await freePort();
+  const conf = join(dir, "haproxy.cfg");
+  await writeFile(conf, config(port));
+  const child = spawn(HAPROXY, ["-db", "-f", conf], { stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  child.stdout?.on("data", (c: Buffer) => {
+    output += c;
+  });
+  child.stderr?.on("data", (c: Buffer) => {
+    output += c;
+  });
+  const exited = new Promise<void>((resolve) => child.once("close", () => resolve()));
+  try {
+    await waitListening(port, child, 10_000);
+  } catch (err) {
+    child.kill("SIGKILL");
+    await exited;
+    throw new Error(`${(err as Error).message}\n${output}`);
+  }
+  return { port, child, errorLog: async () => output, stop: () => stopChild(child, exited) };
+}
+
+async function stopChild(child: ChildProcess, exited: Promise<void>): Promise<void> {
+  if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+  await exited;
 }
 
 /** Connects until the port answers, nginx exits, or the deadline passes. */
