@@ -76,26 +76,33 @@ async function adminRoundTrip(t: DoctorTarget, port: number, nonce: string): Pro
 
 async function userRoundTrip(t: DoctorTarget, port: number, nonce: string): Promise<StepOutcome> {
   const session = await t.client.post<{ id: string }>("/api/v1/sessions", { name: "revdial doctor" });
-  try {
-    const result = await throughTunnel(
-      t,
-      `sandbox-${session.id}`,
-      port,
-      "a temporary session's clipboard",
-      async () => {
-        const clip = await t.client.get<{ data?: string }>(`/api/v1/external-agents/${session.id}/clipboard`);
-        return clip.data === `revdial-doctor ${nonce}` ? null : `the clipboard read ${JSON.stringify(clip)}`;
-      },
+  let stopped = false;
+  // Stopped while the tunnel is still up: a stop may ask the sandbox for a final screenshot.
+  const stop = async () => {
+    stopped = await t.client.delete(`/api/v1/external-agents/${session.id}`).then(
+      () => true,
+      () => false,
     );
-    return { ...result, detail: `${result.detail}; session ${session.id} stopped` };
-  } finally {
-    await t.client.delete(`/api/v1/external-agents/${session.id}`).catch(() => {});
-  }
+  };
+  const result = await throughTunnel(
+    t,
+    `sandbox-${session.id}`,
+    port,
+    "a temporary session's clipboard",
+    async () => {
+      const clip = await t.client.get<{ data?: string }>(`/api/v1/external-agents/${session.id}/clipboard`);
+      return clip.data === `revdial-doctor ${nonce}` ? null : `the clipboard read ${JSON.stringify(clip)}`;
+    },
+    stop,
+  );
+  if (!stopped) await stop();
+  const after = stopped ? "stopped" : "could NOT be stopped: stop it with `revdial spectask stop`";
+  return { ...result, detail: `${result.detail}; session ${session.id} ${after}` };
 }
 
 /**
  * Registers `runnerId` with the key, runs `call` ROUND_TRIPS times (it returns null when the answer
- * is right, else what was wrong), and closes the tunnel whatever happened.
+ * is right, else what was wrong), runs `beforeClose`, and closes the tunnel whatever happened.
  */
 async function throughTunnel(
   t: DoctorTarget,
@@ -103,6 +110,7 @@ async function throughTunnel(
   port: number,
   route: string,
   call: () => Promise<string | null>,
+  beforeClose: () => Promise<void> = async () => {},
 ): Promise<StepOutcome> {
   const agent = new AgentClient({
     serverUrl: t.url.href,
@@ -134,6 +142,7 @@ async function throughTunnel(
   } catch (err) {
     return fail(`${route}: ${(err as Error).message}`, "see the server's log for this call");
   } finally {
+    await beforeClose();
     await agent.close(1000);
   }
 }
