@@ -112,6 +112,10 @@ export class RawLink implements TunnelLink {
   constructor(socket: Socket) {
     this.stream = socket;
     socket.setNoDelay(true);
+    // Over TLS (wss://, or TLS at a proxy), node:http2 takes a socket whose ALPN did not pick "h2"
+    // for another protocol and drops it after 10 s. HTTP/2 was agreed by the upgrade, not by ALPN.
+    if ((socket as { encrypted?: boolean }).encrypted)
+      (socket as { alpnProtocol?: string | false }).alpnProtocol = undefined;
     socket.on("error", (err) => {
       this.closeReason ??= `socket error: ${err.message}`;
     });

@@ -165,7 +165,7 @@ describe("TLS end to end through the CLI", () => {
       REVDIAL_API_KEY: adminKey,
     });
     assert.equal(res.code, 0, res.stdout + res.stderr);
-    for (const name of ["reachable", "tls", "healthz", "api key", "websocket"])
+    for (const name of ["dns", "tcp", "tls", "http", "websocket", "raw", "auth", "tunnel"])
       assert.match(res.stdout, new RegExp(`^ok\\s+${name}\\s`, "m"));
   });
 

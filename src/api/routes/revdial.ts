@@ -4,9 +4,10 @@
 
 import { type Readable, Transform, type TransformCallback } from "node:stream";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { RUNNER_ID_PATTERN } from "../../tunnel/constants.ts";
+import { RUNNER_ID_PATTERN, TUNNEL_PATH } from "../../tunnel/constants.ts";
 import { BodyTooLargeError, TunnelStreamError } from "../../tunnel/errors.ts";
 import type { TunnelEndpoint } from "../../tunnel/tunnel-endpoint.ts";
+import { UPGRADE_STRIPPED_CODE, UPGRADE_STRIPPED_SERVER_MESSAGE } from "../../tunnel/upgrade-diagnosis.ts";
 import { principalOf, requireAdmin } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errorBody, statusOf } from "../http-errors.ts";
@@ -28,6 +29,12 @@ export async function revdialRoutes(
     else {
       socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     }
+  });
+
+  // A handshake whose Upgrade header a proxy dropped arrives here as a plain GET: name that cause
+  // (426 RD_ERR_TUNNEL_UPGRADE_STRIPPED) instead of a bare 404, so the agent's log says it.
+  app.get(TUNNEL_PATH, async () => {
+    throw new ApiError(426, UPGRADE_STRIPPED_CODE, UPGRADE_STRIPPED_SERVER_MESSAGE);
   });
 
   app.get("/api/v1/revdial/connections", { preHandler: ctx.auth.preHandler }, async (request) => {

@@ -1,201 +1,167 @@
-// `revdial doctor`: checks, in order, what a working set-up needs from where the command runs:
-// the server's address answers, its certificate verifies (naming the failure), /healthz answers,
-// the API key works, and a WebSocket upgrade reaches the tunnel endpoint (a proxy that drops
-// upgrades is the usual fault). One line per check, `ok`, `FAIL` or `skip`; exit 1 on any FAIL.
-// Honours REVDIAL_URL, REVDIAL_API_KEY, --ca-file / REVDIAL_CA_FILE and --insecure.
+// `revdial doctor [--server URL] [--token T | --token-file F]`: checks, in order, what a working
+// set-up needs from where the command runs, and prints one line per step, `ok`, `FAIL`, `warn` or
+// `skip`, with the fix under each failure; exit 1 on any FAIL. The steps: DNS, TCP, TLS, HTTP
+// (/healthz), the WebSocket upgrade to the tunnel endpoint (naming a proxy that strips the Upgrade
+// headers) and the raw transport's, authentication, and a round trip through a temporary tunnel
+// with its RTT (doctor-round-trip.ts). A step that cannot run because an earlier one failed is
+// skipped. Honours REVDIAL_URL, REVDIAL_API_KEY, --ca-file / REVDIAL_CA_FILE and --insecure.
 
-import { randomBytes } from "node:crypto";
-import http, { type IncomingMessage } from "node:http";
-import https from "node:https";
-import net from "node:net";
-import tls from "node:tls";
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
-import { TUNNEL_PATH } from "../../tunnel/constants.ts";
-import { type ClientTls, classifyTlsError, hostOf } from "../../tunnel/tls.ts";
 import { ApiClient, clientOptionsFromEnv } from "../api-client.ts";
-import { durationOption } from "../env.ts";
+import {
+  checkDns,
+  checkHttp,
+  checkRawUpgrade,
+  checkTcp,
+  checkTls,
+  checkWebSocket,
+  type DoctorTarget,
+  type StepOutcome,
+} from "../doctor-checks.ts";
+import { checkAuth, checkRoundTrip, type Identity } from "../doctor-round-trip.ts";
+import { CliUsageError, durationOption } from "../env.ts";
 
-type Outcome = "ok" | "FAIL" | "skip";
-
-export interface CheckResult {
+export interface StepResult extends StepOutcome {
   name: string;
-  outcome: Outcome;
-  detail: string;
 }
 
-interface Target {
-  url: URL;
-  host: string;
-  port: number;
-  tls: ClientTls | undefined;
-  client: ApiClient;
-  apiKey: string | null;
+interface DoctorFlags {
+  server?: string;
+  token?: string;
+  tokenFile?: string;
+  timeout: string;
+}
+
+export interface DoctorOptions {
+  /** API base URL; default REVDIAL_URL, else http://127.0.0.1:8080. */
+  serverUrl?: string;
+  /** API key; default REVDIAL_API_KEY, else ./data/admin.key. */
+  apiKey?: string | null;
+  /** Deadline of each step. */
   timeoutMs: number;
+  print?: (line: string) => void;
 }
 
 export function register(program: Command): void {
   program
     .command("doctor")
-    .description("check the server URL, TLS, health, API key and WebSocket upgrades from here")
-    .option("--timeout <duration>", "deadline of each check", "10s")
-    .action(async (flags: { timeout: string }) => {
-      const results = await runDoctor(durationOption("--timeout", flags.timeout));
+    .description(
+      "check DNS, TCP, TLS, HTTP, the tunnel upgrade (and proxies that strip it), the key, and a round trip through a temporary tunnel",
+    )
+    .option("--server <url>", "API URL (env REVDIAL_URL)")
+    .option("--token <key>", "API key to check and open the temporary tunnel with (env REVDIAL_API_KEY)")
+    .option("--token-file <file>", "read the API key from FILE (keeps it off the command line)")
+    .option("--timeout <duration>", "deadline of each step", "10s")
+    .action(async (flags: DoctorFlags) => {
+      const results = await runDoctor({
+        serverUrl: flags.server,
+        apiKey: flags.token ?? (flags.tokenFile ? readTokenFile(flags.tokenFile) : undefined),
+        timeoutMs: durationOption("--timeout", flags.timeout),
+      });
       if (results.some((r) => r.outcome === "FAIL")) process.exitCode = 1;
     });
 }
 
-/** Runs every check, printing each line as it completes; later checks skip once one fails. */
-export async function runDoctor(
-  timeoutMs: number,
-  print: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
-): Promise<CheckResult[]> {
-  const options = clientOptionsFromEnv();
-  const url = new URL(options.baseUrl);
-  const secure = url.protocol === "https:";
-  const target: Target = {
-    url,
-    host: url.hostname.replace(/^\[|\]$/g, ""),
-    port: Number(url.port) || (secure ? 443 : 80),
-    tls: options.tls,
-    client: new ApiClient({ ...options, timeoutMs }),
-    apiKey: options.apiKey,
-    timeoutMs,
-  };
-  const checks: Array<[string, (t: Target) => Promise<Omit<CheckResult, "name">>]> = [
-    ["reachable", checkReachable],
-    ["tls", checkTls],
-    ["healthz", checkHealth],
-    ["api key", checkApiKey],
-    ["websocket", checkWebSocket],
-  ];
-  const results: CheckResult[] = [];
-  let blocked = false;
-  for (const [name, check] of checks) {
-    const result: CheckResult = blocked
-      ? { name, outcome: "skip", detail: "an earlier check failed" }
-      : { name, ...(await check(target).catch((err: Error) => fail(err.message))) };
-    // Without a connection or a trusted certificate nothing further can be learnt.
-    if (result.outcome === "FAIL" && (name === "reachable" || name === "tls")) blocked = true;
+function readTokenFile(file: string): string {
+  let key: string;
+  try {
+    key = readFileSync(file, "utf8").trim();
+  } catch (err) {
+    throw new CliUsageError(`--token-file: ${(err as Error).message}`);
+  }
+  if (!key) throw new CliUsageError(`--token-file: ${file} is empty`);
+  return key;
+}
+
+type Step = [name: string, run: (t: DoctorTarget, state: RunState) => Promise<StepOutcome>];
+
+interface RunState {
+  identity?: Identity;
+}
+
+/** Steps after which nothing further can be learnt when they fail. */
+const BLOCKING = new Set(["dns", "tcp", "tls", "http"]);
+
+const STEPS: Step[] = [
+  ["dns", checkDns],
+  ["tcp", checkTcp],
+  ["tls", checkTls],
+  ["http", checkHttp],
+  ["websocket", checkWebSocket],
+  ["raw", checkRawUpgrade],
+  [
+    "auth",
+    async (t, state) => {
+      const { identity, ...result } = await checkAuth(t);
+      state.identity = identity;
+      return result;
+    },
+  ],
+  ["tunnel", (t, state) => checkRoundTrip(t, state.identity)],
+];
+
+/** Runs every step, printing each line as it completes. */
+export async function runDoctor(options: DoctorOptions): Promise<StepResult[]> {
+  const print = options.print ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const target = targetFor(options);
+  const results: StepResult[] = [];
+  const runState: RunState = {};
+  let blockedBy: string | null = null;
+  for (const [name, run] of STEPS) {
+    const result: StepResult = {
+      name,
+      ...(await stepOutcome(name, run, target, runState, blockedBy, results)),
+    };
+    if (result.outcome === "FAIL" && BLOCKING.has(name)) blockedBy ??= name;
     results.push(result);
     print(`${result.outcome.padEnd(4)}  ${name.padEnd(9)}  ${result.detail}`);
+    if (result.fix && (result.outcome === "FAIL" || result.outcome === "warn"))
+      print(`${" ".repeat(17)}fix: ${result.fix}`);
   }
   return results;
 }
 
-const ok = (detail: string) => ({ outcome: "ok" as const, detail });
-const fail = (detail: string) => ({ outcome: "FAIL" as const, detail });
-
-function checkReachable(t: Target): Promise<Omit<CheckResult, "name">> {
-  const started = Date.now();
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: t.host, port: t.port, timeout: t.timeoutMs });
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(ok(`${t.host}:${t.port} answers (${Date.now() - started} ms)`));
-    });
-    socket.once("timeout", () => {
-      socket.destroy();
-      resolve(fail(`${t.host}:${t.port}: no answer within ${t.timeoutMs} ms`));
-    });
-    socket.once("error", (err) => resolve(fail(`${t.host}:${t.port}: ${err.message}`)));
-  });
-}
-
-function checkTls(t: Target): Promise<Omit<CheckResult, "name">> {
-  if (t.url.protocol !== "https:")
-    return Promise.resolve({ outcome: "skip", detail: "plain http (no TLS on this URL)" });
-  return new Promise((resolve) => {
-    const socket = tls.connect({
-      host: t.host,
-      port: t.port,
-      servername: net.isIP(t.host) ? undefined : t.host,
-      ca: t.tls?.ca,
-      rejectUnauthorized: t.tls?.rejectUnauthorized ?? true,
-      timeout: t.timeoutMs,
-    });
-    socket.once("secureConnect", () => {
-      const cert = socket.getPeerCertificate();
-      const about = `subject ${cert.subject?.CN ?? "?"}, issuer ${cert.issuer?.CN ?? "?"}, valid until ${cert.valid_to}`;
-      socket.destroy();
-      if (socket.authorized) resolve(ok(`certificate verified (${about})`));
-      else resolve(ok(`NOT verified (--insecure): ${socket.authorizationError} (${about})`));
-    });
-    socket.once("timeout", () => {
-      socket.destroy();
-      resolve(fail(`no TLS handshake within ${t.timeoutMs} ms`));
-    });
-    socket.once("error", (err) => {
-      const tlsError = classifyTlsError(err, hostOf(t.url));
-      resolve(fail(tlsError ? tlsError.message : `TLS handshake failed: ${err.message}`));
-    });
-  });
-}
-
-async function checkHealth(t: Target): Promise<Omit<CheckResult, "name">> {
-  const health = await t.client.get<{ status?: string; tunnels?: number }>("/healthz");
-  if (health?.status !== "ok") return fail(`/healthz answered ${JSON.stringify(health)}`);
-  return ok(`/healthz ok (${health.tunnels ?? "?"} tunnels)`);
-}
-
-async function checkApiKey(t: Target): Promise<Omit<CheckResult, "name">> {
-  if (!t.apiKey) return fail("no API key (set REVDIAL_API_KEY, or run where ./data/admin.key is)");
-  const me = await t.client.get<{ name: string | null; admin: boolean }>("/api/v1/users/me");
-  return ok(`key accepted${me.name ? ` for ${me.name}` : ""}${me.admin ? " (admin)" : ""}`);
-}
-
-/**
- * Offers an upgrade with an invalid runner id: the tunnel endpoint answers 400 with its own error
- * code before upgrading, which proves the request reached it as an upgrade. Sends no token.
- */
-function checkWebSocket(t: Target): Promise<Omit<CheckResult, "name">> {
-  const url = new URL(`${t.url.href.replace(/\/+$/, "")}${TUNNEL_PATH}?runnerid=`);
-  const secure = url.protocol === "https:";
-  return new Promise((resolve) => {
-    const req = (secure ? https : http).request(url, {
-      headers: {
-        connection: "Upgrade",
-        upgrade: "websocket",
-        "sec-websocket-version": "13",
-        "sec-websocket-key": randomBytes(16).toString("base64"),
-      },
-      ...(secure ? { ca: t.tls?.ca, rejectUnauthorized: t.tls?.rejectUnauthorized ?? true } : {}),
-      agent: false,
-      timeout: t.timeoutMs,
-    });
-    req.once("upgrade", (_res, socket) => {
-      socket.destroy();
-      resolve(ok(`${TUNNEL_PATH} upgraded`));
-    });
-    req.once("response", (res) => void readAnswer(res).then((answer) => resolve(judgeUpgrade(answer))));
-    req.once("timeout", () => {
-      req.destroy();
-      resolve(fail(`no answer to the upgrade within ${t.timeoutMs} ms`));
-    });
-    req.once("error", (err) => resolve(fail(`upgrade failed: ${err.message}`)));
-    req.end();
-  });
-}
-
-async function readAnswer(res: IncomingMessage): Promise<{ status: number; text: string }> {
-  let text = "";
-  for await (const chunk of res) {
-    if (text.length < 4096) text += chunk;
+async function stepOutcome(
+  name: string,
+  run: Step[1],
+  target: DoctorTarget,
+  runState: RunState,
+  blockedBy: string | null,
+  earlier: StepResult[],
+): Promise<StepOutcome> {
+  if (blockedBy) return { outcome: "skip", detail: `the ${blockedBy} step failed` };
+  // The round trip needs an accepted key and a passable upgrade.
+  if (name === "tunnel") {
+    const failed = earlier.find((r) => (r.name === "auth" || r.name === "websocket") && r.outcome === "FAIL");
+    if (failed) return { outcome: "skip", detail: `the ${failed.name} step failed` };
   }
-  return { status: res.statusCode ?? 0, text };
-}
-
-function judgeUpgrade({ status, text }: { status: number; text: string }): Omit<CheckResult, "name"> {
-  let code = "";
   try {
-    code = JSON.parse(text).error?.code ?? "";
-  } catch {
-    // Not our JSON: something else answered.
+    return await run(target, runState);
+  } catch (err) {
+    return { outcome: "FAIL", detail: (err as Error).message, fix: "see the message above" };
   }
-  if (status === 400 && code === "RD_ERR_TUNNEL_INVALID_RUNNER_ID")
-    return ok(`${TUNNEL_PATH} accepts WebSocket upgrades (tunnel endpoint answered)`);
-  const snippet = text.trim().replace(/\s+/g, " ").slice(0, 120);
-  return fail(
-    `the upgrade to ${TUNNEL_PATH} got HTTP ${status}${snippet ? ` (${snippet})` : ""}, not the tunnel ` +
-      "endpoint's answer: a proxy in between may not pass WebSocket upgrades (see docs/tls.md)",
-  );
+}
+
+function targetFor(options: DoctorOptions): DoctorTarget {
+  const env = clientOptionsFromEnv();
+  const baseUrl = (options.serverUrl ?? env.baseUrl).replace(/\/+$/, "");
+  let url: URL;
+  try {
+    url = new URL(baseUrl);
+  } catch {
+    throw new CliUsageError(`--server: not a URL: "${baseUrl}"`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    throw new CliUsageError(`--server must be an http:// or https:// URL, got ${url.protocol}`);
+  const apiKey = options.apiKey === undefined ? env.apiKey : options.apiKey;
+  return {
+    url,
+    host: url.hostname.replace(/^\[|\]$/g, ""),
+    port: Number(url.port) || (url.protocol === "https:" ? 443 : 80),
+    tls: env.tls,
+    client: new ApiClient({ baseUrl, apiKey, tls: env.tls, timeoutMs: options.timeoutMs }),
+    apiKey,
+    timeoutMs: options.timeoutMs,
+  };
 }
