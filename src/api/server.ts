@@ -1,15 +1,30 @@
-// Runs the control plane: opens the store (embedded PGlite in the data dir, or Postgres), makes the
-// first admin key, builds the tunnel registry and the app, and listens. close() drains: new
-// tunnels are refused, live ones get GOAWAY and a bounded drain, then the store closes.
+// Runs the control plane: locks the data dir, opens the store (embedded PGlite in the data dir, or
+// Postgres), makes the first admin key, builds the tunnel registry and the app, and listens.
+// close() drains: new tunnels are refused, live ones get GOAWAY and a bounded drain, then the store
+// closes and the lock is released.
+//
+// Start-up contract: the data dir is locked before anything in it is read or written (a second
+// server on the same dir fails with RD_ERR_DATA_DIR_LOCKED naming the holder's pid, also with
+// DATABASE_URL, since the dir still holds admin.key and runner.token); the dir is made 0700 and
+// every file in it 0600 on every start; and when any step fails, everything opened so far (store,
+// registry, app, lock) is closed before the error is thrown, so the caller can exit at once.
 
 import { randomBytes } from "node:crypto";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { openStore, type Store } from "../store/index.ts";
+import {
+  type DataDirLock,
+  ensureDir,
+  lockDataDir,
+  openStore,
+  PRIVATE_DIR_MODE,
+  type Store,
+  secureTree,
+} from "../store/index.ts";
 import { DEFAULT_TIMINGS, type TunnelTimings } from "../tunnel/tunnel.ts";
 import { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
 import { TunnelRegistry } from "../tunnel/tunnel-registry.ts";
@@ -48,6 +63,9 @@ export interface ServerOptions {
   hostSweepIntervalMs?: number;
   logger: Logger;
 }
+
+/** A failed start closes what it opened within this long, so the process can exit within 2 s. */
+const START_CLEANUP_DEADLINE_MS = 1500;
 
 const DEFAULTS = Object.freeze({
   listen: "127.0.0.1:8080",
@@ -97,11 +115,63 @@ async function resolveRunnerToken(
 }
 
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
-  const o = { ...DEFAULTS, ...options };
+  const o: ResolvedOptions = { ...DEFAULTS, ...options };
   const { host, port } = parseListen(o.listen);
   const logger = o.logger;
-  await mkdir(o.dataDir, { recursive: true });
+  // The lock comes first: a second server on this data dir stops here, before touching any file.
+  await ensureDir(o.dataDir, PRIVATE_DIR_MODE);
+  const lock = await lockDataDir(o.dataDir);
+  // Undone in reverse order when a later step fails, so a failed start leaves nothing open.
+  const undo: (() => unknown)[] = [() => lock.release()];
+  try {
+    return await startLocked(o, host, port, lock, undo);
+  } catch (err) {
+    await undoWithin(undo.reverse(), START_CLEANUP_DEADLINE_MS, logger);
+    throw err;
+  }
+}
+
+/**
+ * Runs the clean-up steps in order, each given what is left of `deadlineMs`: a step that hangs (a
+ * pool ending against a frozen database) must not keep a failed start alive. Steps past the
+ * deadline are started but not awaited.
+ */
+async function undoWithin(steps: (() => unknown)[], deadlineMs: number, logger: Logger): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (const step of steps) {
+    let timer: NodeJS.Timeout | undefined;
+    const left = Math.max(0, end - Date.now());
+    try {
+      await Promise.race([
+        Promise.resolve().then(step),
+        new Promise((resolve) => {
+          timer = setTimeout(resolve, left);
+        }),
+      ]);
+    } catch (err) {
+      logger.debug({ err }, "start-up clean-up step failed");
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+type ResolvedOptions = ServerOptions &
+  Required<Pick<ServerOptions, "listen" | "dataDir" | "gracePeriodMs" | "bodyLimit" | "callTimeoutMs">>;
+
+async function startLocked(
+  o: ResolvedOptions,
+  host: string,
+  port: number,
+  lock: DataDirLock,
+  undo: (() => unknown)[],
+): Promise<RunningServer> {
+  const logger = o.logger;
+  await secureTree(o.dataDir);
   const store = await openStore({ dataDir: o.dataDir, databaseUrl: o.databaseUrl ?? undefined, logger });
+  undo.push(() => store.close());
+  // PGlite unpacks its template files 0666: make them private before anything is served.
+  await secureTree(o.dataDir);
   const runnerToken = await resolveRunnerToken(o.dataDir, o.runnerToken, logger);
   const auth = createAuth({ store, runnerToken, logger });
   const adminKey = await ensureAdminKey({ store, dataDir: o.dataDir, logger });
@@ -114,6 +184,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     callTimeoutMs: o.callTimeoutMs,
     observer: metrics.observer(),
   });
+  undo.push(() => registry.close());
   metrics.addByteSource(() => registry.bytesTotal());
   const endpoint = new TunnelEndpoint({
     registry,
@@ -126,6 +197,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await auth.authorizeRunner(principal, runnerId);
     },
   });
+  undo.push(() => endpoint.destroy());
   const publicUrl =
     o.publicUrl ?? `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
   const ctx: ApiContext = {
@@ -136,6 +208,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     config: { publicUrl, bodyLimit: o.bodyLimit, callTimeoutMs: o.callTimeoutMs },
   };
   const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });
+  undo.push(() => app.close());
   const tracker = new SandboxTracker({
     ctx,
     events: registry,
@@ -143,6 +216,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     sweepIntervalMs: o.hostSweepIntervalMs,
   });
   tracker.start();
+  undo.push(() => tracker.close());
   await app.listen({ host, port });
   const actual = (app.server.address() as AddressInfo).port;
   const url = `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${actual}`;
@@ -165,6 +239,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         await registry.close();
         await app.close();
         await store.close();
+        await secureTree(o.dataDir).catch(() => {});
+        lock.release();
       })();
       return closing;
     },
