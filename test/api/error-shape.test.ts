@@ -24,7 +24,7 @@ function assertShape(answer: Answer, status: number, code: string): void {
   assert.deepEqual(Object.keys(answer.body.error ?? {}).sort(), ["code", "message"], answer.raw);
   assert.equal(answer.body.error?.code, code, answer.raw);
   assert.equal(typeof answer.body.error?.message, "string");
-  assert.ok((answer.body.error?.message as string).length > 0);
+  assert.ok(String(answer.body.error?.message).length > 0);
   assert.doesNotMatch(answer.raw, /FST_/);
 }
 
