@@ -126,6 +126,13 @@ async function runServer(flags: ServerFlags): Promise<void> {
     https,
     logger,
   });
+  // The signal handler goes in before "listening on" is printed: a supervisor that stops the
+  // server as soon as it reads that line gets a clean drain, not the default SIGTERM death.
+  let localHost: Awaited<ReturnType<typeof startLocalHost>> | null = null;
+  onShutdownSignal(logger, async () => {
+    await localHost?.close();
+    await server.close();
+  });
   try {
     // With https set, the listener is an https.Server.
     if (https) await reloadOnSighup(server.app.server as unknown as SecureContextTarget, flags, logger);
@@ -135,11 +142,7 @@ async function runServer(flags: ServerFlags): Promise<void> {
       );
     }
     process.stdout.write(`listening on ${server.url}\n`);
-    const localHost = flags.withLocalHost ? await startLocalHost(server, logger) : null;
-    onShutdownSignal(logger, async () => {
-      await localHost?.close();
-      await server.close();
-    });
+    if (flags.withLocalHost) localHost = await startLocalHost(server, logger);
   } catch (err) {
     // A failure after listening (the local host refused, say) stops the server too.
     await Promise.race([server.close(), new Promise((r) => setTimeout(r, 1500).unref())]);
