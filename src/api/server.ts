@@ -23,6 +23,7 @@ import {
   openStore,
   PRIVATE_DIR_MODE,
   type Store,
+  type StoreOptions,
   secureTree,
 } from "../store/index.ts";
 import { DEFAULT_TIMINGS, type TunnelTimings } from "../tunnel/tunnel.ts";
@@ -42,6 +43,8 @@ export interface ServerOptions {
   dataDir?: string;
   /** A Postgres server instead of the embedded database. */
   databaseUrl?: string | null;
+  /** Postgres timeouts and pool size (defaults in src/store/index.ts: 5 s connect, 10 s statement). */
+  storeLimits?: Pick<StoreOptions, "connectTimeoutMs" | "statementTimeoutMs" | "idleTimeoutMs" | "maxConnections">;
   /** The system secret hosts register with; generated into DATA_DIR/runner.token when unset. */
   runnerToken?: string | null;
   /** How long calls wait for a dropped tunnel to come back. Default 30 s. */
@@ -168,7 +171,12 @@ async function startLocked(
 ): Promise<RunningServer> {
   const logger = o.logger;
   await secureTree(o.dataDir);
-  const store = await openStore({ dataDir: o.dataDir, databaseUrl: o.databaseUrl ?? undefined, logger });
+  const store = await openStore({
+    ...o.storeLimits,
+    dataDir: o.dataDir,
+    databaseUrl: o.databaseUrl ?? undefined,
+    logger,
+  });
   undo.push(() => store.close());
   // PGlite unpacks its template files 0666: make them private before anything is served.
   await secureTree(o.dataDir);

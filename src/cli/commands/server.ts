@@ -13,6 +13,8 @@ interface ServerFlags {
   runnerToken?: string;
   gracePeriod: string;
   databaseUrl?: string;
+  dbConnectTimeout: string;
+  dbStatementTimeout: string;
   bodyLimit: string;
   publicUrl?: string;
   logLevel: string;
@@ -49,6 +51,16 @@ export function register(program: Command): void {
       "--database-url <url>",
       "a Postgres server instead of the embedded store (env DATABASE_URL)",
       env("DATABASE_URL"),
+    )
+    .option(
+      "--db-connect-timeout <duration>",
+      "Postgres: deadline to connect or get a pooled connection (env REVDIAL_DB_CONNECT_TIMEOUT)",
+      env("REVDIAL_DB_CONNECT_TIMEOUT") ?? "5s",
+    )
+    .option(
+      "--db-statement-timeout <duration>",
+      "Postgres: deadline of one statement, server and client side (env REVDIAL_DB_STATEMENT_TIMEOUT)",
+      env("REVDIAL_DB_STATEMENT_TIMEOUT") ?? "10s",
     )
     .option(
       "--body-limit <size>",
@@ -120,6 +132,10 @@ async function runServer(flags: ServerFlags): Promise<void> {
     dataDir: flags.dataDir,
     runnerToken: flags.runnerToken,
     databaseUrl: flags.databaseUrl,
+    storeLimits: {
+      connectTimeoutMs: durationOption("--db-connect-timeout", flags.dbConnectTimeout),
+      statementTimeoutMs: durationOption("--db-statement-timeout", flags.dbStatementTimeout),
+    },
     gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
     bodyLimit: sizeOption("--body-limit", flags.bodyLimit),
     publicUrl: flags.publicUrl,
