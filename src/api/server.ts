@@ -44,7 +44,10 @@ export interface ServerOptions {
   /** A Postgres server instead of the embedded database. */
   databaseUrl?: string | null;
   /** Postgres timeouts and pool size (defaults in src/store/index.ts: 5 s connect, 10 s statement). */
-  storeLimits?: Pick<StoreOptions, "connectTimeoutMs" | "statementTimeoutMs" | "idleTimeoutMs" | "maxConnections">;
+  storeLimits?: Pick<
+    StoreOptions,
+    "connectTimeoutMs" | "statementTimeoutMs" | "idleTimeoutMs" | "maxConnections"
+  >;
   /** The system secret hosts register with; generated into DATA_DIR/runner.token when unset. */
   runnerToken?: string | null;
   /** How long calls wait for a dropped tunnel to come back. Default 30 s. */
@@ -123,7 +126,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const logger = o.logger;
   // The lock comes first: a second server on this data dir stops here, before touching any file.
   await ensureDir(o.dataDir, PRIVATE_DIR_MODE);
-  const lock = await lockDataDir(o.dataDir);
+  const lock = await lockDataDir(o.dataDir, { logger });
   // Undone in reverse order when a later step fails, so a failed start leaves nothing open.
   const undo: (() => unknown)[] = [() => lock.release()];
   try {

@@ -11,15 +11,17 @@
 //   `flock` (or busybox's) is run ONCE on our own file descriptor (`flock -n 3`): the lock belongs to
 //   the open file description, which our descriptor keeps open after the program exits. The holder
 //   writes its pid into the file, so a second server names it. The lock file is never unlinked
-//   (unlinking a lock file lets two processes lock two different inodes).
+//   (unlinking a lock file lets two processes lock two different inodes). Where no flock program
+//   exists (macOS), the pid in that file is checked instead (best effort, and logged as such).
 // - secureTree() makes the directory 0700 and every file in it 0600, recursively; the server runs
 //   it on every start (fixing a dir an older version left 0755) and after the store opens (PGlite
 //   unpacks its template files 0666 and writes some 0644 whatever the umask).
 
 import { spawn } from "node:child_process";
-import { closeSync, constants, ftruncateSync, openSync, writeSync } from "node:fs";
+import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
 import { chmod, lstat, mkdir, readdir, readFile, stat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
+import type { Logger } from "../common/logger.ts";
 import { DATA_DIR_ERROR_CODES, DataDirError } from "./store-errors.ts";
 
 export const LOCK_FILE_NAME = "revdial.lock";
@@ -67,6 +69,31 @@ export interface DataDirLock {
 export interface LockOptions {
   /** The flock(1) program. Default "flock" from PATH (util-linux, or busybox). */
   program?: string;
+  /** Told when no flock program exists and the pid-file fallback is used. */
+  logger?: Logger;
+}
+
+/** True when a process with this pid exists (EPERM: it does, under another user). */
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * The fallback where no flock program exists (macOS): the pid in the lock file holds the dir while
+ * that process lives. Best effort: two servers starting in the same instant after a holder died
+ * can both see it dead; the kernel lock above has no such window, which is why it comes first.
+ */
+function pidFileLock(dir: string, path: string): void {
+  const text = readFileSync(path, "utf8").trim();
+  const pid = Number(/^(\d+)/.exec(text)?.[1] ?? 0);
+  if (pid > 0 && pid !== process.pid && pidAlive(pid)) {
+    throw new DataDirError(DATA_DIR_ERROR_CODES.locked, `data dir ${dir} is in use by pid ${pid}`);
+  }
 }
 
 /** Runs `flock --nonblock --exclusive 3` on `fd`: true when locked, false when another holds it. */
@@ -114,15 +141,21 @@ export async function lockDataDir(dir: string, options: LockOptions = {}): Promi
   try {
     locked = await flockFd(fd, program);
   } catch (err) {
-    closeSync(fd);
-    const missing = (err as NodeJS.ErrnoException).code === "ENOENT";
-    throw unusable(
-      dir,
-      missing
-        ? `cannot lock it: the ${program} program (util-linux) is not installed`
-        : `cannot lock it: ${(err as Error).message}`,
-      err,
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+      closeSync(fd);
+      throw unusable(dir, `cannot lock it: ${(err as Error).message}`, err);
+    }
+    options.logger?.warn(
+      { path },
+      `no ${program} program (util-linux): the data dir is locked by a pid file only (best effort)`,
     );
+    try {
+      pidFileLock(dir, path);
+    } catch (lockErr) {
+      closeSync(fd);
+      throw lockErr;
+    }
+    locked = true;
   }
   if (!locked) {
     closeSync(fd);
@@ -139,6 +172,8 @@ export async function lockDataDir(dir: string, options: LockOptions = {}): Promi
     release() {
       if (!open) return;
       open = false;
+      // An empty file names no holder: the pid-file fallback then sees the dir free.
+      ftruncateSync(fd, 0);
       closeSync(fd);
     },
   };

@@ -31,6 +31,20 @@ export interface PgDriverOptions {
 
 /** How much longer the client waits than the server's own statement_timeout. */
 const CLIENT_TIMEOUT_MARGIN_MS = 1000;
+/**
+ * close() waits this long for the pool to end. Ending a connection waits for the server's side of
+ * the close, which a frozen server never sends: a shutdown must not hang on it.
+ */
+const CLOSE_DEADLINE_MS = 2000;
+
+function endWithin(pool: pg.Pool, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+    timer.unref();
+  });
+  return Promise.race([pool.end().catch(() => {}), deadline]).finally(() => clearTimeout(timer));
+}
 
 /**
  * pg's own failures of the connection carry no code, only a message; they are matched here, in the
@@ -137,6 +151,6 @@ export async function openPostgres(options: PgDriverOptions): Promise<SqlDatabas
     backend: "postgres",
     outer: executorOf(pool),
     transaction: (fn) => runTransaction(pool, fn),
-    close: () => pool.end(),
+    close: () => endWithin(pool, CLOSE_DEADLINE_MS),
   });
 }

@@ -3,7 +3,8 @@
 //   a level cannot be made (under /proc Node's recursive mkdir spins forever) or is a file;
 // - lockDataDir() is exclusive: a second lock on the same dir (even from this process: flock locks
 //   belong to the open file, not the process) fails with RD_ERR_DATA_DIR_LOCKED naming the
-//   holder's pid; release() lets the next one in; a missing flock program is named;
+//   holder's pid; release() lets the next one in; without a flock program, a live pid in the
+//   lock file holds the dir;
 // - secureTree() makes every dir 0700 and every file 0600;
 // - a PGlite dir that cannot open says why: the PANIC text, not just "Aborted()".
 
@@ -76,13 +77,23 @@ describe("data dir guards", () => {
     lock.release();
   });
 
-  it("a missing flock program is named", async () => {
+  it("without a flock program, the pid in the lock file holds the dir while that process lives", async () => {
     const data = join(dir, "noflock");
     await ensureDir(data, 0o700);
-    await assert.rejects(lockDataDir(data, { program: "revdial-no-such-flock" }), {
-      code: "RD_ERR_DATA_DIR_UNUSABLE",
-      message: /revdial-no-such-flock program \(util-linux\) is not installed/,
+    const path = join(data, LOCK_FILE_NAME);
+    const program = "revdial-no-such-flock";
+    // A live process other than this one (our parent, the test runner) holds it.
+    await writeFile(path, `${process.ppid}\n`, { mode: 0o600 });
+    await assert.rejects(lockDataDir(data, { program }), {
+      code: "RD_ERR_DATA_DIR_LOCKED",
+      message: `data dir ${data} is in use by pid ${process.ppid}`,
     });
+    // A dead holder's pid does not.
+    await writeFile(path, "999999999\n");
+    const lock = await lockDataDir(data, { program });
+    assert.equal((await readFile(path, "utf8")).trim(), String(process.pid));
+    lock.release();
+    assert.equal(await readFile(path, "utf8"), "", "a released lock names no holder");
   });
 
   it("secureTree makes dirs 0700 and files 0600, all the way down", async () => {
