@@ -124,3 +124,14 @@ export function errorBody(err: unknown): ErrorBody {
   const message = status >= 500 ? "internal error" : (err as Error)?.message || "bad request";
   return { error: { code: foreignCode(err, status), message } };
 }
+
+/**
+ * Any error as an ApiError a client may see: its status, code, public message and Retry-After.
+ * For answers written outside Fastify's error handler (the tunnel handshake), so a store outage
+ * there is a 503 with Retry-After and no internal details too.
+ */
+export function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  const { code, message } = errorBody(err).error;
+  return new ApiError(statusOf(err), code, message, { cause: err, retryAfterSeconds: retryAfterOf(err) });
+}

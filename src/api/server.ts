@@ -32,7 +32,7 @@ import { TunnelRegistry } from "../tunnel/tunnel-registry.ts";
 import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
-import { ApiError } from "./http-errors.ts";
+import { ApiError, toApiError } from "./http-errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { SandboxTracker } from "./sandbox-tracker.ts";
 
@@ -120,6 +120,15 @@ async function resolveRunnerToken(
   }
 }
 
+/**
+ * A refused handshake as the endpoint writes it: a status, a public message (a store outage names
+ * no address), and Retry-After (the endpoint reads `retryAfter`) so agents back off.
+ */
+function handshakeError(err: unknown): ApiError & { retryAfter?: number } {
+  const api = toApiError(err);
+  return Object.assign(api, { retryAfter: api.retryAfterSeconds });
+}
+
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const o: ResolvedOptions = { ...DEFAULTS, ...options };
   const { host, port } = parseListen(o.listen);
@@ -203,9 +212,13 @@ async function startLocked(
     timings,
     maxTunnels: o.maxTunnels,
     authorize: async (req, runnerId) => {
-      const principal = await auth.authenticate(req.headers);
-      if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
-      await auth.authorizeRunner(principal, runnerId);
+      try {
+        const principal = await auth.authenticate(req.headers);
+        if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
+        await auth.authorizeRunner(principal, runnerId);
+      } catch (err) {
+        throw handshakeError(err);
+      }
     },
   });
   undo.push(() => endpoint.destroy());

@@ -4,7 +4,7 @@
 //   forwards). Each time: calls answer 503 RD_ERR_STORE_UNAVAILABLE with Retry-After and a body
 //   that names no address, port, database, driver message or SQL (before: 500 RD_ERR_STORE_QUERY
 //   with the database's address, or a request that hung for minutes); /readyz answers 503 while
-//   /healthz stays 200; the live tunnel stays up. When the proxy heals, /readyz and the calls come
+//   /healthz stays 200; the live tunnel stays up; a new tunnel handshake is refused the same way. When the proxy heals, /readyz and the calls come
 //   back by themselves (no restart) and the same tunnel carries a call;
 // - a statement that waits on a lock is cancelled by the statement timeout and answers 503: when
 //   the lock goes, nothing is left waiting to commit (before: a request its client had given up on
@@ -163,6 +163,36 @@ function call(base: string, path: string, key: string | null, body?: unknown): P
   });
 }
 
+/** A WebSocket upgrade to the tunnel endpoint, answered with a refusal (read as plain HTTP). */
+function handshake(base: string, key: string): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(new URL("/api/v1/revdial?runnerid=outage-newcomer", base), {
+      agent: false,
+      timeout: CALL_BOUND_MS,
+      headers: {
+        authorization: `Bearer ${key}`,
+        connection: "Upgrade",
+        upgrade: "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": Buffer.alloc(16, 1).toString("base64"),
+        "sec-websocket-protocol": "revdial.h2",
+      },
+    });
+    req.on("upgrade", (_res, socket) => {
+      socket.destroy();
+      reject(new Error("the handshake was accepted during the outage"));
+    });
+    req.on("response", (res) => {
+      let raw = "";
+      res.on("data", (c: Buffer) => (raw += c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, raw }));
+    });
+    req.on("timeout", () => req.destroy(new Error(`handshake: no answer within ${CALL_BOUND_MS} ms`)));
+    req.on("error", reject);
+    req.end();
+  });
+}
+
 const fdCount = (): number => readdirSync("/proc/self/fd").length;
 
 describe("store outage on Postgres, through a faulty proxy", { skip: postgresSkip ?? false }, () => {
@@ -227,6 +257,8 @@ describe("store outage on Postgres, through a faulty proxy", { skip: postgresSki
     assertUnavailable(await call(server.url, "/readyz", null), "GET /readyz");
     assert.equal((await call(server.url, "/healthz", null)).status, 200, "/healthz is liveness only");
     assert.ok(server.registry.isConnected(RUNNER_ID), "the tunnel stays up through the outage");
+    // A new agent's handshake needs the store for its key: 503 with Retry-After, no details.
+    assertUnavailable(await handshake(server.url, `rd-${"a".repeat(40)}`), "a tunnel handshake");
   }
 
   async function assertRecovered(): Promise<void> {
