@@ -2,15 +2,20 @@
 // 503 RD_ERR_STORE_UNAVAILABLE when PGlite gave up altogether) with Retry-After, and the body
 // names no file (before: 500s with internal file paths). The data dir is on a small tmpfs the test
 // mounts (root only; skipped with a message elsewhere), filled to the last byte by a filler file.
+// The server then closes and its descriptors return to the baseline.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { readdirSync } from "node:fs";
 import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningServer, startServer } from "../../src/api/server.ts";
 import { silentLogger } from "../../src/common/logger.ts";
+import { pollUntil } from "../helpers/tunnel-harness.ts";
+
+const fdCount = (): number => readdirSync("/proc/self/fd").length;
 
 /** Most writes tried before the disk must have refused one. */
 const MAX_WRITES = 3000;
@@ -66,6 +71,7 @@ describe("disk full under the embedded store", () => {
   it("writes answer 507/503 with a stable code, Retry-After and no file paths", async (t) => {
     if (skip) return t.skip(skip);
     const dataDir = join(dir, "data");
+    const baseline = fdCount();
     server = await startServer({ listen: "127.0.0.1:0", dataDir, logger: silentLogger() });
     const key = server.adminKey as string;
     await fillDisk(join(dir, "filler"));
@@ -92,5 +98,8 @@ describe("disk full under the embedded store", () => {
     for (const word of [dir, "/pglite", "base/", "pg_wal", "No space", "could not"]) {
       assert.ok(!refused.raw.includes(word), `the body shows "${word}": ${refused.raw}`);
     }
+    // The server closes cleanly on a full disk, and gives back every descriptor it opened.
+    await server.close();
+    await pollUntil(() => fdCount() <= baseline, `descriptors back to ${baseline}`, 20_000, 50);
   });
 });
