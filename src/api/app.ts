@@ -7,7 +7,12 @@ import Fastify, { type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "../common/logger.ts";
 import type { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
 import type { ApiContext } from "./context.ts";
-import { answerFrameworkError, installErrorHandlers } from "./error-handler.ts";
+import {
+  answerClientError,
+  answerFrameworkError,
+  installErrorHandlers,
+  refuseWhileClosing,
+} from "./error-handler.ts";
 import type { ApiMetrics } from "./metrics.ts";
 import { controlPlaneRoutes } from "./routes/control-plane.ts";
 import { revdialRoutes } from "./routes/revdial.ts";
@@ -31,13 +36,16 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: ctx.config.bodyLimit,
     requestIdHeader: false,
-    return503OnClosing: true,
+    // Requests during close get 503 from refuseWhileClosing, in the usual error shape.
+    return503OnClosing: false,
     frameworkErrors: answerFrameworkError,
+    clientErrorHandler: answerClientError,
     forceCloseConnections: "idle",
     ...(parts.https ? { https: parts.https } : {}),
   }) as unknown as FastifyInstance;
   app.decorateRequest("principal", null);
   installErrorHandlers(app);
+  refuseWhileClosing(app);
   logEveryRequest(app, metrics, parts.logger);
 
   // Liveness: the process answers. It never touches the store, so an outage does not get a

@@ -1,16 +1,31 @@
 // Every error a client can provoke answers {"error":{"code":"RD_ERR_…","message":"…"}}, Fastify's
 // own included: a body that is not JSON, an empty JSON body, an unsupported media type, a schema
-// violation, a route that does not exist, a malformed URL, a body over the limit. Before, parse
-// errors leaked Fastify's shape and FST_* codes. Through a real server on 127.0.0.1.
+// violation, a route that does not exist, a malformed URL, a body over the limit, a request Node's
+// parser rejects, a request that arrives while the server closes. Before, parse errors leaked
+// Fastify's shape and FST_* codes. Through a real server on 127.0.0.1.
 
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import http from "node:http";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import Fastify from "fastify";
+import { installErrorHandlers, refuseWhileClosing } from "../../src/api/error-handler.ts";
 import { type RunningServer, startServer } from "../../src/api/server.ts";
 import { silentLogger } from "../../src/common/logger.ts";
+
+/** Writes `request` on a fresh socket and reads everything until the server closes it. */
+function rawExchange(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1", () => socket.write(request));
+    let raw = "";
+    socket.on("data", (c: Buffer) => (raw += c));
+    socket.on("close", () => resolve(raw));
+    socket.on("error", reject);
+  });
+}
 
 interface Answer {
   status: number;
@@ -82,6 +97,19 @@ describe("error shape: every error, Fastify's included", () => {
     assertShape(answer, 400, "RD_ERR_VALIDATION");
   });
 
+  it("/readyz answers 200 while the store answers", async () => {
+    const res = await fetch(`${server.url}/readyz`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { status: "ready" });
+  });
+
+  it("a request Node's HTTP parser rejects: 400 RD_ERR_BAD_REQUEST", async () => {
+    const raw = await rawExchange(server.port, "GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n");
+    const [head, body] = raw.split("\r\n\r\n");
+    assert.match(head, /^HTTP\/1\.1 400 /);
+    assertShape({ status: 400, body: JSON.parse(body), raw: body }, 400, "RD_ERR_BAD_REQUEST");
+  });
+
   it("a route that does not exist: 404 RD_ERR_NOT_FOUND", async () => {
     assertShape(await call("/api/v1/no-such-thing"), 404, "RD_ERR_NOT_FOUND");
   });
@@ -112,5 +140,39 @@ describe("error shape: every error, Fastify's included", () => {
       req.write('{"name":');
     });
     assertShape(answer, 413, "RD_ERR_BODY_TOO_LARGE");
+  });
+});
+
+describe("error shape: a request that arrives while the server closes", () => {
+  it("gets 503 RD_ERR_SHUTTING_DOWN with Retry-After, not Fastify's shape", async () => {
+    const app = Fastify({ return503OnClosing: false, forceCloseConnections: "idle" });
+    installErrorHandlers(app);
+    refuseWhileClosing(app);
+    app.get("/next", async () => ({ ok: true }));
+    // close() holds in a preClose hook (as a drain does) until the request below is answered.
+    let closingStarted: () => void = () => {};
+    const started = new Promise<void>((resolve) => {
+      closingStarted = resolve;
+    });
+    let finishClose: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      finishClose = resolve;
+    });
+    app.addHook("preClose", async () => {
+      closingStarted();
+      await held;
+    });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const port = (app.server.address() as net.AddressInfo).port;
+    const closed = app.close();
+    await started;
+    const raw = await rawExchange(port, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    finishClose();
+    await closed;
+    assert.match(raw, /^HTTP\/1\.1 503 /, raw);
+    assert.match(raw, /\r\nretry-after: 1\r\n/i);
+    assert.match(raw, /\r\nconnection: close\r\n/i);
+    const body = raw.slice(raw.indexOf("\r\n\r\n") + 4);
+    assertShape({ status: 503, body: JSON.parse(body), raw: body }, 503, "RD_ERR_SHUTTING_DOWN");
   });
 });
