@@ -1,20 +1,32 @@
 // The Fastify error and not-found handlers: every failure leaves as {"error":{"code","message"}},
 // Fastify's own errors included (see http-errors.ts), with Retry-After where the error calls for
-// one. A store outage is logged at warn without a stack: it is the database's state, not a bug,
-// and at load every request would otherwise print one.
+// one. A store outage is logged at warn without a stack, at most once per 10 s with the count of
+// the others: it is the database's state, not a bug, and at load every request would print one.
 
 import type { Socket } from "node:net";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { isStoreOutage } from "../store/index.ts";
 import { ApiError, errorBody, retryAfterOf, statusOf } from "./http-errors.ts";
 
+/** A store outage is logged at most once per this interval, with the count of the ones not logged. */
+const OUTAGE_LOG_INTERVAL_MS = 10_000;
+
 export function installErrorHandlers(app: FastifyInstance): void {
+  let outageLoggedAt = Number.NEGATIVE_INFINITY;
+  let outagesNotLogged = 0;
   app.setErrorHandler((err, request, reply) => {
     const status = statusOf(err);
     const body = errorBody(err);
-    if (isStoreOutage(err))
-      request.log.warn({ code: body.error.code, cause: (err as Error).message }, "store outage");
-    else if (status >= 500) request.log.error({ err }, "request failed");
+    if (isStoreOutage(err)) {
+      const now = Date.now();
+      if (now - outageLoggedAt < OUTAGE_LOG_INTERVAL_MS) outagesNotLogged++;
+      else {
+        const cause = (err as Error).message;
+        request.log.warn({ code: body.error.code, cause, since_last: outagesNotLogged }, "store outage");
+        outageLoggedAt = now;
+        outagesNotLogged = 0;
+      }
+    } else if (status >= 500) request.log.error({ err }, "request failed");
     const retryAfter = retryAfterOf(err);
     if (retryAfter !== undefined) reply.header("retry-after", String(retryAfter));
     reply.code(status).send(body);
