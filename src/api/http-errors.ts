@@ -42,18 +42,22 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = Object.freeze({
   RD_ERR_STORE_CONFLICT: 409,
   RD_ERR_STORE_UNAVAILABLE: 503,
   RD_ERR_STORE_FULL: 507,
+  // The store closes last during a shutdown: a request still running then may retry elsewhere.
+  RD_ERR_STORE_CLOSED: 503,
 });
 
 /** What a client reads for a 5xx store error: a fixed text, never the driver's message. */
 const PUBLIC_MESSAGE_BY_CODE: Readonly<Record<string, string>> = Object.freeze({
   RD_ERR_STORE_UNAVAILABLE: "the store is unavailable; retry later",
   RD_ERR_STORE_FULL: "the store is out of disk space; retry later",
+  RD_ERR_STORE_CLOSED: "the server is shutting down; retry",
 });
 
 /** Retry-After (seconds) for error codes raised below the API. */
 const RETRY_AFTER_BY_CODE: Readonly<Record<string, number>> = Object.freeze({
   RD_ERR_STORE_UNAVAILABLE: 5,
   RD_ERR_STORE_FULL: 60,
+  RD_ERR_STORE_CLOSED: 1,
 });
 
 /** Fastify's errors, by their FST_* code: our code, and the status when Fastify's is not the one. */

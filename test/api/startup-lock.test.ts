@@ -15,6 +15,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { postgresBackend, postgresSkipReason } from "../store/store-backends.ts";
 import { type CliProcess, startCli } from "../tls/cli-process.ts";
 
 /** Generous bound for a failed start to exit, counted from its error line (the contract is 2 s). */
@@ -134,6 +135,39 @@ describe("data dir lock and start-up failures, with real server processes", () =
     running.push(e.proc);
     await e.proc.stop();
     assert.equal(e.proc.child.exitCode, 0, `${e.proc.child.signalCode} ${e.proc.stderr()}`);
+  });
+
+  it("with DATABASE_URL the data dir is locked too (it holds admin.key and runner.token)", async (t) => {
+    const skip = await postgresSkipReason();
+    if (skip) return t.skip(skip);
+    const backend = await postgresBackend();
+    const pgDataDir = join(dir, "pg-data");
+    try {
+      const args = [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        pgDataDir,
+        "--database-url",
+        backend.databaseUrl,
+      ];
+      const a = startCli(args);
+      running.push(a);
+      await a.waitFor(/listening on/, START_BOUND_MS);
+      const b = startCli(args);
+      running.push(b);
+      await b.waitFor(/Error: /, START_BOUND_MS);
+      assert.notEqual(await exitWithin(b, EXIT_BOUND_MS), 0);
+      assert.match(
+        b.stderr(),
+        new RegExp(`RD_ERR_DATA_DIR_LOCKED: data dir ${pgDataDir} is in use by pid ${a.child.pid}`),
+      );
+      await a.stop();
+      assert.equal(a.child.exitCode, 0);
+    } finally {
+      await backend.dispose();
+    }
   });
 
   it("a data dir under /proc fails at once with RD_ERR_DATA_DIR_UNUSABLE", async () => {
