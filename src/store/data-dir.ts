@@ -19,7 +19,7 @@
 
 import { spawn } from "node:child_process";
 import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
-import { chmod, lstat, mkdir, readdir, readFile, stat } from "node:fs/promises";
+import { chmod, lstat, mkdir, readdir, readFile, realpath, stat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import type { Logger } from "../common/logger.ts";
 import { DATA_DIR_ERROR_CODES, DataDirError } from "./store-errors.ts";
@@ -179,9 +179,10 @@ export async function lockDataDir(dir: string, options: LockOptions = {}): Promi
   };
 }
 
-/** Makes `dir` 0700 and everything under it 0700 (dirs) or 0600 (files); symlinks are left alone. */
+/** Makes `dir` 0700 and everything under it 0700 (dirs) or 0600 (files); symlinks inside are left alone. */
 export async function secureTree(dir: string): Promise<void> {
-  const stack = [resolve(dir)];
+  // The root itself may be a symlink (data -> /srv/revdial): its target is what gets secured.
+  const stack = [await realpath(dir)];
   for (let path = stack.pop(); path !== undefined; path = stack.pop()) {
     const info = await lstat(path).catch(() => null);
     if (!info || info.isSymbolicLink()) continue;

@@ -9,7 +9,7 @@
 // - a PGlite dir that cannot open says why: the PANIC text, not just "Aborted()".
 
 import assert from "node:assert/strict";
-import { chmod, mkdir, mkdtemp, readFile, rm, stat, unlink, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, symlink, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -103,6 +103,11 @@ describe("data dir guards", () => {
     await writeFile(join(root, "x", "y", "deep"), "2", { mode: 0o644 });
     await chmod(root, 0o755);
     await secureTree(root);
+    // Through a symlink to the root, as with `--data-dir` pointing at a link.
+    await chmod(root, 0o755);
+    await chmod(join(root, "x", "y", "deep"), 0o644);
+    await symlink(root, join(dir, "tree-link"));
+    await secureTree(join(dir, "tree-link"));
     for (const [path, mode] of [
       [root, 0o700],
       [join(root, "x"), 0o700],
