@@ -5,8 +5,9 @@
 //   a write acknowledged by it survives a kill -9 (before, B shared the PGlite dir and A's kill -9
 //   left "PANIC: could not locate a valid checkpoint record" and every row lost);
 // - after kill -9 of the holder, a restart takes the (stale) lock and finds the data;
-// - a start on a port in use prints the error once, exits non-zero soon after, and releases the
-//   lock: the next start on the same dir works;
+// - a start on a port in use, or with a runner token refused after the store opened, prints the
+//   error once, exits non-zero soon after (before: it stayed up holding the store), and releases
+//   the lock: the next start on the same dir works;
 // - a --data-dir under /proc fails with RD_ERR_DATA_DIR_UNUSABLE instead of spinning at 100% CPU.
 
 import assert from "node:assert/strict";
@@ -117,17 +118,30 @@ describe("data dir lock and start-up failures, with real server processes", () =
     assert.equal(c.proc.child.exitCode, 0);
   });
 
-  it("a port in use: the error once, exit non-zero soon after, and the lock released", async () => {
+  it("a port in use, a bad runner token: the error once, exit non-zero soon after, the lock released", async () => {
     const blocker = net.createServer();
     await new Promise<void>((resolve) => blocker.listen(0, "127.0.0.1", resolve));
     const taken = (blocker.address() as net.AddressInfo).port;
+    // [flags, environment, the error]; the token goes through the environment, never argv.
+    const failures: [string[], Record<string, string>, RegExp][] = [
+      [["--listen", `127.0.0.1:${taken}`], {}, /EADDRINUSE/g],
+      // Rejected after the store is open: the store must be closed before the exit.
+      [
+        ["--listen", "127.0.0.1:0"],
+        { REVDIAL_RUNNER_TOKEN: "short" },
+        /RD_ERR_INVALID_OPTION: invalid option runnerToken/g,
+      ],
+    ];
     try {
-      const d = startCli(["server", "--listen", `127.0.0.1:${taken}`, "--data-dir", dataDir]);
-      running.push(d);
-      await d.waitFor(/Error: /, START_BOUND_MS);
-      const code = await exitWithin(d, EXIT_BOUND_MS);
-      assert.notEqual(code, 0);
-      assert.equal(d.stderr().match(/EADDRINUSE/g)?.length, 1, d.stderr());
+      for (const [flags, env, error] of failures) {
+        const d = startCli(["server", ...flags, "--data-dir", dataDir], env);
+        running.push(d);
+        await d.waitFor(/Error: /, START_BOUND_MS);
+        const code = await exitWithin(d, EXIT_BOUND_MS);
+        assert.notEqual(code, 0);
+        assert.equal(d.stderr().match(error)?.length, 1, d.stderr());
+        assert.doesNotMatch(d.stdout(), /listening on/);
+      }
     } finally {
       blocker.close();
     }
