@@ -137,11 +137,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   await ensureDir(o.dataDir, PRIVATE_DIR_MODE);
   const lock = await lockDataDir(o.dataDir, { logger });
   // Undone in reverse order when a later step fails, so a failed start leaves nothing open.
-  const undo: (() => unknown)[] = [() => lock.release()];
+  const undo: (() => unknown)[] = [];
   try {
     return await startLocked(o, host, port, lock, undo);
   } catch (err) {
-    await undoWithin(undo.reverse(), START_CLEANUP_DEADLINE_MS, logger);
+    // The lock goes last, and only once the store is closed: a store still closing must not be
+    // opened by the next server. If it hangs, the lock goes with the process.
+    if (await undoWithin(undo.reverse(), START_CLEANUP_DEADLINE_MS, logger)) lock.release();
+    else logger.warn("the store did not close in time; the data dir stays locked until this process exits");
     throw err;
   }
 }
@@ -149,26 +152,31 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 /**
  * Runs the clean-up steps in order, each given what is left of `deadlineMs`: a step that hangs (a
  * pool ending against a frozen database) must not keep a failed start alive. Steps past the
- * deadline are started but not awaited.
+ * deadline are started but not awaited. True when every step finished in time.
  */
-async function undoWithin(steps: (() => unknown)[], deadlineMs: number, logger: Logger): Promise<void> {
+async function undoWithin(steps: (() => unknown)[], deadlineMs: number, logger: Logger): Promise<boolean> {
   const end = Date.now() + deadlineMs;
+  let allDone = true;
   for (const step of steps) {
     let timer: NodeJS.Timeout | undefined;
     const left = Math.max(0, end - Date.now());
     try {
-      await Promise.race([
-        Promise.resolve().then(step),
-        new Promise((resolve) => {
-          timer = setTimeout(resolve, left);
+      const done = await Promise.race([
+        Promise.resolve()
+          .then(step)
+          .then(() => true),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), left);
         }),
       ]);
+      allDone &&= done;
     } catch (err) {
       logger.debug({ err }, "start-up clean-up step failed");
     } finally {
       clearTimeout(timer);
     }
   }
+  return allDone;
 }
 
 type ResolvedOptions = ServerOptions &
