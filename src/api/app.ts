@@ -1,4 +1,5 @@
-// Assembles the control plane's HTTP app: error handling, request logging, health, metrics, the
+// Assembles the control plane's HTTP app: error handling, request logging, health (/healthz for
+// liveness, /readyz for readiness: the store answers), metrics, the
 // tunnel routes and the control-plane routes. The parts are built by the caller (server.ts) and
 // passed in, so tests can assemble an app around their own store or registry.
 
@@ -6,10 +7,18 @@ import Fastify, { type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "../common/logger.ts";
 import type { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
 import type { ApiContext } from "./context.ts";
-import { installErrorHandlers } from "./error-handler.ts";
+import {
+  answerClientError,
+  answerFrameworkError,
+  installErrorHandlers,
+  refuseWhileClosing,
+} from "./error-handler.ts";
 import type { ApiMetrics } from "./metrics.ts";
 import { controlPlaneRoutes } from "./routes/control-plane.ts";
 import { revdialRoutes } from "./routes/revdial.ts";
+
+/** How long /readyz waits for the store's answer. */
+const READY_PING_TIMEOUT_MS = 2000;
 
 export interface AppParts {
   ctx: ApiContext;
@@ -27,15 +36,27 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: ctx.config.bodyLimit,
     requestIdHeader: false,
-    return503OnClosing: true,
+    // Requests during close get 503 from refuseWhileClosing, in the usual error shape.
+    return503OnClosing: false,
+    frameworkErrors: answerFrameworkError,
+    clientErrorHandler: answerClientError,
     forceCloseConnections: "idle",
     ...(parts.https ? { https: parts.https } : {}),
   }) as unknown as FastifyInstance;
   app.decorateRequest("principal", null);
   installErrorHandlers(app);
+  refuseWhileClosing(app);
   logEveryRequest(app, metrics, parts.logger);
 
+  // Liveness: the process answers. It never touches the store, so an outage does not get a
+  // healthy server (and its live tunnels) restarted.
   app.get("/healthz", async () => ({ status: "ok", tunnels: ctx.dialer.list().length }));
+  // Readiness: the store answers a SELECT 1 within READY_PING_TIMEOUT_MS; else 503
+  // RD_ERR_STORE_UNAVAILABLE with Retry-After, through the error handler.
+  app.get("/readyz", async () => {
+    await ctx.store.ping(READY_PING_TIMEOUT_MS);
+    return { status: "ready" };
+  });
   app.get("/metrics", async (_request, reply) => {
     reply.type(metrics.registry.contentType);
     return metrics.registry.metrics();

@@ -1,22 +1,38 @@
-// Runs the control plane: opens the store (embedded PGlite in the data dir, or Postgres), makes the
-// first admin key, builds the tunnel registry and the app, and listens. close() drains: new
-// tunnels are refused, live ones get GOAWAY and a bounded drain, then the store closes.
+// Runs the control plane: locks the data dir, opens the store (embedded PGlite in the data dir, or
+// Postgres), makes the first admin key, builds the tunnel registry and the app, and listens.
+// close() drains: new tunnels are refused, live ones get GOAWAY and a bounded drain, then the store
+// closes and the lock is released.
+//
+// Start-up contract: the data dir is locked before anything in it is read or written (a second
+// server on the same dir fails with RD_ERR_DATA_DIR_LOCKED naming the holder's pid, also with
+// DATABASE_URL, since the dir still holds admin.key and runner.token); the dir is made 0700 and
+// every file in it 0600 on every start; and when any step fails, everything opened so far (store,
+// registry, app, lock) is closed before the error is thrown, so the caller can exit at once.
 
 import { randomBytes } from "node:crypto";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { openStore, type Store } from "../store/index.ts";
+import {
+  type DataDirLock,
+  ensureDir,
+  lockDataDir,
+  openStore,
+  PRIVATE_DIR_MODE,
+  type Store,
+  type StoreOptions,
+  secureTree,
+} from "../store/index.ts";
 import { DEFAULT_TIMINGS, type TunnelTimings } from "../tunnel/tunnel.ts";
 import { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
 import { TunnelRegistry } from "../tunnel/tunnel-registry.ts";
 import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
-import { ApiError } from "./http-errors.ts";
+import { ApiError, toApiError } from "./http-errors.ts";
 import { ApiMetrics } from "./metrics.ts";
 import { SandboxTracker } from "./sandbox-tracker.ts";
 
@@ -27,6 +43,11 @@ export interface ServerOptions {
   dataDir?: string;
   /** A Postgres server instead of the embedded database. */
   databaseUrl?: string | null;
+  /** Postgres timeouts and pool size (defaults in src/store/index.ts: 5 s connect, 10 s statement). */
+  storeLimits?: Pick<
+    StoreOptions,
+    "connectTimeoutMs" | "statementTimeoutMs" | "idleTimeoutMs" | "maxConnections"
+  >;
   /** The system secret hosts register with; generated into DATA_DIR/runner.token when unset. */
   runnerToken?: string | null;
   /** How long calls wait for a dropped tunnel to come back. Default 30 s. */
@@ -48,6 +69,9 @@ export interface ServerOptions {
   hostSweepIntervalMs?: number;
   logger: Logger;
 }
+
+/** A failed start closes what it opened within this long, so the process can exit within 2 s. */
+const START_CLEANUP_DEADLINE_MS = 1500;
 
 const DEFAULTS = Object.freeze({
   listen: "127.0.0.1:8080",
@@ -96,12 +120,86 @@ async function resolveRunnerToken(
   }
 }
 
+/**
+ * A refused handshake as the endpoint writes it: a status, a public message (a store outage names
+ * no address), and Retry-After (the endpoint reads `retryAfter`) so agents back off.
+ */
+function handshakeError(err: unknown): ApiError & { retryAfter?: number } {
+  const api = toApiError(err);
+  return Object.assign(api, { retryAfter: api.retryAfterSeconds });
+}
+
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
-  const o = { ...DEFAULTS, ...options };
+  const o: ResolvedOptions = { ...DEFAULTS, ...options };
   const { host, port } = parseListen(o.listen);
   const logger = o.logger;
-  await mkdir(o.dataDir, { recursive: true });
-  const store = await openStore({ dataDir: o.dataDir, databaseUrl: o.databaseUrl ?? undefined, logger });
+  // The lock comes first: a second server on this data dir stops here, before touching any file.
+  await ensureDir(o.dataDir, PRIVATE_DIR_MODE);
+  const lock = await lockDataDir(o.dataDir, { logger });
+  // Undone in reverse order when a later step fails, so a failed start leaves nothing open.
+  const undo: (() => unknown)[] = [];
+  try {
+    return await startLocked(o, host, port, lock, undo);
+  } catch (err) {
+    // The lock goes last, and only once the store is closed: a store still closing must not be
+    // opened by the next server. If it hangs, the lock goes with the process.
+    if (await undoWithin(undo.reverse(), START_CLEANUP_DEADLINE_MS, logger)) lock.release();
+    else logger.warn("the store did not close in time; the data dir stays locked until this process exits");
+    throw err;
+  }
+}
+
+/**
+ * Runs the clean-up steps in order, each given what is left of `deadlineMs`: a step that hangs (a
+ * pool ending against a frozen database) must not keep a failed start alive. Steps past the
+ * deadline are started but not awaited. True when every step finished in time.
+ */
+async function undoWithin(steps: (() => unknown)[], deadlineMs: number, logger: Logger): Promise<boolean> {
+  const end = Date.now() + deadlineMs;
+  let allDone = true;
+  for (const step of steps) {
+    let timer: NodeJS.Timeout | undefined;
+    const left = Math.max(0, end - Date.now());
+    try {
+      const done = await Promise.race([
+        Promise.resolve()
+          .then(step)
+          .then(() => true),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), left);
+        }),
+      ]);
+      allDone &&= done;
+    } catch (err) {
+      logger.debug({ err }, "start-up clean-up step failed");
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  return allDone;
+}
+
+type ResolvedOptions = ServerOptions &
+  Required<Pick<ServerOptions, "listen" | "dataDir" | "gracePeriodMs" | "bodyLimit" | "callTimeoutMs">>;
+
+async function startLocked(
+  o: ResolvedOptions,
+  host: string,
+  port: number,
+  lock: DataDirLock,
+  undo: (() => unknown)[],
+): Promise<RunningServer> {
+  const logger = o.logger;
+  await secureTree(o.dataDir);
+  const store = await openStore({
+    ...o.storeLimits,
+    dataDir: o.dataDir,
+    databaseUrl: o.databaseUrl ?? undefined,
+    logger,
+  });
+  undo.push(() => store.close());
+  // PGlite unpacks its template files 0666: make them private before anything is served.
+  await secureTree(o.dataDir);
   const runnerToken = await resolveRunnerToken(o.dataDir, o.runnerToken, logger);
   const auth = createAuth({ store, runnerToken, logger });
   const adminKey = await ensureAdminKey({ store, dataDir: o.dataDir, logger });
@@ -114,6 +212,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     callTimeoutMs: o.callTimeoutMs,
     observer: metrics.observer(),
   });
+  undo.push(() => registry.close());
   metrics.addByteSource(() => registry.bytesTotal());
   const endpoint = new TunnelEndpoint({
     registry,
@@ -121,11 +220,16 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     timings,
     maxTunnels: o.maxTunnels,
     authorize: async (req, runnerId) => {
-      const principal = await auth.authenticate(req.headers);
-      if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
-      await auth.authorizeRunner(principal, runnerId);
+      try {
+        const principal = await auth.authenticate(req.headers);
+        if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
+        await auth.authorizeRunner(principal, runnerId);
+      } catch (err) {
+        throw handshakeError(err);
+      }
     },
   });
+  undo.push(() => endpoint.destroy());
   const publicUrl =
     o.publicUrl ?? `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
   const ctx: ApiContext = {
@@ -136,6 +240,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     config: { publicUrl, bodyLimit: o.bodyLimit, callTimeoutMs: o.callTimeoutMs },
   };
   const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });
+  undo.push(() => app.close());
   const tracker = new SandboxTracker({
     ctx,
     events: registry,
@@ -143,6 +248,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     sweepIntervalMs: o.hostSweepIntervalMs,
   });
   tracker.start();
+  undo.push(() => tracker.close());
   await app.listen({ host, port });
   const actual = (app.server.address() as AddressInfo).port;
   const url = `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${actual}`;
@@ -165,6 +271,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         await registry.close();
         await app.close();
         await store.close();
+        await secureTree(o.dataDir).catch(() => {});
+        lock.release();
       })();
       return closing;
     },

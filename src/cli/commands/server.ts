@@ -13,6 +13,8 @@ interface ServerFlags {
   runnerToken?: string;
   gracePeriod: string;
   databaseUrl?: string;
+  dbConnectTimeout: string;
+  dbStatementTimeout: string;
   bodyLimit: string;
   publicUrl?: string;
   logLevel: string;
@@ -51,6 +53,16 @@ export function register(program: Command): void {
       env("DATABASE_URL"),
     )
     .option(
+      "--db-connect-timeout <duration>",
+      "Postgres: deadline to connect or get a pooled connection (env REVDIAL_DB_CONNECT_TIMEOUT)",
+      env("REVDIAL_DB_CONNECT_TIMEOUT") ?? "5s",
+    )
+    .option(
+      "--db-statement-timeout <duration>",
+      "Postgres: deadline of one statement, server and client side (env REVDIAL_DB_STATEMENT_TIMEOUT)",
+      env("REVDIAL_DB_STATEMENT_TIMEOUT") ?? "10s",
+    )
+    .option(
       "--body-limit <size>",
       "largest proxied request body (env REVDIAL_BODY_LIMIT)",
       env("REVDIAL_BODY_LIMIT") ?? "256MiB",
@@ -80,35 +92,78 @@ export function register(program: Command): void {
       env("REVDIAL_LOG_LEVEL") ?? "info",
     )
     .action(async (flags: ServerFlags) => {
-      const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-server" });
-      const https = await tlsPairFromFlags(flags);
-      // Loaded here so that agents and client commands do not pay for the server's modules.
-      const { startServer } = await import("../../api/server.ts");
-      const server = await startServer({
-        listen: flags.listen,
-        dataDir: flags.dataDir,
-        runnerToken: flags.runnerToken,
-        databaseUrl: flags.databaseUrl,
-        gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
-        bodyLimit: sizeOption("--body-limit", flags.bodyLimit),
-        publicUrl: flags.publicUrl,
-        https,
-        logger,
-      });
-      // With https set, the listener is an https.Server.
-      if (https) await reloadOnSighup(server.app.server as unknown as SecureContextTarget, flags, logger);
-      if (server.adminKey) {
-        process.stdout.write(
-          `admin API key (saved to ${flags.dataDir}/admin.key; shown once): ${server.adminKey}\n`,
-        );
+      try {
+        await runServer(flags);
+      } catch (err) {
+        failStart(err);
       }
-      process.stdout.write(`listening on ${server.url}\n`);
-      const localHost = flags.withLocalHost ? await startLocalHost(server, logger) : null;
-      onShutdownSignal(logger, async () => {
-        await localHost?.close();
-        await server.close();
-      });
     });
+}
+
+/** Exit status of a server that could not start. */
+const START_FAILED_EXIT = 1;
+/** A failed start exits within this long even if some handle is still open. */
+const START_FAILED_EXIT_DEADLINE_MS = 1800;
+
+/**
+ * A start-up failure: the message once (with its RD_ERR_* code), then exit non-zero. startServer
+ * has already closed what it opened; the unref'd timer only fires if something still holds the
+ * event loop, so a clean failure exits as soon as the loop drains.
+ */
+function failStart(err: unknown): void {
+  if (err instanceof CliUsageError) throw err;
+  const code = (err as { code?: unknown })?.code;
+  const prefix = typeof code === "string" && code.startsWith("RD_ERR_") ? `${code}: ` : "";
+  process.stderr.write(`Error: ${prefix}${(err as Error)?.message ?? String(err)}\n`);
+  process.exitCode = START_FAILED_EXIT;
+  setTimeout(() => process.exit(START_FAILED_EXIT), START_FAILED_EXIT_DEADLINE_MS).unref();
+}
+
+async function runServer(flags: ServerFlags): Promise<void> {
+  // Everything the server writes is its own: the data dir's files, PGlite's WAL segments created
+  // while it runs (PGlite applies the process umask to the files it creates later).
+  process.umask(0o077);
+  const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-server" });
+  const https = await tlsPairFromFlags(flags);
+  // Loaded here so that agents and client commands do not pay for the server's modules.
+  const { startServer } = await import("../../api/server.ts");
+  const server = await startServer({
+    listen: flags.listen,
+    dataDir: flags.dataDir,
+    runnerToken: flags.runnerToken,
+    databaseUrl: flags.databaseUrl,
+    storeLimits: {
+      connectTimeoutMs: durationOption("--db-connect-timeout", flags.dbConnectTimeout),
+      statementTimeoutMs: durationOption("--db-statement-timeout", flags.dbStatementTimeout),
+    },
+    gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
+    bodyLimit: sizeOption("--body-limit", flags.bodyLimit),
+    publicUrl: flags.publicUrl,
+    https,
+    logger,
+  });
+  // The signal handler goes in before "listening on" is printed: a supervisor that stops the
+  // server as soon as it reads that line gets a clean drain, not the default SIGTERM death.
+  let localHost: Awaited<ReturnType<typeof startLocalHost>> | null = null;
+  onShutdownSignal(logger, async () => {
+    await localHost?.close();
+    await server.close();
+  });
+  try {
+    // With https set, the listener is an https.Server.
+    if (https) await reloadOnSighup(server.app.server as unknown as SecureContextTarget, flags, logger);
+    if (server.adminKey) {
+      process.stdout.write(
+        `admin API key (saved to ${flags.dataDir}/admin.key; shown once): ${server.adminKey}\n`,
+      );
+    }
+    process.stdout.write(`listening on ${server.url}\n`);
+    if (flags.withLocalHost) localHost = await startLocalHost(server, logger);
+  } catch (err) {
+    // A failure after listening (the local host refused, say) stops the server too.
+    await Promise.race([server.close(), new Promise((r) => setTimeout(r, 1500).unref())]);
+    throw err;
+  }
 }
 
 /** The sandbox host `local` (process driver), dialing this server like any remote host would. */
