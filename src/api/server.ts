@@ -17,7 +17,9 @@ import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError } from "./http-errors.ts";
+import { LifecycleSweeper, type LifecycleSweeperOptions } from "./lifecycle-sweeper.ts";
 import { ApiMetrics } from "./metrics.ts";
+import { stopHostSessions } from "./routes/lifecycle.ts";
 import { SandboxTracker } from "./sandbox-tracker.ts";
 
 export interface ServerOptions {
@@ -46,6 +48,10 @@ export interface ServerOptions {
   hostOfflineAfterMs?: number;
   /** How often hosts are checked for that. Default 15 s. */
   hostSweepIntervalMs?: number;
+  /** The lifecycle sweeper's bounds (src/api/lifecycle-sweeper.ts): interval 15 s, starting 45 s. */
+  lifecycle?: Omit<LifecycleSweeperOptions, "ctx">;
+  /** Tests only: see ApiConfig.startPlanningFault. */
+  startPlanningFault?: (step: string) => void;
   logger: Logger;
 }
 
@@ -68,6 +74,8 @@ export interface RunningServer {
   /** The admin key when this start created it (printed once), else null. */
   adminKey: string | null;
   runnerToken: string;
+  /** Stops every session placed on the host (final screenshot, lobby, task back); before a local host closes. */
+  stopSessionsOnHost(hostId: string): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -133,7 +141,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     auth,
     dialer: registry,
     logger,
-    config: { publicUrl, bodyLimit: o.bodyLimit, callTimeoutMs: o.callTimeoutMs },
+    config: {
+      publicUrl,
+      bodyLimit: o.bodyLimit,
+      callTimeoutMs: o.callTimeoutMs,
+      startPlanningFault: o.startPlanningFault,
+    },
   };
   const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });
   const tracker = new SandboxTracker({
@@ -143,6 +156,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     sweepIntervalMs: o.hostSweepIntervalMs,
   });
   tracker.start();
+  const sweeper = new LifecycleSweeper({ ...o.lifecycle, ctx });
+  sweeper.start();
   await app.listen({ host, port });
   const actual = (app.server.address() as AddressInfo).port;
   const url = `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${actual}`;
@@ -158,9 +173,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     registry,
     adminKey,
     runnerToken,
+    stopSessionsOnHost: (hostId) => stopHostSessions(ctx, hostId, app.log),
     close() {
       closing ??= (async () => {
         endpoint.destroy();
+        await sweeper.close();
         await tracker.close();
         await registry.close();
         await app.close();

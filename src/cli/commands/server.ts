@@ -105,6 +105,9 @@ export function register(program: Command): void {
       process.stdout.write(`listening on ${server.url}\n`);
       const localHost = flags.withLocalHost ? await startLocalHost(server, logger) : null;
       onShutdownSignal(logger, async () => {
+        // The local host's sandboxes end with this process: stop their sessions first (final
+        // screenshot, lobby stopped, task back to backlog) so none is left running or planning.
+        if (localHost) await server.stopSessionsOnHost(localHost.id);
         await localHost?.close();
         await server.close();
       });
