@@ -176,8 +176,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     stopSessionsOnHost: (hostId) => stopHostSessions(ctx, hostId, app.log),
     close() {
       closing ??= (async () => {
-        endpoint.destroy();
+        // The sweep in flight finishes while the tunnels it calls through are still up.
         await sweeper.close();
+        endpoint.destroy();
         await tracker.close();
         await registry.close();
         await app.close();

@@ -40,8 +40,8 @@ describe("start-planning cut short at every step, then the API restarts", () => 
     u = await w.user("dana", 12);
   });
   after(async () => {
-    await w.close();
     await driver.destroy();
+    await w.close();
     await desktop.close();
   });
 
