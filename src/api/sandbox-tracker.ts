@@ -37,6 +37,8 @@ export interface SandboxTrackerOptions {
 export const SANDBOX_TRACKER_DEFAULTS = Object.freeze({ offlineAfterMs: 90_000, sweepIntervalMs: 15_000 });
 
 const WOLF_PREFIX = "wolf-";
+/** A sandbox that (re)connects for a session in one of these is cut off at once. */
+const ENDED: ReadonlySet<string> = new Set(["stopping", "stopped", "failed"]);
 
 export class SandboxTracker {
   readonly #ctx: ApiContext;
@@ -142,10 +144,10 @@ export class SandboxTracker {
       return;
     }
     const current = await this.#ctx.store.sessions.get(sessionId);
-    if (current && (current.status === "running" || current.status === "pending")) return;
-    await this.#scheduler.cutSandbox(sessionId, `session ${current?.status ?? "unknown"}`);
+    if (!current || !ENDED.has(current.status)) return;
+    await this.#scheduler.cutSandbox(sessionId, `session ${current.status}`);
     this.#log.warn(
-      { session_id: sessionId, status: current?.status ?? null },
+      { session_id: sessionId, status: current.status },
       "sandbox connected for a session that is not live: tunnel evicted",
     );
   }
