@@ -134,11 +134,16 @@ export class Scheduler {
 
   /**
    * Takes the session off its slot: status `to` (only from a releasable status), its sandbox cut
-   * off (cutSandbox), its task given back. Returns the updated session, or null when it was already
+   * off (cutSandbox), its task given back. A session whose stop was requested (`stopping`) ends
+   * `stopped` even when `to` is `failed` (its sandbox died, or its restarted host killed it: the
+   * stop the user asked for is done). Returns the updated session, or null when it was already
    * released.
    */
   async release(sessionId: string, to: "stopped" | "failed"): Promise<Session | null> {
-    const session = await this.#ctx.store.sessions.setStatus(sessionId, to, RELEASABLE);
+    const sessions = this.#ctx.store.sessions;
+    const session =
+      (to === "failed" ? await sessions.setStatus(sessionId, "stopped", ["stopping"]) : null) ??
+      (await sessions.setStatus(sessionId, to, RELEASABLE));
     await this.cutSandbox(sessionId, `session ${to}`);
     if (session?.specTaskId) await this.#ctx.store.specTasks.releasePlanning({ taskId: session.specTaskId });
     if (session?.wolfInstanceId) {

@@ -135,4 +135,35 @@ describe("stop cuts the sandbox off; stop on an offline host", () => {
     const shot = await w.call("GET", `/api/v1/external-agents/${stoppedByUser}/screenshot`, u.key);
     assert.equal(shot.headers.get("x-paused-screenshot"), "true", "paused, not a live screen");
   });
+
+  it("a restarted host that kills a leftover and reports its exit ends a requested stop as stopped", async () => {
+    await w.until(async () => (await hostCount()) === 0, "previous test settled");
+    const id = await running(u.taskIds[3]);
+    const lobbyId = driver.list().find((l) => l.sessionId === id)!.lobbyId;
+    driver.leak = true;
+    await w.closeHost("h1");
+    driver.leak = false;
+    await w.until(async () => {
+      const hosts = await w.call<{ id: string; status: string }[]>(
+        "GET",
+        "/api/v1/wolf-instances",
+        w.adminKey,
+      );
+      return hosts.body.find((h) => h.id === "h1")?.status === "offline";
+    }, "host offline");
+    const stop = await w.call("DELETE", `/api/v1/external-agents/${id}`, u.key);
+    assert.equal(stop.status, 202);
+    // What a restarted host does with what it finds: kill it, report the exit.
+    await driver.kill(lobbyId);
+    const report = await w.call<{ status: string }>(
+      "POST",
+      `/api/v1/wolf-instances/h1/lobbies/${lobbyId}/exited`,
+      w.server.runnerToken,
+      { session_id: id, exit_code: null, signal: "SIGKILL" },
+    );
+    assert.equal(report.status, 200, JSON.stringify(report.body));
+    assert.equal(report.body.status, "stopped", "the stop the user asked for is done: stopped, not failed");
+    assert.equal((await session(id)).status, "stopped");
+    await w.startHost("h1", { driver, maxSandboxes: 5 });
+  });
 });
