@@ -1,8 +1,8 @@
 // kill -9 of a sandbox host (`revdial wolf run`, a real process, process driver, real Xvfb
-// sandbox) with a running session, then the user's stop: the API records it (202, `stopping`) and
-// cuts the sandbox's tunnel at once; a restarted `wolf run` with the same id is reconciled: the
-// session is `stopped`, its screenshot is the paused final image, not a live screen, and the host's
-// count equals what it runs. Whatever sandbox the dead host left behind is killed by the test at
+// sandbox) with a running session, then the user's `spectask stop`: the API records it (202,
+// `stopping`; the CLI says so) and cuts the sandbox's tunnel at once; a restarted `wolf run` with
+// the same id is reconciled: the session is `stopped`, its screenshot is the paused final image,
+// not a live screen, and the host's count equals what it runs. Whatever sandbox the dead host left behind is killed by the test at
 // the end (killing leftovers is the restarted host's job, tested with the host).
 
 import assert from "node:assert/strict";
@@ -14,7 +14,7 @@ import { after, before, describe, it } from "node:test";
 import { readBounded } from "../../src/api/routes/sandbox-call.ts";
 import { groupAlive } from "../../src/host/process-driver.ts";
 import { missingTools } from "../agent/desktop/xvfb.ts";
-import { MAIN } from "../e2e/cli-harness.ts";
+import { MAIN, revdial } from "../e2e/cli-harness.ts";
 import { World } from "../host/host-harness.ts";
 
 const PNG = Buffer.from([0x89, 0x50, 0x4e, 0x47]);
@@ -101,9 +101,12 @@ describe("kill -9 of a host with a running sandbox, then stop", { skip: missingT
     await once(host, "exit");
     await w.until(async () => (await hostOf()).status === "offline", "host offline");
 
-    const stop = await w.call<{ status: string }>("DELETE", `/api/v1/external-agents/${id}`, u.key);
-    assert.equal(stop.status, 202, JSON.stringify(stop.body));
-    assert.equal(stop.body.status, "stopping");
+    // The user's stop, through the CLI: it says the stop is recorded, not that it is done.
+    const stop = await revdial(["spectask", "stop", id], { REVDIAL_URL: w.url, REVDIAL_API_KEY: u.key });
+    assert.equal(stop.code, 0, stop.stderr);
+    assert.match(stop.stdout, new RegExp(`^Session stopping: ${id}$`, "m"));
+    assert.match(stop.stdout, /host killme is unreachable; its sandbox is stopped when it returns/);
+    assert.doesNotMatch(stop.stdout, /Session stopped/);
     assert.equal(await session(), "stopping");
     assert.equal(w.server.registry.isConnected(`sandbox-${id}`), false, "tunnel cut when the stop answers");
     const task = await w.call<{ status: string }>("GET", `/api/v1/spec-tasks/${u.taskIds[0]}`, u.key);

@@ -96,7 +96,7 @@ interface StopAnswer {
 
 function stopLine(answer: StopAnswer): string {
   return answer.status === "stopping"
-    ? `Stop requested: ${answer.session_id} (${answer.message})\n`
+    ? `Session stopping: ${answer.session_id}\n${answer.message}\n`
     : `Session stopped: ${answer.session_id}\n`;
 }
 
