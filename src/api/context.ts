@@ -12,6 +12,11 @@ export interface ApiConfig {
   bodyLimit: number;
   /** Deadline for a call through a tunnel (screenshot, clipboard), in ms. */
   callTimeoutMs: number;
+  /**
+   * Tests only: called after each recorded step of start-planning (src/api/routes/lifecycle.ts);
+   * a throw from it stops the start there with no clean-up, as a kill -9 at that point would.
+   */
+  startPlanningFault?: (step: string) => void;
 }
 
 export interface ApiContext {

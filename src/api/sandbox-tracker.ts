@@ -1,9 +1,11 @@
 // Follows sandboxes and hosts as their tunnels come and go, and keeps the store's view true:
-// - `sandbox-{id}` connects: the session goes starting -> running.
-// - `wolf-{id}` connects (first time, or back after an API restart or a network cut): the host is
-//   online again, and the API asks it for its lobbies (GET /lobbies through the tunnel); sessions
-//   placed on it whose lobby is gone are stopped (their keys revoked). The sessions are read BEFORE
-//   the host is asked, so a lobby created meanwhile is never mistaken for a lost one.
+// - `sandbox-{id}` connects: the session goes starting -> running. A sandbox that connects for a
+//   session that is no longer live (stopping, stopped, failed: a late reconnect, an orphan) is cut
+//   off at once: keys revoked, tunnel evicted.
+// - `wolf-{id}` connects (first time, or back after an API restart, a crash or a network cut): the
+//   host is online again and is reconciled at once (lifecycle-sweeper.ts reconcileHost: GET
+//   /lobbies through the tunnel; lost lobbies -> sessions stopped, requested stops carried out,
+//   lobbies of no live session stopped), instead of waiting for the next sweep.
 // - every sweepIntervalMs: hosts with no heartbeat for offlineAfterMs and no live tunnel go offline.
 // Handlers run one at a time per runner id (a chain of promises), so a quick reconnect cannot
 // interleave two reconciliations of one host. Store failures are logged, never thrown into the
@@ -13,7 +15,8 @@ import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { sessionIdOfRunner } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
-import { Scheduler, wolfRunnerId } from "./scheduler.ts";
+import { reconcileHost } from "./lifecycle-sweeper.ts";
+import { Scheduler } from "./scheduler.ts";
 
 export interface TunnelEventSource {
   on(event: "connected", listener: (runnerId: string) => void): unknown;
@@ -34,6 +37,8 @@ export interface SandboxTrackerOptions {
 export const SANDBOX_TRACKER_DEFAULTS = Object.freeze({ offlineAfterMs: 90_000, sweepIntervalMs: 15_000 });
 
 const WOLF_PREFIX = "wolf-";
+/** A sandbox that (re)connects for a session in one of these is cut off at once. */
+const ENDED: ReadonlySet<string> = new Set(["stopping", "stopped", "failed"]);
 
 export class SandboxTracker {
   readonly #ctx: ApiContext;
@@ -131,34 +136,33 @@ export class SandboxTracker {
 
   async #sandboxConnected(sessionId: string): Promise<void> {
     const session = await this.#ctx.store.sessions.setStatus(sessionId, "running", ["starting"]);
-    if (session)
+    if (session) {
       this.#log.info(
         { session_id: sessionId, wolf_id: session.wolfInstanceId, lobby_id: session.lobbyId },
         "sandbox connected: session running",
       );
+      return;
+    }
+    const current = await this.#ctx.store.sessions.get(sessionId);
+    if (!current || !ENDED.has(current.status)) return;
+    await this.#scheduler.cutSandbox(sessionId, `session ${current.status}`);
+    this.#log.warn(
+      { session_id: sessionId, status: current.status },
+      "sandbox connected for a session that is not live: tunnel evicted",
+    );
   }
 
   async #hostConnected(hostId: string): Promise<void> {
     const store = this.#ctx.store;
     if (!(await store.wolfInstances.get(hostId))) return;
     await store.wolfInstances.setStatus(hostId, "online");
-    const placed = [
-      ...(await store.sessions.list({ wolfInstanceId: hostId, status: "starting" })),
-      ...(await store.sessions.list({ wolfInstanceId: hostId, status: "running" })),
-    ].filter((s) => s.lobbyId !== null);
-    if (placed.length === 0) return;
-    if (!this.#ctx.dialer.isConnected(wolfRunnerId(hostId))) return;
-    const alive = new Set((await this.#scheduler.listLobbies(hostId)).map((l) => l.lobby_id));
-    for (const session of placed) {
-      if (alive.has(session.lobbyId!)) continue;
-      await this.#scheduler.release(session.id, "stopped");
-      this.#log.warn(
-        { wolf_id: hostId, session_id: session.id, lobby_id: session.lobbyId },
-        "lobby gone from its host: session stopped",
-      );
-    }
+    const report = await reconcileHost(this.#ctx, this.#scheduler, hostId);
     this.#log.info(
-      { wolf_id: hostId, lobbies: alive.size, sessions: placed.length },
+      {
+        wolf_id: hostId,
+        sessions_stopped: report.sessionsStopped.length,
+        lobbies_stopped: report.lobbiesStopped.length,
+      },
       "Wolf instance reconciled",
     );
   }

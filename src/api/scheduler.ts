@@ -6,14 +6,17 @@
 // on it in one transaction, so concurrent starts never overshoot a host's capacity. A host's load is
 // the count of its sessions in starting/running: nothing to increment, nothing to drift.
 //
-// Release: a session leaves its slot by leaving starting/running (stopped or failed); its scoped
-// sandbox keys are revoked and forgotten by auth at once, so a stopped sandbox cannot dial back in.
+// Release: a session leaves its slot by leaving starting/running/stopping (stopped or failed); its
+// scoped sandbox keys are revoked and forgotten by auth, and its live `sandbox-{id}` tunnel is
+// evicted, at once: a stopped sandbox can neither serve calls nor dial back in. Its spec task goes
+// back to `backlog` when no other session holds it.
 
 import type { Readable } from "node:stream";
 import type { ClaimResult, Session, SessionStatus } from "../store/index.ts";
+import type { TunnelDialer } from "../tunnel/types.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError } from "./http-errors.ts";
-import { readBounded } from "./routes/sandbox-call.ts";
+import { readBounded, sandboxRunnerId } from "./routes/sandbox-call.ts";
 
 export const NO_WOLF_AVAILABLE_MESSAGE = "no Wolf instance available (all offline or at capacity)";
 
@@ -39,6 +42,20 @@ export interface HostLobby {
 
 export function wolfRunnerId(hostId: string): string {
   return WOLF_PREFIX + hostId;
+}
+
+/**
+ * Closes a runner's live tunnel at once. The registry's evict() (close code "evicted", grace
+ * waiters failed) is used when it exists; before it does, the live tunnel is destroyed, which
+ * cuts it the same way but leaves its grace waiters to their deadline.
+ */
+export function evictTunnel(dialer: TunnelDialer, runnerId: string, reason: string): void {
+  const d = dialer as TunnelDialer & {
+    evict?: (id: string, reason: string) => void;
+    get?: (id: string) => { destroy(err?: Error): void } | undefined;
+  };
+  if (typeof d.evict === "function") d.evict(runnerId, reason);
+  else d.get?.(runnerId)?.destroy(new Error(reason));
 }
 
 /** Statuses a session is released from (it occupies or may occupy a slot). */
@@ -68,20 +85,27 @@ export class Scheduler {
       sessionId: session.id,
       eligibleIds: this.connectedHostIds(),
     });
-    if (!claim) {
-      this.#ctx.logger.warn({ session_id: session.id }, NO_WOLF_AVAILABLE_MESSAGE);
-      throw new ApiError(503, SCHEDULER_ERROR_CODES.noHost, NO_WOLF_AVAILABLE_MESSAGE);
-    }
+    if (!claim) throw this.noHostError(session.id);
+    this.logClaim(session.id, claim);
+    return claim;
+  }
+
+  /** The 503 of a start no host has room for (logged). */
+  noHostError(sessionId: string): ApiError {
+    this.#ctx.logger.warn({ session_id: sessionId }, NO_WOLF_AVAILABLE_MESSAGE);
+    return new ApiError(503, SCHEDULER_ERROR_CODES.noHost, NO_WOLF_AVAILABLE_MESSAGE);
+  }
+
+  logClaim(sessionId: string, claim: ClaimResult): void {
     this.#ctx.logger.info(
       {
         wolf_id: claim.host.id,
-        session_id: session.id,
+        session_id: sessionId,
         current_load: claim.previousLoad,
         max_capacity: claim.host.maxSandboxes,
       },
       "Selected Wolf instance for sandbox",
     );
-    return claim;
   }
 
   /** Asks the host to start the sandbox; returns the host's lobby id. */
@@ -109,13 +133,19 @@ export class Scheduler {
   }
 
   /**
-   * Takes the session off its slot: status `to` (only from a releasable status), scoped keys
-   * revoked and forgotten. Returns the updated session, or null when it was already released.
+   * Takes the session off its slot: status `to` (only from a releasable status), its sandbox cut
+   * off (cutSandbox), its task given back. A session whose stop was requested (`stopping`) ends
+   * `stopped` even when `to` is `failed` (its sandbox died, or its restarted host killed it: the
+   * stop the user asked for is done). Returns the updated session, or null when it was already
+   * released.
    */
   async release(sessionId: string, to: "stopped" | "failed"): Promise<Session | null> {
-    const session = await this.#ctx.store.sessions.setStatus(sessionId, to, RELEASABLE);
-    await this.#ctx.store.apiKeys.revokeForSession(sessionId);
-    this.#ctx.auth.forgetSession(sessionId);
+    const sessions = this.#ctx.store.sessions;
+    const session =
+      (to === "failed" ? await sessions.setStatus(sessionId, "stopped", ["stopping"]) : null) ??
+      (await sessions.setStatus(sessionId, to, RELEASABLE));
+    await this.cutSandbox(sessionId, `session ${to}`);
+    if (session?.specTaskId) await this.#ctx.store.specTasks.releasePlanning({ taskId: session.specTaskId });
     if (session?.wolfInstanceId) {
       const host = await this.#ctx.store.wolfInstances.get(session.wolfInstanceId);
       this.#ctx.logger.info(
@@ -129,6 +159,30 @@ export class Scheduler {
       );
     }
     return session;
+  }
+
+  /**
+   * Cuts a session's sandbox off the API: its scoped keys revoked and forgotten by auth (a
+   * reconnect is refused), its live tunnel evicted (no call reaches it). Idempotent.
+   */
+  async cutSandbox(sessionId: string, reason: string): Promise<void> {
+    await this.#ctx.store.apiKeys.revokeForSession(sessionId);
+    this.#ctx.auth.forgetSession(sessionId);
+    evictTunnel(this.#ctx.dialer, sandboxRunnerId(sessionId), reason);
+  }
+
+  /**
+   * Stops every lobby the host runs for the session (the recorded one, and any the host lists for
+   * the session id: a create the API crashed before recording). True when the host confirmed;
+   * false when its tunnel is down (nothing was asked). Throws when the host answers with an error.
+   */
+  async stopSessionLobbies(hostId: string, session: Session): Promise<boolean> {
+    if (!this.#ctx.dialer.isConnected(wolfRunnerId(hostId))) return false;
+    const lobbies = await this.listLobbies(hostId);
+    const ids = new Set(lobbies.filter((l) => l.session_id === session.id).map((l) => l.lobby_id));
+    if (session.lobbyId && lobbies.some((l) => l.lobby_id === session.lobbyId)) ids.add(session.lobbyId);
+    for (const id of ids) await this.stopLobby(hostId, id);
+    return true;
   }
 
   async #call<T>(

@@ -33,7 +33,9 @@ import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError, toApiError } from "./http-errors.ts";
+import { LifecycleSweeper, type LifecycleSweeperOptions } from "./lifecycle-sweeper.ts";
 import { ApiMetrics } from "./metrics.ts";
+import { stopHostSessions } from "./routes/lifecycle.ts";
 import { SandboxTracker } from "./sandbox-tracker.ts";
 
 export interface ServerOptions {
@@ -67,6 +69,10 @@ export interface ServerOptions {
   hostOfflineAfterMs?: number;
   /** How often hosts are checked for that. Default 15 s. */
   hostSweepIntervalMs?: number;
+  /** The lifecycle sweeper's bounds (src/api/lifecycle-sweeper.ts): interval 15 s, starting 45 s. */
+  lifecycle?: Omit<LifecycleSweeperOptions, "ctx">;
+  /** Tests only: see ApiConfig.startPlanningFault. */
+  startPlanningFault?: (step: string) => void;
   logger: Logger;
 }
 
@@ -92,6 +98,8 @@ export interface RunningServer {
   /** The admin key when this start created it (printed once), else null. */
   adminKey: string | null;
   runnerToken: string;
+  /** Stops every session placed on the host (final screenshot, lobby, task back); before a local host closes. */
+  stopSessionsOnHost(hostId: string): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -237,7 +245,12 @@ async function startLocked(
     auth,
     dialer: registry,
     logger,
-    config: { publicUrl, bodyLimit: o.bodyLimit, callTimeoutMs: o.callTimeoutMs },
+    config: {
+      publicUrl,
+      bodyLimit: o.bodyLimit,
+      callTimeoutMs: o.callTimeoutMs,
+      startPlanningFault: o.startPlanningFault,
+    },
   };
   const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });
   undo.push(() => app.close());
@@ -249,6 +262,9 @@ async function startLocked(
   });
   tracker.start();
   undo.push(() => tracker.close());
+  const sweeper = new LifecycleSweeper({ ...o.lifecycle, ctx });
+  sweeper.start();
+  undo.push(() => sweeper.close());
   await app.listen({ host, port });
   const actual = (app.server.address() as AddressInfo).port;
   const url = `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${actual}`;
@@ -264,8 +280,11 @@ async function startLocked(
     registry,
     adminKey,
     runnerToken,
+    stopSessionsOnHost: (hostId) => stopHostSessions(ctx, hostId, app.log),
     close() {
       closing ??= (async () => {
+        // The sweep in flight finishes while the tunnels it calls through are still up.
+        await sweeper.close();
         endpoint.destroy();
         await tracker.close();
         await registry.close();

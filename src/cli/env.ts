@@ -13,9 +13,10 @@ export function env(...names: string[]): string | undefined {
   return undefined;
 }
 
-export function durationOption(name: string, text: string): number {
+/** A duration flag: milliseconds, or a usage error naming the flag (bad text, or above maxMs). */
+export function durationOption(name: string, text: string, maxMs?: number): number {
   try {
-    return parseDuration(text);
+    return parseDuration(text, { maxMs });
   } catch (err) {
     throw new CliUsageError(`${name}: ${(err as Error).message}`);
   }

@@ -1,6 +1,12 @@
 // Data access for sessions: one sandbox each, owned by a user, optionally for a spec task, placed on
 // a host (wolf_instance_id, lobby_id). A host's load is derived from the sessions in ACTIVE statuses
 // on it, so there is no counter to drift. The final screenshot is kept here after a stop.
+//
+// Lifecycle (src/api/routes/lifecycle.ts, src/api/lifecycle-sweeper.ts): every step is written here
+// before it is acted on, so a crash between two steps leaves a state the sweeper can settle:
+//   pending -> starting (host claimed) -> [lobby_id recorded] -> running (sandbox connected)
+//   any live status -> stopping (stop requested: the host kills the lobby, now or when it returns)
+//   -> stopped; starting/running -> failed (sandbox never came, or ended on its own).
 
 import type { Clock } from "./clock.ts";
 import { newId } from "./ids.ts";
@@ -20,8 +26,24 @@ export const SESSION_STATUSES = Object.freeze([
 ] as const);
 export type SessionStatus = (typeof SESSION_STATUSES)[number];
 
-/** Statuses that occupy a slot on the session's host. */
-export const ACTIVE_SESSION_STATUSES: readonly SessionStatus[] = Object.freeze(["starting", "running"]);
+/**
+ * Statuses that occupy a slot on the session's host: its lobby may run there. `stopping` counts
+ * too, because until the host confirms the stop (at once, or when an offline host returns) the
+ * sandbox is still there.
+ */
+export const ACTIVE_SESSION_STATUSES: readonly SessionStatus[] = Object.freeze([
+  "starting",
+  "running",
+  "stopping",
+]);
+
+/**
+ * Statuses that hold a spec task in `planning`: start-planning places its session in the same
+ * transaction that moves the task, so a task in planning has a session in one of these. A stop
+ * request (`stopping`) gives the task back at once: a host that stays offline must not keep the
+ * task from starting again.
+ */
+export const TASK_HOLDING_SESSION_STATUSES: readonly SessionStatus[] = Object.freeze(["starting", "running"]);
 
 export interface Session {
   id: string;
@@ -45,6 +67,11 @@ export interface FinalScreenshot {
 export interface SessionFilter {
   ownerId?: string;
   status?: SessionStatus;
+  /** Any of these statuses (with `status`, both must hold). */
+  statuses?: readonly SessionStatus[];
+  specTaskId?: string;
+  /** Only sessions last changed strictly before this instant. */
+  updatedBefore?: Date;
   /** Only sessions created strictly before this instant. */
   createdBefore?: Date;
   wolfInstanceId?: string;
@@ -128,6 +155,8 @@ export class SessionRepository {
       `SELECT ${COLUMNS} FROM sessions
        WHERE ($1::text IS NULL OR owner_id = $1) AND ($2::text IS NULL OR status = $2)
          AND ($3::timestamptz IS NULL OR created_at < $3) AND ($4::text IS NULL OR wolf_instance_id = $4)
+         AND ($6::text[] IS NULL OR status = ANY($6::text[])) AND ($7::text IS NULL OR spec_task_id = $7)
+         AND ($8::timestamptz IS NULL OR updated_at < $8)
        ORDER BY created_at DESC, id DESC LIMIT $5`,
       [
         filter.ownerId ?? null,
@@ -135,6 +164,9 @@ export class SessionRepository {
         filter.createdBefore ?? null,
         filter.wolfInstanceId ?? null,
         filter.limit ?? DEFAULT_LIST_LIMIT,
+        filter.statuses ? [...filter.statuses] : null,
+        filter.specTaskId ?? null,
+        filter.updatedBefore ?? null,
       ],
     );
     return rows.map(toSession);
@@ -150,11 +182,19 @@ export class SessionRepository {
     return rows[0] ? toSession(rows[0]) : null;
   }
 
-  /** Records where the sandbox runs (the host's lobby id once the host created it). */
-  async setLobby(id: string, lobbyId: string | null): Promise<Session | null> {
+  /**
+   * Records where the sandbox runs (the host's lobby id once the host created it), only while the
+   * session is in one of `from` when given; returns the updated session or null.
+   */
+  async setLobby(
+    id: string,
+    lobbyId: string | null,
+    from?: readonly SessionStatus[],
+  ): Promise<Session | null> {
     const { rows } = await this.#db.query<SessionRow>(
-      `UPDATE sessions SET lobby_id = $2, updated_at = $3 WHERE id = $1 RETURNING ${COLUMNS}`,
-      [id, lobbyId, this.#clock()],
+      `UPDATE sessions SET lobby_id = $2, updated_at = $3
+       WHERE id = $1 AND ($4::text[] IS NULL OR status = ANY($4::text[])) RETURNING ${COLUMNS}`,
+      [id, lobbyId, this.#clock(), from ? [...from] : null],
     );
     return rows[0] ? toSession(rows[0]) : null;
   }

@@ -2,9 +2,14 @@
 
 import type { Clock } from "./clock.ts";
 import { newId } from "./ids.ts";
+import { TASK_HOLDING_SESSION_STATUSES } from "./sessions.ts";
 import type { SqlExecutor } from "./sql-executor.ts";
 
-/** Task statuses; a new task is in `backlog`, the only status planning may start from. */
+/**
+ * Task statuses; a new task is in `backlog`. Planning starts from `backlog`, or from `planning`
+ * when no session holds the task (a start a crash cut short). A task is in `planning` only while a
+ * session in TASK_HOLDING_SESSION_STATUSES holds it; when that session ends the task goes back.
+ */
 export const SPEC_TASK_STATUSES = Object.freeze(["backlog", "planning", "in_progress", "done"] as const);
 export type SpecTaskStatus = (typeof SPEC_TASK_STATUSES)[number];
 
@@ -101,5 +106,28 @@ export class SpecTaskRepository {
       [id, to, this.#clock(), from ? [...from] : null],
     );
     return rowCount > 0;
+  }
+
+  /**
+   * Puts back in `backlog` the tasks in `planning` that no session holds (TASK_HOLDING_SESSION_STATUSES):
+   * the one task `taskId`, or every such task last changed before `changedBefore` (the sweeper's
+   * bound, so a start committing right now is never undone: its write moves updated_at). Returns
+   * the ids it moved.
+   */
+  async releasePlanning(options: { taskId?: string; changedBefore?: Date } = {}): Promise<string[]> {
+    const { rows } = await this.#db.query<{ id: string }>(
+      `UPDATE spec_tasks t SET status = 'backlog', updated_at = $1
+       WHERE t.status = 'planning' AND ($2::text IS NULL OR t.id = $2)
+         AND ($3::timestamptz IS NULL OR t.updated_at < $3)
+         AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.spec_task_id = t.id AND s.status = ANY($4::text[]))
+       RETURNING t.id`,
+      [
+        this.#clock(),
+        options.taskId ?? null,
+        options.changedBefore ?? null,
+        [...TASK_HOLDING_SESSION_STATUSES],
+      ],
+    );
+    return rows.map((r) => r.id);
   }
 }

@@ -1,7 +1,8 @@
 // Data access for sandbox hosts ("Wolf instances") and the scheduler's capacity claim.
 //
 // A host's load (connected_sandboxes) is never stored: it is the count of sessions in an ACTIVE
-// status placed on it, so it is right after a restart and cannot drift. claimSlot() chooses a host
+// status placed on it, so it is right after a restart and cannot drift; the lifecycle sweeper keeps
+// those sessions equal to the lobbies the host lists (GET /lobbies), so the count is what it runs. claimSlot() chooses a host
 // and places a session on it in ONE transaction; concurrent claims are serialized by locking every
 // candidate host row (FOR UPDATE, in id order so two claims never deadlock), and on PGlite by its
 // single connection. Under READ COMMITTED the load query that follows the lock sees every claim
@@ -26,7 +27,7 @@ export interface WolfInstance {
   labels: Record<string, string>;
   createdAt: Date;
   updatedAt: Date;
-  /** Sessions in status starting or running on this host. */
+  /** Sessions on this host whose lobby may run there (starting, running, stopping). */
   connectedSandboxes: number;
 }
 
@@ -182,11 +183,11 @@ export class WolfInstanceRepository {
   /**
    * Picks the least-loaded online host with a free slot and places the session on it (status
    * `starting`, wolf_instance_id set), atomically. Null when no host has room or the session is not
-   * in one of `fromStatuses`. Must be called on the top-level store, not inside a transaction.
+   * in one of `fromStatuses`. On the top-level store it opens its own transaction; inside a
+   * transaction it claims in that one, so a caller can record more (the task's status) atomically.
    */
   async claimSlot(request: ClaimRequest): Promise<ClaimResult | null> {
-    if (!this.#database)
-      throw new Error("claimSlot opens its own transaction: call it on the store, not on a transaction");
+    if (!this.#database) return claimInTransaction(this.#db, this.#clock, request);
     return this.#database.transaction((tx) => claimInTransaction(tx, this.#clock, request));
   }
 }

@@ -33,10 +33,12 @@ describe("scheduler: least-loaded host, atomic claim", () => {
     await w.startHost("beta", { maxSandboxes: 8, driver: new MemoryDriver() });
     const u = await w.user("spread", 13);
     const placed: string[] = [];
+    let firstSession = "";
     for (const taskId of u.taskIds.slice(0, 12)) {
       const res = await w.startPlanning(u.key, taskId);
       assert.equal(res.status, 200, JSON.stringify(res.body));
       assert.match(res.body.session_id, /^ses_[0-9a-z]{26}$/);
+      firstSession ||= res.body.session_id;
       assert.equal(res.body.task.status, "planning");
       const session = await w.call<{ wolf_instance_id: string; lobby_id: string; status: string }>(
         "GET",
@@ -63,7 +65,9 @@ describe("scheduler: least-loaded host, atomic claim", () => {
     const task = await w.call<{ status: string }>("GET", `/api/v1/spec-tasks/${u.taskIds[12]}`, u.key);
     assert.equal(task.body.status, "backlog", "a refused start leaves the task in backlog");
     const again = await w.startPlanning(u.key, u.taskIds[0]);
-    assert.equal(again.status, 400, "a task not in backlog cannot start again");
+    assert.equal(again.status, 200, "start-planning is idempotent: a task whose session is starting");
+    assert.equal(again.body.session_id, firstSession, "...gets that session back, not a second one");
+    assert.deepEqual(await loads(), { alpha: 4, beta: 8 }, "and takes no second slot");
   });
 
   it("50 concurrent starts on 10 free slots: exactly 10 start, 40 get 503", async () => {

@@ -146,6 +146,9 @@ async function runServer(flags: ServerFlags): Promise<void> {
   // server as soon as it reads that line gets a clean drain, not the default SIGTERM death.
   let localHost: Awaited<ReturnType<typeof startLocalHost>> | null = null;
   onShutdownSignal(logger, async () => {
+    // The local host's sandboxes end with this process: stop their sessions first (final
+    // screenshot, lobby stopped, task back to backlog) so none is left running or planning.
+    if (localHost) await server.stopSessionsOnHost(localHost.id);
     await localHost?.close();
     await server.close();
   });

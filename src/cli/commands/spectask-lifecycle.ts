@@ -1,6 +1,7 @@
 // The session lifecycle from the command line:
 //   spectask start TASK_ID [--wait] [--timeout 60s]   start planning: a session on a sandbox host
-//   spectask stop SESSION_ID                          final screenshot kept, sandbox stopped
+//   spectask stop SESSION_ID                          final screenshot kept, sandbox stopped (or, when
+//                                                     its host is offline, the stop recorded for its return)
 //   spectask cleanup (--all | --older-than D | SESSION_ID) [--dry-run] [--all-users]
 // `--wait` polls the session (with backoff, bounded by --timeout) until its sandbox is connected,
 // with a spinner on a terminal and one line per change otherwise.
@@ -86,11 +87,24 @@ function flags(ms: number): string {
   return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
 }
 
+interface StopAnswer {
+  message: string;
+  session_id: string;
+  /** `stopping` (HTTP 202): the host is unreachable; it stops the sandbox when it returns. */
+  status?: "stopped" | "stopping";
+}
+
+function stopLine(answer: StopAnswer): string {
+  return answer.status === "stopping"
+    ? `Session stopping: ${answer.session_id}\n${answer.message}\n`
+    : `Session stopped: ${answer.session_id}\n`;
+}
+
 async function stop(sessionId: string, opts: { json?: boolean }) {
-  const answer = await createApiClient().delete<{ message: string; session_id: string }>(
+  const answer = await createApiClient().delete<StopAnswer>(
     `/api/v1/external-agents/${encodeURIComponent(sessionId)}`,
   );
-  print(opts.json ? formatJson(answer) : `Session stopped: ${answer.session_id}\n`);
+  print(opts.json ? formatJson(answer) : stopLine(answer));
 }
 
 interface CleanupFlags {
@@ -130,9 +144,11 @@ async function cleanup(sessionId: string | undefined, f: CleanupFlags) {
       continue;
     }
     try {
-      await client.delete(`/api/v1/external-agents/${encodeURIComponent(s.id)}`);
+      const answer = await client.delete<StopAnswer>(`/api/v1/external-agents/${encodeURIComponent(s.id)}`);
       stopped++;
-      print(`Stopped ${what}\n`);
+      print(
+        answer.status === "stopping" ? `Stop requested ${what}: host unreachable\n` : `Stopped ${what}\n`,
+      );
     } catch (err) {
       if (!(err instanceof ApiRequestError)) throw err;
       failed++;
@@ -163,7 +179,7 @@ export function registerLifecycle(spectask: Command): void {
 
   spectask
     .command("cleanup")
-    .description("stop running sessions: all, those older than a duration, or one")
+    .description("stop running sessions: all, those older than a duration (at most 100 years), or one")
     .argument("[session-id]", "one session id (ses_…)")
     .option("--all", "every running session of yours")
     .option("--older-than <duration>", "running sessions created longer ago than this (e.g. 2h)")
