@@ -12,6 +12,14 @@ export interface ApiConfig {
   bodyLimit: number;
   /** Deadline for a call through a tunnel (screenshot, clipboard), in ms. */
   callTimeoutMs: number;
+  /**
+   * Largest screenshot a sandbox may answer, in bytes (default 16 MiB): a larger declared answer is
+   * a 502 and its stream is reset; an undeclared one is cut off at this size. Also the largest
+   * final screenshot stored per session.
+   */
+  screenshotLimit: number;
+  /** Bytes of stored final screenshots kept per user (default 64 MiB); the oldest go first. */
+  storedScreenshotsPerUser: number;
 }
 
 export interface ApiContext {

@@ -35,6 +35,10 @@ export interface ServerOptions {
   bodyLimit?: number;
   /** Deadline of a call through a tunnel (screenshot, clipboard). Default 15 s. */
   callTimeoutMs?: number;
+  /** Largest screenshot a sandbox may answer (and final screenshot stored). Default 16 MiB. */
+  screenshotLimit?: number;
+  /** Bytes of stored final screenshots kept per user, oldest dropped first. Default 64 MiB. */
+  storedScreenshotsPerUser?: number;
   /** Tunnel timings (ping, dead link, drain). */
   timings?: Partial<TunnelTimings>;
   /** Tunnels at most. Default 20,000. */
@@ -55,6 +59,8 @@ const DEFAULTS = Object.freeze({
   gracePeriodMs: 30_000,
   bodyLimit: 256 * 1024 * 1024,
   callTimeoutMs: 15_000,
+  screenshotLimit: 16 * 1024 * 1024,
+  storedScreenshotsPerUser: 64 * 1024 * 1024,
 });
 
 export interface RunningServer {
@@ -69,6 +75,13 @@ export interface RunningServer {
   adminKey: string | null;
   runnerToken: string;
   close(): Promise<void>;
+}
+
+function positiveSize(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new InvalidOptionError(name, `expected a positive number of bytes, got ${value}`);
+  }
+  return value;
 }
 
 export function parseListen(text: string): { host: string; port: number } {
@@ -133,7 +146,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     auth,
     dialer: registry,
     logger,
-    config: { publicUrl, bodyLimit: o.bodyLimit, callTimeoutMs: o.callTimeoutMs },
+    config: {
+      publicUrl,
+      bodyLimit: o.bodyLimit,
+      callTimeoutMs: o.callTimeoutMs,
+      screenshotLimit: positiveSize("screenshotLimit", o.screenshotLimit),
+      storedScreenshotsPerUser: positiveSize("storedScreenshotsPerUser", o.storedScreenshotsPerUser),
+    },
   };
   const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });
   const tracker = new SandboxTracker({

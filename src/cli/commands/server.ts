@@ -14,6 +14,8 @@ interface ServerFlags {
   gracePeriod: string;
   databaseUrl?: string;
   bodyLimit: string;
+  screenshotLimit: string;
+  storedScreenshotsPerUser: string;
   publicUrl?: string;
   logLevel: string;
   tlsCert?: string;
@@ -56,6 +58,16 @@ export function register(program: Command): void {
       env("REVDIAL_BODY_LIMIT") ?? "256MiB",
     )
     .option(
+      "--screenshot-limit <size>",
+      "largest screenshot a sandbox may answer; larger is a 502 (env REVDIAL_SCREENSHOT_LIMIT)",
+      env("REVDIAL_SCREENSHOT_LIMIT") ?? "16MiB",
+    )
+    .option(
+      "--stored-screenshots-per-user <size>",
+      "stored final screenshots kept per user, oldest dropped first (env REVDIAL_STORED_SCREENSHOTS_PER_USER)",
+      env("REVDIAL_STORED_SCREENSHOTS_PER_USER") ?? "64MiB",
+    )
+    .option(
       "--public-url <url>",
       "URL sandboxes use to reach this server (env REVDIAL_PUBLIC_URL)",
       env("REVDIAL_PUBLIC_URL"),
@@ -91,6 +103,8 @@ export function register(program: Command): void {
         databaseUrl: flags.databaseUrl,
         gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
         bodyLimit: sizeOption("--body-limit", flags.bodyLimit),
+        screenshotLimit: sizeOption("--screenshot-limit", flags.screenshotLimit),
+        storedScreenshotsPerUser: sizeOption("--stored-screenshots-per-user", flags.storedScreenshotsPerUser),
         publicUrl: flags.publicUrl,
         https,
         logger,
