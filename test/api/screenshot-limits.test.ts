@@ -16,7 +16,7 @@ import { silentLogger } from "../../src/common/logger.ts";
 import type { AgentClient } from "../../src/tunnel/agent-client.ts";
 import { pollUntil, startAgent, startTarget, waitConnected } from "../helpers/tunnel-harness.ts";
 
-const LIMIT = 3 * 1024 * 1024;
+const LIMIT = 6 * 1024 * 1024;
 /** Larger than every buffer between target and API (32 MiB connection window, 4 MiB stream window,
  * the agent's 1 MiB): a target that finishes writing this much was drained, not reset. */
 const BEYOND_WINDOWS = 64 * 1024 * 1024;
@@ -148,7 +148,7 @@ test("an undeclared screenshot over the limit is cut off at the limit, never com
 });
 
 test("a small untagged screenshot gets an ETag from its bytes, and 304 for it", async () => {
-  answer = { bytes: image(200_000), declare: false };
+  answer = { bytes: image(3 * 1024 * 1024), declare: false };
   const res = await get("/screenshot");
   assert.equal(res.status, 200);
   assert.deepEqual(res.body, answer.bytes);
@@ -160,7 +160,7 @@ test("a small untagged screenshot gets an ETag from its bytes, and 304 for it", 
 });
 
 test("a larger untagged screenshot within the limit is streamed whole, without an ETag", async () => {
-  answer = { bytes: image(2 * 1024 * 1024 + 5), declare: true };
+  answer = { bytes: image(LIMIT), declare: true };
   const res = await get("/screenshot");
   assert.equal(res.status, 200);
   assert.equal(res.complete, true);
@@ -182,7 +182,7 @@ test("a tagged screenshot streams with the sandbox's tag; If-None-Match reaches 
 
 test("a clipboard answer declared over its bound is a 502, and its stream is reset", async () => {
   answer = {
-    bytes: Buffer.alloc(16 * 1024 * 1024 + 1, 0x20),
+    bytes: Buffer.alloc(BEYOND_WINDOWS, 0x20),
     declare: true,
     contentType: "application/json",
   };

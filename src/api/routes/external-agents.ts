@@ -5,9 +5,9 @@
 // Screenshot and ETag. The tag must be in the headers, before the body. When the sandbox sends an
 // ETag (the desktop service tags its images), the image is STREAMED from the tunnel to the client
 // without buffering, and If-None-Match is passed to the sandbox so an unchanged image need not
-// cross the tunnel at all. When it sends none, the API reads up to ETAG_BUFFER_BYTES (1 MiB) to hash
-// it; a larger untagged image is streamed WITHOUT an ETag (no 304 for it). Either way the first bytes
-// decide the Content-Type, so it is true to the bytes.
+// cross the tunnel at all. When it sends none, the API reads up to ETAG_BUFFER_BYTES (4 MiB: a full-HD
+// PNG of a desktop fits) to hash it; a larger untagged image is streamed WITHOUT an ETag (no 304 for
+// it). Either way the first bytes decide the Content-Type, so it is true to the bytes.
 //
 // Memory stays bounded whatever a sandbox answers: a screenshot over ctx.config.screenshotLimit
 // (16 MiB by default) is refused with 502 RD_ERR_SANDBOX_BAD_RESPONSE naming the limit when its
@@ -28,7 +28,7 @@ import { sessionIdParams } from "./route-schemas.ts";
 import { callSandbox, peekHead, readBounded, SANDBOX_ERROR_CODES, sandboxFailed } from "./sandbox-call.ts";
 
 /** Largest untagged screenshot held in memory to compute its ETag; larger ones stream untagged. */
-export const ETAG_BUFFER_BYTES = 1024 * 1024;
+export const ETAG_BUFFER_BYTES = 4 * 1024 * 1024;
 /** Largest clipboard a client may set: the whole JSON body. */
 export const MAX_CLIPBOARD_BYTES = 10 * 1024 * 1024;
 /** Largest clipboard answer read from a sandbox (base64 of 10 MiB plus the envelope). */
