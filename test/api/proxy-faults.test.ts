@@ -25,6 +25,8 @@ interface Seen {
   headers: http.IncomingHttpHeaders;
   bytes: number;
   outcome: "pending" | "complete" | "aborted";
+  /** Whether the target's answer was sent, or the call was cancelled before it. */
+  answer?: "sent" | "cancelled";
 }
 
 const RUNNER = "wolf-proxy-faults";
@@ -60,8 +62,12 @@ before(async () => {
     req.on("data", (c: Buffer) => {
       s.bytes += c.length;
     });
+    res.once("close", () => {
+      s.answer = res.writableFinished ? "sent" : "cancelled";
+    });
     req.on("end", () => {
       s.outcome = "complete";
+      if (req.url?.startsWith("/hang")) return; // never answers: only a cancel ends it
       // The answer carries hop-by-hop headers of its own, which must not reach the caller.
       res.writeHead(200, {
         // `close`: no pooled socket outlives a call, so socket counts have a fixed baseline.
@@ -240,7 +246,7 @@ test("a request the API refuses never reaches the agent", async () => {
   });
   assert.equal(tooLarge, 413);
   // A malformed chunk: Node refuses it with 400 before or while the route runs.
-  const socket = rawSend(head("/bad-chunk", "Transfer-Encoding: chunked\r\n") + "zz\r\nhello\r\n");
+  const socket = rawSend(`${head("/bad-chunk", "Transfer-Encoding: chunked\r\n")}zz\r\nhello\r\n`);
   const answer = await new Promise<string>((resolve) => {
     let text = "";
     socket.on("data", (c: Buffer) => {
@@ -325,7 +331,7 @@ test("a caller gone before the call starts never reaches the target as a complet
   const before = seen.length;
   // Headers and part of a body, then gone at once: authentication is still running when it closes.
   for (let i = 0; i < 5; i++) {
-    rawSend(head(`/gone-${i}`, "Content-Length: 100\r\n") + "x").destroy();
+    rawSend(`${head(`/gone-${i}`, "Content-Length: 100\r\n")}x`).destroy();
   }
   assert.equal(
     await send(`/api/v1/revdial/${RUNNER}/proxy/after-gone`, { authorization: `Bearer ${adminKey}` }, "m"),
@@ -333,4 +339,18 @@ test("a caller gone before the call starts never reaches the target as a complet
   );
   const reached = seen.slice(before).filter((s) => s.url.startsWith("/gone-"));
   for (const s of reached) assert.equal(s.outcome === "complete", false, `${s.url} completed`);
+});
+
+test("a caller gone before the answer cancels the call at the target, body or none", async () => {
+  const base = { fds: fds(), streams: openStreams() };
+  const index = seen.length;
+  const socket = rawSend(
+    `GET /api/v1/revdial/${RUNNER}/proxy/hang HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${adminKey}\r\n\r\n`,
+  );
+  await pollUntil(() => seen[index]?.outcome === "complete", "the target to have the request");
+  socket.destroy();
+  // Well within the call deadline (15 s): the cancel comes from the caller leaving, not the clock.
+  await pollUntil(() => seen[index].answer !== undefined, "the target's call to end");
+  assert.equal(seen[index].answer, "cancelled");
+  await backToBaseline(base);
 });

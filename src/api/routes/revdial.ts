@@ -100,6 +100,10 @@ async function proxy(ctx: ApiContext, request: FastifyRequest, reply: FastifyRep
     limiter?.destroy(new TunnelAbortedError());
     if (!reply.sent) abort.abort(new Error("client went away"));
   });
+  // A caller gone before the answer (its body complete or none) cancels the call all the same.
+  reply.raw.once("close", () => {
+    if (!reply.raw.writableFinished) abort.abort(new Error("client went away"));
+  });
   let res: Awaited<ReturnType<typeof ctx.dialer.request>>;
   try {
     res = await ctx.dialer.request(runnerId, {
