@@ -17,6 +17,14 @@ export interface ApiConfig {
    * a throw from it stops the start there with no clean-up, as a kill -9 at that point would.
    */
   startPlanningFault?: (step: string) => void;
+  /**
+   * Largest screenshot a sandbox may answer, in bytes (default 16 MiB): a larger declared answer is
+   * a 502 and its stream is reset; an undeclared one is cut off at this size. Also the largest
+   * final screenshot stored per session.
+   */
+  screenshotLimit: number;
+  /** Bytes of stored final screenshots kept per user (default 64 MiB); the oldest go first. */
+  storedScreenshotsPerUser: number;
 }
 
 export interface ApiContext {

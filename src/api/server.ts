@@ -58,6 +58,10 @@ export interface ServerOptions {
   bodyLimit?: number;
   /** Deadline of a call through a tunnel (screenshot, clipboard). Default 15 s. */
   callTimeoutMs?: number;
+  /** Largest screenshot a sandbox may answer (and final screenshot stored). Default 16 MiB. */
+  screenshotLimit?: number;
+  /** Bytes of stored final screenshots kept per user, oldest dropped first. Default 64 MiB. */
+  storedScreenshotsPerUser?: number;
   /** Tunnel timings (ping, dead link, drain). */
   timings?: Partial<TunnelTimings>;
   /** Tunnels at most. Default 20,000. */
@@ -85,6 +89,8 @@ const DEFAULTS = Object.freeze({
   gracePeriodMs: 30_000,
   bodyLimit: 256 * 1024 * 1024,
   callTimeoutMs: 15_000,
+  screenshotLimit: 16 * 1024 * 1024,
+  storedScreenshotsPerUser: 64 * 1024 * 1024,
 });
 
 export interface RunningServer {
@@ -101,6 +107,13 @@ export interface RunningServer {
   /** Stops every session placed on the host (final screenshot, lobby, task back); before a local host closes. */
   stopSessionsOnHost(hostId: string): Promise<number>;
   close(): Promise<void>;
+}
+
+function positiveSize(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new InvalidOptionError(name, `expected a positive number of bytes, got ${value}`);
+  }
+  return value;
 }
 
 export function parseListen(text: string): { host: string; port: number } {
@@ -188,7 +201,18 @@ async function undoWithin(steps: (() => unknown)[], deadlineMs: number, logger: 
 }
 
 type ResolvedOptions = ServerOptions &
-  Required<Pick<ServerOptions, "listen" | "dataDir" | "gracePeriodMs" | "bodyLimit" | "callTimeoutMs">>;
+  Required<
+    Pick<
+      ServerOptions,
+      | "listen"
+      | "dataDir"
+      | "gracePeriodMs"
+      | "bodyLimit"
+      | "callTimeoutMs"
+      | "screenshotLimit"
+      | "storedScreenshotsPerUser"
+    >
+  >;
 
 async function startLocked(
   o: ResolvedOptions,
@@ -250,6 +274,8 @@ async function startLocked(
       bodyLimit: o.bodyLimit,
       callTimeoutMs: o.callTimeoutMs,
       startPlanningFault: o.startPlanningFault,
+      screenshotLimit: positiveSize("screenshotLimit", o.screenshotLimit),
+      storedScreenshotsPerUser: positiveSize("storedScreenshotsPerUser", o.storedScreenshotsPerUser),
     },
   };
   const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });

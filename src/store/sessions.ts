@@ -203,11 +203,38 @@ export class SessionRepository {
     await this.#db.query("UPDATE sessions SET last_activity_at = $2 WHERE id = $1", [id, this.#clock()]);
   }
 
-  async setFinalScreenshot(id: string, shot: FinalScreenshot): Promise<void> {
+  /**
+   * Stores the session's final screenshot, then keeps its owner's stored screenshots within
+   * `perUserBytes` (unbounded when omitted): this one is always kept, the others from the most
+   * recently updated session down until the budget is spent, and the rest are dropped (the oldest
+   * first; a stopped session's updated_at is its stop, so that is the image's age). Returns the ids
+   * of the sessions whose screenshot was dropped.
+   */
+  async setFinalScreenshot(id: string, shot: FinalScreenshot, perUserBytes?: number): Promise<string[]> {
     await this.#db.query(
       "UPDATE sessions SET final_screenshot = $2, final_screenshot_type = $3, updated_at = $4 WHERE id = $1",
       [id, shot.bytes, shot.contentType, this.#clock()],
     );
+    if (perUserBytes === undefined) return [];
+    const { rows } = await this.#db.query<{ id: string; size: number | string }>(
+      `SELECT id, octet_length(final_screenshot) AS size FROM sessions
+        WHERE owner_id = (SELECT owner_id FROM sessions WHERE id = $1) AND final_screenshot IS NOT NULL
+        ORDER BY (id = $1) DESC, updated_at DESC, id DESC`,
+      [id],
+    );
+    let kept = 0;
+    const dropped: string[] = [];
+    for (const row of rows) {
+      kept += Number(row.size);
+      if (row.id !== id && kept > perUserBytes) dropped.push(row.id);
+    }
+    if (dropped.length > 0) {
+      await this.#db.query(
+        "UPDATE sessions SET final_screenshot = NULL, final_screenshot_type = NULL WHERE id = ANY($1)",
+        [dropped],
+      );
+    }
+    return dropped;
   }
 
   async getFinalScreenshot(id: string): Promise<FinalScreenshot | null> {

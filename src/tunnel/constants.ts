@@ -36,8 +36,12 @@ export const CONNECTION_WINDOW = 32 * 1024 * 1024;
 /** HTTP/2 frame size: small enough that a PING or a small request never waits behind a large body. */
 export const MAX_FRAME_SIZE = 16 * 1024;
 
-/** Headers that describe one hop and never cross the tunnel. */
-export const HOP_BY_HOP = new Set([
+/**
+ * Headers that describe one hop and never cross the tunnel (RFC 9110 §7.6.1, plus the proxy
+ * credentials meant for a proxy on the caller's side). Headers named in `Connection` are dropped
+ * too (headers.ts). `host` and `http2-settings` are set by each hop itself.
+ */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "connection",
   "keep-alive",
   "proxy-connection",
@@ -45,9 +49,19 @@ export const HOP_BY_HOP = new Set([
   "upgrade",
   "te",
   "trailer",
+  "proxy-authorization",
+  "proxy-authenticate",
   "host",
   "http2-settings",
 ]);
+
+/**
+ * A request whose body is a stream carries this header (value `trailer`) and ends its body with a
+ * trailer of the same name (value `complete`). The agent ends the request towards the target only
+ * when that trailer came: a stream that is reset mid-body reaches Node's HTTP/2 server as a plain
+ * end of data, and without the trailer the target would see a cut-off upload as complete.
+ */
+export const BODY_END_HEADER = "revdial-body-end";
 
 /** Target name used when a call names none: the sandbox's desktop service. */
 export const DEFAULT_TARGET = "desktop";

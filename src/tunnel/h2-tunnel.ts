@@ -12,7 +12,14 @@ import { EventEmitter } from "node:events";
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
 import { type Duplex, PassThrough, type Readable } from "node:stream";
 import type { Logger } from "../common/logger.ts";
-import { CLOSE, CONNECTION_WINDOW, DEFAULT_TARGET, MAX_FRAME_SIZE, STREAM_WINDOW } from "./constants.ts";
+import {
+  BODY_END_HEADER,
+  CLOSE,
+  CONNECTION_WINDOW,
+  DEFAULT_TARGET,
+  MAX_FRAME_SIZE,
+  STREAM_WINDOW,
+} from "./constants.ts";
 import { TunnelAbortedError, TunnelClosedError, TunnelStreamError, TunnelTimeoutError } from "./errors.ts";
 import { copyEndToEnd } from "./headers.ts";
 import type { Tunnel, TunnelTimings } from "./tunnel.ts";
@@ -139,8 +146,10 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
 
   request(req: TunnelRequest): Promise<TunnelResponse> {
     const headers = toH2Headers(req);
+    const hasBody = req.body != null;
+    if (hasBody) headers[BODY_END_HEADER] = "trailer";
     return new Promise((resolve, reject) => {
-      const stream = this.#startStream(headers, req.body == null, reject);
+      const stream = this.#startStream(headers, !hasBody, reject, hasBody);
       if (!stream) return;
       const settle = this.#deadline(stream, req.timeoutMs ?? this.#timings.callTimeoutMs, req.signal, reject);
       stream.once("response", (h) => {
@@ -175,6 +184,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     headers: http2.OutgoingHttpHeaders,
     endStream: boolean,
     reject: (err: Error) => void,
+    waitForTrailers = false,
   ): ClientHttp2Stream | null {
     if (this.#closed || this.#closing || this.#session.destroyed || this.#session.closed) {
       reject(new TunnelClosedError(this.runnerId, "tunnel is closing"));
@@ -182,7 +192,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     }
     let stream: ClientHttp2Stream;
     try {
-      stream = this.#session.request(headers, { endStream });
+      stream = this.#session.request(headers, { endStream, waitForTrailers });
     } catch (err) {
       reject(new TunnelClosedError(this.runnerId, (err as Error).message, { cause: err }));
       return null;
@@ -312,16 +322,26 @@ function bodyOf(stream: ClientHttp2Stream): Readable {
   return body;
 }
 
+/**
+ * Sends the request body. A complete body ends with the BODY_END_HEADER trailer (the agent ends the
+ * target's request only then); a source that fails or is destroyed before its end resets the stream
+ * (RST_STREAM CANCEL), so the target sees an aborted request, never a truncated complete one.
+ */
 function writeBody(stream: ClientHttp2Stream, body: TunnelRequest["body"]): void {
   if (body == null) return;
+  stream.once("wantTrailers", () => {
+    if (!stream.destroyed) stream.sendTrailers({ [BODY_END_HEADER]: "complete" });
+  });
   if (typeof body === "string" || Buffer.isBuffer(body)) {
     stream.end(body);
     return;
   }
   const source = body as Readable;
-  source.on("error", () => {
-    if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
-  });
+  const cancel = () => {
+    if (!source.readableEnded && !stream.destroyed) stream.close(NGHTTP2_CANCEL);
+  };
+  source.on("error", cancel);
+  source.once("close", cancel);
   stream.on("close", () => {
     if (!source.readableEnded) source.destroy();
   });

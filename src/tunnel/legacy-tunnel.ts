@@ -245,7 +245,16 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
       const body = req.body;
       if (body == null) outgoing.end();
       else if (typeof body === "string" || Buffer.isBuffer(body)) outgoing.end(body);
-      else body.pipe(outgoing);
+      else {
+        // A body that fails or is destroyed before its end cuts the data connection: the target
+        // sees an aborted request, never a complete one (pipe would just stop, leaving it waiting).
+        const cut = () => {
+          if (!body.readableEnded) outgoing.destroy(new TunnelAbortedError());
+        };
+        body.on("error", cut);
+        body.once("close", cut);
+        body.pipe(outgoing);
+      }
     });
   }
 

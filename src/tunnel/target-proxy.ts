@@ -7,6 +7,7 @@ import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Logger } from "../common/logger.ts";
+import { BODY_END_HEADER } from "./constants.ts";
 import { copyEndToEnd } from "./headers.ts";
 import { formatTargetAddress, type TargetAddress, type TargetMap } from "./target-map.ts";
 
@@ -106,7 +107,7 @@ export class TargetProxy {
       // response can. A cancelled call must free the target, not leave its request hanging.
       if (!answered || !req.writableFinished) req.destroy();
     });
-    stream.pipe(req);
+    forwardBody(stream, headers, req);
   }
 
   #pipe(stream: ServerHttp2Stream, target: TargetAddress): void {
@@ -131,6 +132,28 @@ export class TargetProxy {
     for (const agent of this.#agents.values()) agent.destroy();
     this.#agents.clear();
   }
+}
+
+/**
+ * Passes the request body to the target. When the API frames the body (BODY_END_HEADER), the
+ * target's request is ended only after the closing trailer came: Node's HTTP/2 server reports a
+ * stream reset mid-body as a plain end of data first, so ending on `end` alone would hand the target
+ * a cut-off upload as complete. An unframed body (an older API) ends on `end`, as before.
+ */
+function forwardBody(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, req: http.ClientRequest): void {
+  if (headers[BODY_END_HEADER] !== "trailer") {
+    stream.pipe(req);
+    return;
+  }
+  let complete = false;
+  stream.once("trailers", (trailers: IncomingHttpHeaders) => {
+    complete = trailers[BODY_END_HEADER] === "complete";
+  });
+  stream.pipe(req, { end: false });
+  stream.once("end", () => {
+    if (complete) req.end();
+    else req.destroy();
+  });
 }
 
 /**

@@ -19,6 +19,9 @@ export interface WebSocketStreamOptions {
 
 const DEFAULTS = Object.freeze({ writeHighWaterMark: 1024 * 1024 });
 
+/** Largest WebSocket message sent: well under every peer's limit (the endpoint's is 4 MiB). */
+const MAX_MESSAGE_BYTES = 1024 * 1024;
+
 type Callback = (err?: Error | null) => void;
 
 export class WebSocketStream extends Duplex {
@@ -90,7 +93,13 @@ export class WebSocketStream extends Duplex {
       return;
     }
     this.bytesOut += data.length;
-    this.ws.send(data, { binary: true, compress: false, fin: true });
+    // A batch can be larger than the peer accepts in one message (the endpoint's maxPayload is
+    // 4 MiB): a fast target behind a reader that keeps up made 5+ MiB batches, and the server closed
+    // the link with 1009. Messages carry at most MAX_MESSAGE_BYTES; boundaries mean nothing anyway.
+    for (let at = 0; at < data.length; at += MAX_MESSAGE_BYTES) {
+      const part = data.length <= MAX_MESSAGE_BYTES ? data : data.subarray(at, at + MAX_MESSAGE_BYTES);
+      this.ws.send(part, { binary: true, compress: false, fin: true });
+    }
     // Acknowledge at once unless the socket is backed up: Node's HTTP/2 core writes one batch at a
     // time, so waiting for each batch to reach the kernel would serialize the link.
     if (this.ws.bufferedAmount < this.#highWaterMark) {

@@ -214,6 +214,8 @@ export async function startHarness(options: { callTimeoutMs?: number } = {}): Pr
       publicUrl: "http://127.0.0.1:0",
       bodyLimit: 1024 * 1024,
       callTimeoutMs: options.callTimeoutMs ?? 2000,
+      screenshotLimit: 16 * 1024 * 1024,
+      storedScreenshotsPerUser: 64 * 1024 * 1024,
     },
   };
   const app = Fastify({ bodyLimit: ctx.config.bodyLimit });

@@ -5,10 +5,17 @@
 // Screenshot and ETag. The tag must be in the headers, before the body. When the sandbox sends an
 // ETag (the desktop service tags its images), the image is STREAMED from the tunnel to the client
 // without buffering, and If-None-Match is passed to the sandbox so an unchanged image need not
-// cross the tunnel at all. When it sends none, the API buffers the image (at most
-// MAX_BUFFERED_SCREENSHOT_BYTES, 32 MiB) to hash it: correct for any sandbox, at a memory cost.
-// Either way the first bytes decide the Content-Type, so it is true to the bytes.
+// cross the tunnel at all. When it sends none, the API reads up to ETAG_BUFFER_BYTES (4 MiB: a full-HD
+// PNG of a desktop fits) to hash it; a larger untagged image is streamed WITHOUT an ETag (no 304 for
+// it). Either way the first bytes decide the Content-Type, so it is true to the bytes.
+//
+// Memory stays bounded whatever a sandbox answers: a screenshot over ctx.config.screenshotLimit
+// (16 MiB by default) is refused with 502 RD_ERR_SANDBOX_BAD_RESPONSE naming the limit when its
+// length is declared, and cut off at the limit (the client's body ends early) when it is not; in both
+// cases the tunnel stream is reset, never drained. A call holds at most ETAG_BUFFER_BYTES plus the
+// stream buffers; the clipboard answer is read up to MAX_CLIPBOARD_ANSWER_BYTES.
 
+import { type Readable, Transform, type TransformCallback } from "node:stream";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Session } from "../../store/index.ts";
 import type { TunnelResponse } from "../../tunnel/types.ts";
@@ -20,8 +27,8 @@ import { IMAGE_SIGNATURE_BYTES, sniffImageType } from "./image-type.ts";
 import { sessionIdParams } from "./route-schemas.ts";
 import { callSandbox, peekHead, readBounded, SANDBOX_ERROR_CODES, sandboxFailed } from "./sandbox-call.ts";
 
-/** Largest screenshot held in memory to compute its ETag (only when the sandbox sends none). */
-export const MAX_BUFFERED_SCREENSHOT_BYTES = 32 * 1024 * 1024;
+/** Largest untagged screenshot held in memory to compute its ETag; larger ones stream untagged. */
+export const ETAG_BUFFER_BYTES = 4 * 1024 * 1024;
 /** Largest clipboard a client may set: the whole JSON body. */
 export const MAX_CLIPBOARD_BYTES = 10 * 1024 * 1024;
 /** Largest clipboard answer read from a sandbox (base64 of 10 MiB plus the envelope). */
@@ -104,26 +111,60 @@ async function relayScreenshot(
   const sandboxType = header(res, "content-type") ?? "application/octet-stream";
   const sandboxTag = header(res, "etag");
   if (res.status === 304 && sandboxTag) {
-    res.body.resume();
+    res.body.destroy();
     return reply.code(304).header("ETag", sandboxTag).header("Cache-Control", CACHE_CONTROL).send();
   }
   if (res.status !== 200) {
     request.log.warn({ session_id: session.id, sandbox_status: res.status }, "sandbox screenshot failed");
     throw await sandboxFailed(res);
   }
+  const limit = ctx.config.screenshotLimit;
+  const length = header(res, "content-length");
+  if (length !== undefined && !(Number(length) <= limit)) {
+    res.body.destroy(); // resets the tunnel stream: the rest is never read
+    throw new ApiError(
+      502,
+      SANDBOX_ERROR_CODES.badResponse,
+      `sandbox screenshot is ${length} bytes, over the limit of ${limit} bytes`,
+    );
+  }
+  const deadline = ctx.config.callTimeoutMs;
   if (!sandboxTag) {
-    const bytes = await readBounded(res.body, MAX_BUFFERED_SCREENSHOT_BYTES, ctx.config.callTimeoutMs);
-    return sendImage(request, reply, bytes, sandboxType);
+    const peeked = await peekHead(res.body, ETAG_BUFFER_BYTES + 1, deadline);
+    if (peeked.ended) return sendImage(request, reply, peeked.head, sandboxType);
+    reply.header("Cache-Control", CACHE_CONTROL);
+    if (length) reply.header("Content-Length", length);
+    return reply.type(sniffImageType(peeked.head) ?? sandboxType).send(capped(peeked.body, limit));
   }
   reply.header("ETag", sandboxTag).header("Cache-Control", CACHE_CONTROL);
   if (ifNoneMatchHits(ifNoneMatch, sandboxTag)) {
     res.body.destroy();
     return reply.code(304).send();
   }
-  const { head, body } = await peekHead(res.body, IMAGE_SIGNATURE_BYTES);
-  const length = header(res, "content-length");
+  const { head, body } = await peekHead(res.body, IMAGE_SIGNATURE_BYTES, deadline);
   if (length) reply.header("Content-Length", length);
-  return reply.type(sniffImageType(head) ?? sandboxType).send(body);
+  return reply.type(sniffImageType(head) ?? sandboxType).send(capped(body, limit));
+}
+
+/**
+ * The body, failed once more than `limit` bytes went through: the reply is cut off (the client sees
+ * an incomplete body, never a silently truncated image) and the tunnel stream is reset.
+ */
+function capped(body: Readable, limit: number): Readable {
+  let seen = 0;
+  const out = new Transform({
+    transform(chunk: Buffer, _enc, cb: TransformCallback) {
+      seen += chunk.length;
+      if (seen > limit) {
+        cb(new ApiError(502, SANDBOX_ERROR_CODES.badResponse, `sandbox screenshot over ${limit} bytes`));
+      } else cb(null, chunk);
+    },
+  });
+  body.on("error", (err) => out.destroy(err));
+  out.once("close", () => {
+    if (!body.readableEnded) body.destroy();
+  });
+  return body.pipe(out);
 }
 
 function isClipboard(value: unknown): value is Clipboard {
@@ -146,6 +187,15 @@ function strictClipboardValidator() {
 async function readClipboard(ctx: ApiContext, reply: FastifyReply, session: Session): Promise<Clipboard> {
   const res = await callSandbox(ctx, reply, session.id, { method: "GET", path: "/clipboard" });
   if (res.status !== 200) throw await sandboxFailed(res);
+  const length = header(res, "content-length");
+  if (length !== undefined && !(Number(length) <= MAX_CLIPBOARD_ANSWER_BYTES)) {
+    res.body.destroy();
+    throw new ApiError(
+      502,
+      SANDBOX_ERROR_CODES.badResponse,
+      `sandbox clipboard is ${length} bytes, over the limit of ${MAX_CLIPBOARD_ANSWER_BYTES} bytes`,
+    );
+  }
   const raw = await readBounded(res.body, MAX_CLIPBOARD_ANSWER_BYTES, ctx.config.callTimeoutMs);
   let parsed: unknown;
   try {

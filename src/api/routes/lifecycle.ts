@@ -29,7 +29,6 @@ import { principalOf, requireUser, requireWrite } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError } from "../http-errors.ts";
 import { Scheduler, wolfRunnerId } from "../scheduler.ts";
-import { MAX_BUFFERED_SCREENSHOT_BYTES } from "./external-agents.ts";
 import { sniffImageType } from "./image-type.ts";
 import { idParams, sessionIdParams } from "./route-schemas.ts";
 import { specTaskView } from "./route-views.ts";
@@ -173,14 +172,14 @@ async function takeFinalScreenshot(
       res.body.resume();
       throw new Error(`sandbox answered ${res.status}`);
     }
-    const bytes = await readBounded(
-      res.body,
-      MAX_BUFFERED_SCREENSHOT_BYTES,
-      Math.max(1, deadline - Date.now()),
-    );
+    const bytes = await readBounded(res.body, ctx.config.screenshotLimit, Math.max(1, deadline - Date.now()));
     const type = sniffImageType(bytes) ?? String(res.headers["content-type"] ?? "application/octet-stream");
-    await ctx.store.sessions.setFinalScreenshot(session.id, { bytes, contentType: type });
-    log.info({ session_id: session.id, bytes: bytes.length }, "final screenshot stored");
+    const dropped = await ctx.store.sessions.setFinalScreenshot(
+      session.id,
+      { bytes, contentType: type },
+      ctx.config.storedScreenshotsPerUser,
+    );
+    log.info({ session_id: session.id, bytes: bytes.length, dropped }, "final screenshot stored");
     return true;
   } catch (err) {
     log.warn({ session_id: session.id, err: (err as Error).message }, "no final screenshot");

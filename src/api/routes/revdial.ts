@@ -5,7 +5,8 @@
 import { type Readable, Transform, type TransformCallback } from "node:stream";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { RUNNER_ID_PATTERN, TUNNEL_PATH } from "../../tunnel/constants.ts";
-import { BodyTooLargeError, TunnelStreamError } from "../../tunnel/errors.ts";
+import { BodyTooLargeError, TunnelAbortedError, TunnelStreamError } from "../../tunnel/errors.ts";
+import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { TunnelEndpoint } from "../../tunnel/tunnel-endpoint.ts";
 import { UPGRADE_STRIPPED_CODE, UPGRADE_STRIPPED_SERVER_MESSAGE } from "../../tunnel/upgrade-diagnosis.ts";
 import { principalOf, requireAdmin } from "../auth.ts";
@@ -67,30 +68,54 @@ async function describeConnections(ctx: ApiContext) {
   );
 }
 
-async function proxy(ctx: ApiContext, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-  requireAdmin(principalOf(request));
-  const { runnerId } = request.params as { runnerId: string };
-  if (!RUNNER_ID_PATTERN.test(runnerId)) {
+/** The proxy route's raw path: the runner id segment as sent, and everything after `/proxy`. */
+const PROXY_PATH = /^\/api\/v1\/revdial\/([^/?#]*)\/proxy(\/[^#]*)$/;
+
+/**
+ * The runner id and the path the agent receives, from the URL as the caller sent it. The id is
+ * percent-decoded once (Fastify's param) and then validated; the path is the raw remainder after
+ * `/proxy`, byte for byte, so it never carries the runner id however the id was encoded.
+ */
+export function proxyTarget(rawUrl: string, decodedId: string): { runnerId: string; path: string } {
+  const match = PROXY_PATH.exec(rawUrl);
+  if (!match || !RUNNER_ID_PATTERN.test(decodedId)) {
     throw new ApiError(400, "RD_ERR_TUNNEL_INVALID_RUNNER_ID", "invalid runner ID format");
   }
+  return { runnerId: decodedId, path: match[2] };
+}
+
+async function proxy(ctx: ApiContext, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+  requireAdmin(principalOf(request));
+  const { runnerId, path } = proxyTarget(
+    request.raw.url ?? "/",
+    (request.params as { runnerId: string }).runnerId,
+  );
   const limit = ctx.config.bodyLimit;
   const declared = Number(request.headers["content-length"] ?? 0);
   if (declared > limit) throw new BodyTooLargeError(limit);
   const raw = request.raw;
   const hasBody = declared > 0 || request.headers["transfer-encoding"] !== undefined;
+  // A caller that is gone before the call starts (its body cut off while auth ran) never reaches the
+  // sandbox: nothing is sent on its behalf.
+  if (raw.destroyed && !raw.complete) throw new TunnelAbortedError();
   const abort = new AbortController();
-  raw.once("close", () => {
-    if (!reply.sent && !raw.complete) abort.abort(new Error("client went away"));
-  });
-  const rawUrl = request.raw.url ?? "/";
-  const marker = `/${runnerId}/proxy`;
-  const path = rawUrl.slice(rawUrl.indexOf(marker) + marker.length) || "/";
   const limiter = hasBody ? raw.pipe(limitBytes(limit)) : null;
+  raw.once("close", () => {
+    if (raw.complete) return;
+    // The body was cut off: the stream towards the sandbox is reset, never ended (an ended stream
+    // would deliver a truncated upload as complete).
+    limiter?.destroy(new TunnelAbortedError());
+    if (!reply.sent) abort.abort(new Error("client went away"));
+  });
+  // A caller gone before the answer (its body complete or none) cancels the call all the same.
+  reply.raw.once("close", () => {
+    if (!reply.raw.writableFinished) abort.abort(new Error("client went away"));
+  });
   let res: Awaited<ReturnType<typeof ctx.dialer.request>>;
   try {
     res = await ctx.dialer.request(runnerId, {
       method: request.method,
-      path: path.startsWith("/") ? path : `/${path}`,
+      path,
       headers: forwardHeaders(request),
       body: limiter,
       signal: abort.signal,
@@ -124,9 +149,15 @@ async function readWhole(
   return whole;
 }
 
-/** Headers the sandbox sees: the caller's, minus its credentials for this API. */
-function forwardHeaders(request: FastifyRequest): Record<string, string | string[] | undefined> {
-  const out: Record<string, string | string[] | undefined> = { ...request.headers };
+/**
+ * Headers the sandbox sees: the caller's end-to-end headers (copyEndToEnd drops the hop-by-hop
+ * ones, those named in Connection, and Proxy-Authorization), minus its credentials for this API.
+ */
+export function forwardHeaders(request: {
+  headers: Record<string, string | string[] | undefined>;
+  ip: string;
+}): Record<string, string | string[]> {
+  const out = copyEndToEnd(request.headers);
   delete out.authorization;
   delete out["x-api-key"];
   out["x-forwarded-for"] = request.ip;

@@ -113,16 +113,26 @@ export function readBounded(body: Readable, limit: number, deadlineMs: number): 
 
 /**
  * Reads at least `n` bytes of `stream` (fewer if it ends first) without consuming them: the
- * returned body yields the whole stream from its first byte.
+ * returned body yields the whole stream from its first byte. Past `deadlineMs` the stream is
+ * destroyed (its tunnel stream reset) and the call fails with 504.
  */
 export function peekHead(
   stream: Readable,
   n: number,
+  deadlineMs: number,
 ): Promise<{ head: Buffer; body: Readable; ended: boolean }> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const timer = setTimeout(() => {
+      cleanup();
+      stream.destroy();
+      reject(
+        new ApiError(504, SANDBOX_ERROR_CODES.timeout, `sandbox answer not complete within ${deadlineMs} ms`),
+      );
+    }, deadlineMs);
     const cleanup = () => {
+      clearTimeout(timer);
       stream.off("readable", onReadable);
       stream.off("end", onEnd);
       stream.off("error", onError);

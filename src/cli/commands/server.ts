@@ -16,6 +16,8 @@ interface ServerFlags {
   dbConnectTimeout: string;
   dbStatementTimeout: string;
   bodyLimit: string;
+  screenshotLimit: string;
+  storedScreenshotsPerUser: string;
   publicUrl?: string;
   logLevel: string;
   tlsCert?: string;
@@ -66,6 +68,16 @@ export function register(program: Command): void {
       "--body-limit <size>",
       "largest proxied request body (env REVDIAL_BODY_LIMIT)",
       env("REVDIAL_BODY_LIMIT") ?? "256MiB",
+    )
+    .option(
+      "--screenshot-limit <size>",
+      "largest screenshot a sandbox may answer; larger is a 502 (env REVDIAL_SCREENSHOT_LIMIT)",
+      env("REVDIAL_SCREENSHOT_LIMIT") ?? "16MiB",
+    )
+    .option(
+      "--stored-screenshots-per-user <size>",
+      "stored final screenshots kept per user, oldest dropped first (env REVDIAL_STORED_SCREENSHOTS_PER_USER)",
+      env("REVDIAL_STORED_SCREENSHOTS_PER_USER") ?? "64MiB",
     )
     .option(
       "--public-url <url>",
@@ -138,6 +150,8 @@ async function runServer(flags: ServerFlags): Promise<void> {
     },
     gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
     bodyLimit: sizeOption("--body-limit", flags.bodyLimit),
+    screenshotLimit: sizeOption("--screenshot-limit", flags.screenshotLimit),
+    storedScreenshotsPerUser: sizeOption("--stored-screenshots-per-user", flags.storedScreenshotsPerUser),
     publicUrl: flags.publicUrl,
     https,
     logger,
