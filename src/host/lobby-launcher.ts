@@ -1,18 +1,27 @@
 // The leader of one sandbox's process group (process driver). The host spawns this file detached,
-// so its pid is the group id; everything it starts stays in that group, and the host stops the
-// sandbox by signalling the whole group: nothing survives it.
+// wrapped by isolation.ts (bubblewrap and setpriv, or setpriv alone in unsafe-shared-user mode), so
+// it runs as the sandbox's user in the sandbox's namespaces; everything it starts stays in its
+// group and namespaces, and the host stops the sandbox by signalling the whole group.
+//
+// Input: one JSON line on stdin (LauncherSpec, the agent's token included), so no secret is in this
+// process's environment or command line, where the sandbox's own app could read it.
 //
 // It starts a private X display (Xvfb picks a free display number and reports it through
-// -displayfd), then `revdial agent --desktop` on that display registered as `sandbox-{session}`
-// with the scoped token (from REVDIAL_TOKEN, never on a command line), then the optional app. It
-// prints one JSON line on stdout when all are started: {"display", "desktop_port", "pids"}.
-// When Xvfb or the agent ends on its own, it stops the rest and exits 1, so the host sees the
-// sandbox die. Input: REVDIAL_LOBBY_SPEC (JSON, see LauncherSpec) and REVDIAL_TOKEN.
+// -displayfd; no TCP, no abstract socket, a MIT-MAGIC-COOKIE-1 in an Xauthority file in the
+// sandbox's 0700 work dir), then `revdial agent --desktop` on that display registered as
+// `sandbox-{session}` with the desktop service on a Unix socket in a 0700 dir, then the optional app.
+// Each gets an explicit environment: PATH, HOME, LANG, DISPLAY, XAUTHORITY and the session's env;
+// the agent alone also gets REVDIAL_TOKEN (and the host's transport and TLS settings).
+// It prints one JSON line on stdout when all are started: {"display", "desktop_socket", "pids"}.
+// When Xvfb or the agent ends on its own, or the host dies (its parent changes), it stops the rest
+// and exits 1.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { accessSync, constants } from "node:fs";
-import { createServer } from "node:net";
-import { delimiter, join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { which } from "./isolation.ts";
 
 export interface LauncherSpec {
   sessionId: string;
@@ -20,39 +29,54 @@ export interface LauncherSpec {
   /** Absolute path of src/cli/main.ts. */
   mainPath: string;
   app: string | null;
+  /** The session's environment (from the API's lobby request). */
   env: Record<string, string>;
   /** WIDTHxHEIGHTxDEPTH for Xvfb. */
   screen: string;
+  /** The sandbox's work dir as seen inside it (HOME). */
+  workDir: string;
+  /** The scoped `rds-` key: the agent's only. */
+  token: string;
+  /** More environment for the agent only (transport, TLS). */
+  agentEnv: Record<string, string>;
+  lang: string;
 }
 
 /** How long Xvfb may take to report its display. */
 const XVFB_START_TIMEOUT_MS = 10_000;
+/** How often the launcher checks that the host that started it is still its parent. */
+const PARENT_WATCH_MS = 500;
+const SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin";
+/** FamilyWild: the cookie matches every address, and with an empty display number every display. */
+const FAMILY_WILD = 0xffff;
 
-function onPath(command: string): boolean {
-  return (process.env.PATH ?? "").split(delimiter).some((dir) => {
-    try {
-      accessSync(join(dir, command), constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
+/** An Xauthority file (libXau's format) with one MIT-MAGIC-COOKIE-1 for any display. */
+export function xauthorityEntry(cookie: Buffer): Buffer {
+  const field = (b: Buffer) => {
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(b.length);
+    return Buffer.concat([len, b]);
+  };
+  const family = Buffer.alloc(2);
+  family.writeUInt16BE(FAMILY_WILD);
+  return Buffer.concat([
+    family,
+    field(Buffer.alloc(0)),
+    field(Buffer.alloc(0)),
+    field(Buffer.from("MIT-MAGIC-COOKIE-1")),
+    field(cookie),
+  ]);
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function startXvfb(screen: string): Promise<{ child: ChildProcess; display: string }> {
-  const child = spawn("Xvfb", ["-displayfd", "3", "-screen", "0", screen, "-nolisten", "tcp", "-noreset"], {
+function startXvfb(
+  screen: string,
+  authFile: string,
+  env: NodeJS.ProcessEnv,
+): Promise<{ child: ChildProcess; display: string }> {
+  const args = ["-displayfd", "3", "-screen", "0", screen, "-nolisten", "tcp", "-nolisten", "local"];
+  const child = spawn("Xvfb", [...args, "-auth", authFile, "-noreset"], {
     stdio: ["ignore", "ignore", "pipe", "pipe"],
+    env,
   });
   return new Promise((resolve, reject) => {
     let text = "";
@@ -76,6 +100,11 @@ function startXvfb(screen: string): Promise<{ child: ChildProcess; display: stri
   });
 }
 
+/** What every process of the sandbox gets, built from nothing: never the host's environment. */
+function baseEnv(spec: LauncherSpec): Record<string, string> {
+  return { PATH: SANDBOX_PATH, LANG: spec.lang, ...spec.env, HOME: spec.workDir, USER: "sandbox" };
+}
+
 async function launch(spec: LauncherSpec): Promise<void> {
   const children: ChildProcess[] = [];
   let stopping = false;
@@ -92,6 +121,14 @@ async function launch(spec: LauncherSpec): Promise<void> {
   };
   process.once("SIGTERM", () => stopAll(0));
   process.once("SIGINT", () => stopAll(0));
+  // Where no parent-death signal reaches this process (no setpriv), its parent changing is the sign.
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) {
+      process.stderr.write("the host is gone; stopping the sandbox\n");
+      process.kill(0, "SIGKILL");
+    }
+  }, PARENT_WATCH_MS);
   const essential = (child: ChildProcess, name: string) => {
     children.push(child);
     child.once("exit", (code, signal) => {
@@ -100,17 +137,33 @@ async function launch(spec: LauncherSpec): Promise<void> {
       stopAll(1);
     });
   };
+  // Children get a parent-death signal too, so none outlives this launcher.
+  const setpriv = which("setpriv", SANDBOX_PATH);
+  const start = (
+    command: string,
+    args: string[],
+    env: Record<string, string>,
+    stdio: "ignore" | "inherit",
+  ) =>
+    setpriv
+      ? spawn(setpriv, ["--pdeathsig=KILL", "--", command, ...args], {
+          env,
+          stdio: ["ignore", "ignore", stdio],
+        })
+      : spawn(command, args, { env, stdio: ["ignore", "ignore", stdio] });
 
-  const xvfb = onPath("Xvfb") ? await startXvfb(spec.screen) : null;
+  const authFile = join(spec.workDir, ".Xauthority");
+  writeFileSync(authFile, xauthorityEntry(randomBytes(16)), { mode: 0o600 });
+  const runDir = join(spec.workDir, "run");
+  mkdirSync(runDir, { recursive: true, mode: 0o700 });
+  const env = baseEnv(spec);
+  const xvfb = which("Xvfb", SANDBOX_PATH) ? await startXvfb(spec.screen, authFile, env) : null;
   if (xvfb) essential(xvfb.child, "Xvfb");
-  else process.stderr.write("Xvfb not installed: the sandbox has no private display\n");
-  const display = xvfb?.display ?? process.env.DISPLAY ?? null;
-  const env: NodeJS.ProcessEnv = { ...process.env, ...spec.env };
-  delete env.REVDIAL_LOBBY_SPEC;
-  delete env.WAYLAND_DISPLAY;
-  if (display) env.DISPLAY = display;
+  else process.stderr.write("Xvfb not installed: the sandbox has no display\n");
+  const display = xvfb?.display ?? null;
+  if (display) Object.assign(env, { DISPLAY: display, XAUTHORITY: authFile });
 
-  const port = await freePort();
+  const socket = join(runDir, "desktop.sock");
   const agentArgs = [
     spec.mainPath,
     "agent",
@@ -119,14 +172,15 @@ async function launch(spec: LauncherSpec): Promise<void> {
     "--runner-id",
     `sandbox-${spec.sessionId}`,
   ];
-  agentArgs.push("--desktop", "--desktop-listen", `127.0.0.1:${port}`);
+  agentArgs.push("--desktop", "--desktop-listen", `unix://${socket}`);
   if (display) agentArgs.push("--display", display);
-  const agent = spawn(process.execPath, agentArgs, { env, stdio: ["ignore", "ignore", "inherit"] });
+  const agentEnv = { ...env, ...spec.agentEnv, REVDIAL_TOKEN: spec.token };
+  const agent = start(process.execPath, agentArgs, agentEnv, "inherit");
   essential(agent, "agent");
 
   let app: ChildProcess | null = null;
   if (spec.app) {
-    app = spawn("/bin/sh", ["-c", spec.app], { env, stdio: ["ignore", "ignore", "inherit"] });
+    app = start("/bin/sh", ["-c", spec.app], env, "inherit");
     app.on("error", () => {});
     children.push(app);
   }
@@ -136,21 +190,27 @@ async function launch(spec: LauncherSpec): Promise<void> {
     agent: agent.pid ?? null,
     app: app?.pid ?? null,
   };
-  process.stdout.write(`${JSON.stringify({ display, desktop_port: port, pids })}\n`);
+  process.stdout.write(`${JSON.stringify({ display, desktop_socket: socket, pids })}\n`);
+}
+
+async function readSpec(): Promise<LauncherSpec> {
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    lines.close();
+    return JSON.parse(line) as LauncherSpec;
+  }
+  throw new Error("no launch spec on stdin");
 }
 
 if (import.meta.main) {
-  const spec = JSON.parse(process.env.REVDIAL_LOBBY_SPEC ?? "null") as LauncherSpec | null;
-  if (!spec) {
-    process.stderr.write("REVDIAL_LOBBY_SPEC is required\n");
-    process.exit(2);
-  }
-  launch(spec).catch((err: Error) => {
-    process.stderr.write(`sandbox launch failed: ${err.message}\n`);
-    // Take down whatever was started (the whole group), but not by the graceful handler: exit 1.
-    process.removeAllListeners("SIGTERM");
-    process.on("SIGTERM", () => {});
-    process.kill(0, "SIGTERM");
-    process.exit(1);
-  });
+  readSpec()
+    .then(launch)
+    .catch((err: Error) => {
+      process.stderr.write(`sandbox launch failed: ${err.message}\n`);
+      // Take down whatever was started (the whole group), but not by the graceful handler: exit 1.
+      process.removeAllListeners("SIGTERM");
+      process.on("SIGTERM", () => {});
+      process.kill(0, "SIGTERM");
+      process.exit(1);
+    });
 }

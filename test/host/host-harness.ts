@@ -96,6 +96,8 @@ export class World {
       id,
       heartbeatIntervalMs: 200,
       agent: { backoffBaseMs: 50, backoffCapMs: 500 },
+      // Per world: parallel test runs never share a host's state (nor kill each other's sandboxes).
+      stateDir: join(this.dataDir, `host-${id}`),
       logger: silentLogger(),
       ...options,
     });

@@ -103,7 +103,7 @@ export function register(program: Command): void {
         );
       }
       process.stdout.write(`listening on ${server.url}\n`);
-      const localHost = flags.withLocalHost ? await startLocalHost(server, logger) : null;
+      const localHost = flags.withLocalHost ? await startLocalHost(server, logger, flags.dataDir) : null;
       onShutdownSignal(logger, async () => {
         await localHost?.close();
         await server.close();
@@ -111,18 +111,32 @@ export function register(program: Command): void {
     });
 }
 
-/** The sandbox host `local` (process driver), dialing this server like any remote host would. */
-async function startLocalHost(server: { url: string; runnerToken: string }, logger: Logger) {
+/**
+ * The sandbox host `local` (process driver), dialing this server like any remote host would. Its
+ * isolation is auto with a fallback to the shared user, so `npm start` stays one command for an
+ * ordinary user; the banner says which isolation it got. Its state dir is per data dir, so two
+ * servers on one machine keep their sandboxes apart.
+ */
+async function startLocalHost(server: { url: string; runnerToken: string }, logger: Logger, dataDir: string) {
   const { WolfHost } = await import("../../host/wolf-host.ts");
+  const { defaultStateDir } = await import("../../host/host-state.ts");
+  const { createHash } = await import("node:crypto");
+  const { resolve } = await import("node:path");
+  const dirHash = createHash("sha256").update(resolve(dataDir)).digest("hex").slice(0, 12);
   const host = new WolfHost({
     serverUrl: server.url,
     token: server.runnerToken,
     id: "local",
     driver: "process",
+    isolation: "auto",
+    allowSharedFallback: true,
+    stateDir: defaultStateDir(`local-${dirHash}`),
     logger,
   });
   await host.start();
-  process.stdout.write(`local sandbox host running (wolf-local, process driver, max ${host.maxSandboxes})\n`);
+  process.stdout.write(
+    `local sandbox host running (wolf-local, process driver, isolation: ${host.isolation}, max ${host.maxSandboxes})\n`,
+  );
   return host;
 }
 

@@ -1,0 +1,306 @@
+// How the process driver keeps sandboxes apart from each other and from the host, and the command
+// that wraps each sandbox's launcher. Sandboxes run untrusted code (an AI agent executes whatever it
+// decides to), so the host picks the strongest mode the machine allows and refuses the unsafe one
+// unless the operator asks for it by name:
+//
+//   users       (host runs as root) bubblewrap gives the sandbox its own PID, IPC, mount (and, where
+//               allowed, cgroup) namespaces; inside, util-linux `setpriv` drops to an unprivileged uid
+//               of its own (slot i of the host: first uid of --sandbox-uids + i; no capabilities, no
+//               new privileges). Its filesystem is a tmpfs root with the system dirs, /etc and the
+//               project's code read-only, a private /tmp, and its own 0700 work dir: the host's state,
+//               the server's data dir and other sandboxes' dirs are not mounted at all.
+//   namespaces  (not root, unprivileged user namespaces work) the same through a user namespace: the
+//               sandbox keeps the host's uid outside, so the mount and PID namespaces are what hide the
+//               host's files and processes from it.
+//   unsafe-shared-user  nothing of the above: sandboxes run as the host's user and can read each
+//               other's files and processes. Only on an explicit request; logged at every start.
+//
+// No mode has a network namespace: the agent dials the API over the host's network (loopback
+// included), so a sandbox reaches whatever TCP service the machine exposes to its users.
+// Every mode wraps the launcher so it dies with the host: bwrap --die-with-parent (and the PID
+// namespace's init: when it dies the kernel kills everything in the namespace), setpriv --pdeathsig.
+
+import { execFile } from "node:child_process";
+import { accessSync, constants, lstatSync, readlinkSync, realpathSync } from "node:fs";
+import { delimiter, dirname, join } from "node:path";
+import { InvalidOptionError } from "../common/errors.ts";
+import { HOST_ERROR_CODES, HostError } from "./host-errors.ts";
+
+export type IsolationMode = "users" | "namespaces" | "unsafe-shared-user";
+export const ISOLATION_CHOICES = Object.freeze([
+  "auto",
+  "users",
+  "namespaces",
+  "unsafe-shared-user",
+] as const);
+export type IsolationRequest = (typeof ISOLATION_CHOICES)[number];
+
+/** An inclusive range of uids, one per sandbox slot. */
+export interface UidRange {
+  first: number;
+  last: number;
+}
+
+export const ISOLATION_DEFAULTS = Object.freeze({
+  /** 1000 uids far above any distribution's regular and system users. */
+  sandboxUids: Object.freeze({ first: 200_000, last: 200_999 }) as UidRange,
+  /** How long probing bwrap may take. */
+  probeTimeoutMs: 5_000,
+});
+
+/** The isolation a host runs with, as chosen by chooseIsolation(). */
+export interface Isolation {
+  readonly mode: IsolationMode;
+  /** The uids sandboxes run as (users mode only). */
+  readonly uids: UidRange | null;
+  readonly bwrap: string | null;
+  readonly setpriv: string | null;
+  /** Why a weaker mode was chosen, when it was (auto). */
+  readonly reason: string | null;
+}
+
+/** The host cannot isolate sandboxes as asked. */
+export class IsolationUnavailableError extends HostError {
+  constructor(message: string) {
+    super(HOST_ERROR_CODES.isolationUnavailable, 500, message);
+  }
+}
+
+/** "200000-200999" to a range; throws naming --sandbox-uids. */
+export function parseUidRange(text: string): UidRange {
+  const match = /^(\d{1,10})-(\d{1,10})$/.exec(text);
+  const first = Number(match?.[1]);
+  const last = Number(match?.[2]);
+  if (!match || first < 1000 || last < first || last > 4_294_967_293)
+    throw new InvalidOptionError(
+      "sandboxUids",
+      `expected FIRST-LAST with 1000 <= FIRST <= LAST, got "${text}"`,
+    );
+  return { first, last };
+}
+
+export function describeIsolation(iso: Isolation, maxSandboxes: number): string {
+  if (iso.mode !== "users" || !iso.uids) return iso.mode;
+  const last = Math.min(iso.uids.last, iso.uids.first + maxSandboxes - 1);
+  return `users (uid ${iso.uids.first}-${last})`;
+}
+
+/** The absolute path of `command` on PATH, or null. */
+export function which(command: string, path = process.env.PATH ?? ""): string | null {
+  for (const dir of path.split(delimiter)) {
+    if (!dir) continue;
+    const candidate = join(dir, command);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {}
+  }
+  return null;
+}
+
+function probe(command: string, args: string[], timeoutMs: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    execFile(command, args, { timeout: timeoutMs, env: { PATH: "/usr/bin:/bin" } }, (err, _out, stderr) =>
+      resolve(err ? (stderr.trim() || err.message).slice(0, 300) : null),
+    );
+  });
+}
+
+const PROBE_ROOT = [
+  "--ro-bind",
+  "/",
+  "/",
+  "--proc",
+  "/proc",
+  "--dev",
+  "/dev",
+  "--unshare-pid",
+  "--unshare-ipc",
+];
+
+/**
+ * Picks the isolation: `requested` is a mode, or auto (users as root, else namespaces, else an
+ * error; with `allowSharedFallback`, auto falls back to unsafe-shared-user instead). Probes bwrap
+ * with a real sandbox, so a kernel or container that forbids namespaces is found here, not at the
+ * first session. Throws IsolationUnavailableError naming --unsafe-shared-user.
+ */
+export async function chooseIsolation(options: {
+  requested: IsolationRequest;
+  uids?: UidRange;
+  maxSandboxes: number;
+  allowSharedFallback?: boolean;
+  probeTimeoutMs?: number;
+}): Promise<Isolation> {
+  const { requested } = options;
+  if (!ISOLATION_CHOICES.includes(requested))
+    throw new InvalidOptionError("isolation", `expected one of ${ISOLATION_CHOICES.join(", ")}`);
+  const uids = options.uids ?? ISOLATION_DEFAULTS.sandboxUids;
+  const timeoutMs = options.probeTimeoutMs ?? ISOLATION_DEFAULTS.probeTimeoutMs;
+  const bwrap = which("bwrap");
+  const setpriv = which("setpriv");
+  if (requested === "unsafe-shared-user")
+    return { mode: requested, uids: null, bwrap, setpriv, reason: null };
+
+  const isRoot = process.getuid?.() === 0;
+  const tryUsers = async (): Promise<string | null> => {
+    if (!isRoot) return "the host does not run as root";
+    if (!bwrap || !setpriv) return "bwrap (Debian: bubblewrap) and setpriv (util-linux) are needed";
+    if (uids.last - uids.first + 1 < options.maxSandboxes)
+      return `--sandbox-uids ${uids.first}-${uids.last} has fewer uids than --max-sandboxes ${options.maxSandboxes}`;
+    return probe(
+      bwrap,
+      [...PROBE_ROOT, "--", setpriv, `--reuid=${uids.first}`, "--clear-groups", "true"],
+      timeoutMs,
+    );
+  };
+  const tryNamespaces = async (): Promise<string | null> => {
+    if (!bwrap) return "bwrap (Debian: bubblewrap) is not installed";
+    return probe(bwrap, ["--unshare-user", ...PROBE_ROOT, "--", "true"], timeoutMs);
+  };
+
+  const reasons: string[] = [];
+  if (requested === "users" || requested === "auto") {
+    const why = await tryUsers();
+    if (!why) return { mode: "users", uids, bwrap, setpriv, reason: null };
+    reasons.push(`users: ${why}`);
+  }
+  if (requested === "namespaces" || requested === "auto") {
+    const why = await tryNamespaces();
+    if (!why) return { mode: "namespaces", uids: null, bwrap, setpriv, reason: reasons.join("; ") || null };
+    reasons.push(`namespaces: ${why}`);
+  }
+  const reason = reasons.join("; ");
+  if (requested === "auto" && options.allowSharedFallback)
+    return { mode: "unsafe-shared-user", uids: null, bwrap, setpriv, reason };
+  throw new IsolationUnavailableError(
+    `cannot isolate sandboxes (${reason}); run as root with bubblewrap installed, enable unprivileged ` +
+      "user namespaces, or accept sandboxes that can read each other and the host's files with --unsafe-shared-user",
+  );
+}
+
+/** What one sandbox's wrapper needs to know. */
+export interface SandboxPaths {
+  /** The sandbox's work dir on the host (0700, owned by the sandbox's uid). */
+  workDir: string;
+  /** Where the work dir appears inside the sandbox (HOME). */
+  innerWorkDir: string;
+  /** Directories the sandbox reads its code from, bound read-only at the same path. */
+  readOnly: { source: string; dest: string }[];
+}
+
+/** Where a sandbox sees its work dir in the namespaced modes. */
+export const INNER_WORK_DIR = "/home/sandbox";
+
+/** The system directories bound read-only, or recreated as the symlinks they are (merged /usr). */
+const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
+
+function systemBinds(): string[] {
+  const args: string[] = [];
+  for (const dir of SYSTEM_DIRS) {
+    try {
+      const stat = lstatSync(dir);
+      if (stat.isSymbolicLink()) args.push("--symlink", readlinkSync(dir), dir);
+      else if (stat.isDirectory()) args.push("--ro-bind", dir, dir);
+    } catch {}
+  }
+  return args;
+}
+
+/** Every ancestor of `paths` (not "/"), parents first, each once. */
+function parentDirs(paths: string[]): string[] {
+  const out = new Set<string>();
+  for (const p of paths) {
+    const chain: string[] = [];
+    for (let d = dirname(p); d !== "/" && d !== "."; d = dirname(d)) chain.unshift(d);
+    for (const d of chain) out.add(d);
+  }
+  return [...out];
+}
+
+/**
+ * The argv (command first) that runs `inner` (the launcher) in the sandbox, for `uid` in users mode.
+ * The environment is the caller's: bwrap and setpriv pass it through unchanged.
+ */
+export function wrapCommand(
+  iso: Isolation,
+  paths: SandboxPaths,
+  uid: number | null,
+  inner: string[],
+): string[] {
+  if (iso.mode === "unsafe-shared-user")
+    return iso.setpriv ? [iso.setpriv, "--pdeathsig=KILL", "--", ...inner] : inner;
+  const bwrap = [
+    iso.bwrap as string,
+    ...(iso.mode === "namespaces" ? ["--unshare-user", "--disable-userns"] : []),
+    "--die-with-parent",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-cgroup-try",
+    ...systemBinds(),
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--perms",
+    "1777",
+    "--tmpfs",
+    "/tmp",
+    // bwrap makes a bind's missing parents 0700, which the sandbox's uid could not cross.
+    ...parentDirs([...paths.readOnly.map((b) => b.dest), paths.innerWorkDir]).flatMap((d) => [
+      "--perms",
+      "0755",
+      "--dir",
+      d,
+    ]),
+    ...paths.readOnly.flatMap((b) => ["--ro-bind", b.source, b.dest]),
+    "--bind",
+    paths.workDir,
+    paths.innerWorkDir,
+    "--chdir",
+    paths.innerWorkDir,
+    "--",
+  ];
+  if (iso.mode === "namespaces") return [...bwrap, ...inner];
+  if (uid === null) throw new InvalidOptionError("uid", "users mode needs the sandbox's uid");
+  return [
+    ...bwrap,
+    iso.setpriv as string,
+    `--reuid=${uid}`,
+    `--regid=${uid}`,
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+    "--no-new-privs",
+    "--pdeathsig=KILL",
+    "--",
+    ...inner,
+  ];
+}
+
+/**
+ * The code a sandbox runs, as read-only binds: the checkout's src/ and package.json (not the whole
+ * checkout: a data dir or keys beside it stay out), node_modules at its real path mounted where the
+ * checkout expects it, and the Node binary's installation when it lives outside the system dirs.
+ */
+export function codeBinds(projectRoot: string, execPath = process.execPath): SandboxPaths["readOnly"] {
+  const binds = [
+    { source: join(projectRoot, "src"), dest: join(projectRoot, "src") },
+    { source: join(projectRoot, "package.json"), dest: join(projectRoot, "package.json") },
+  ];
+  let modules: string | null = null;
+  try {
+    modules = realpathSync(join(projectRoot, "node_modules"));
+    binds.push({ source: modules, dest: join(projectRoot, "node_modules") });
+    // Symlinks inside node_modules (.bin) may point at its real path.
+    if (modules !== join(projectRoot, "node_modules")) binds.push({ source: modules, dest: modules });
+  } catch {}
+  const node = realpathSync(execPath);
+  const covered = (p: string) =>
+    SYSTEM_DIRS.some((d) => p.startsWith(`${d}/`)) || (modules !== null && p.startsWith(`${modules}/`));
+  if (!covered(node)) {
+    const prefix = dirname(dirname(node));
+    binds.push({ source: prefix, dest: prefix });
+  }
+  if (node !== execPath && !covered(execPath)) binds.push({ source: node, dest: execPath });
+  return binds;
+}
