@@ -212,7 +212,10 @@ export class ProcessDriver implements SandboxDriver {
     for (let first = range.first; first + size - 1 <= range.last; first += size) {
       const window = { first, last: first + size - 1 };
       const holder = claimUidRange(window);
-      if (holder === null) return (this.#uidWindow = window);
+      if (holder === null) {
+        this.#uidWindow = window;
+        return window;
+      }
       holders.push(holder);
     }
     throw new IsolationUnavailableError(
