@@ -1,0 +1,152 @@
+// Helpers for the isolation and orphan tests: the machine's processes as root sees them (by uid, by
+// command line), the attacker app (fixtures/attack-app.mjs) started as a sandbox's --app, and the
+// assertions on what it reports. Tests skip with these reasons where the machine cannot run them.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { copyFileSync, existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { procInfo } from "../../src/host/host-state.ts";
+import { which } from "../../src/host/isolation.ts";
+
+export const ATTACK_APP = fileURLToPath(new URL("./fixtures/attack-app.mjs", import.meta.url));
+
+/** The --app that waits for the test's targets, then attacks (the test writes them after start). */
+export const ATTACK_COMMAND = `while [ ! -f "$HOME/targets.json" ]; do sleep 0.1; done; exec ${process.execPath} "$HOME/attack-app.mjs"`;
+
+/** Why a root-only test cannot run here, or false. */
+export function needsRoot(): string | false {
+  if (process.getuid?.() !== 0)
+    return "SKIPPED: needs root (users isolation runs each sandbox as a uid of its own)";
+  for (const tool of ["bwrap", "setpriv", "Xvfb"])
+    if (!which(tool)) return `SKIPPED: ${tool} is not installed (apt-get install bubblewrap util-linux xvfb)`;
+  return false;
+}
+
+/** Why unprivileged user namespaces cannot be tested here, or false. */
+export function needsUserns(): string | false {
+  const root = needsRoot();
+  if (root) return root;
+  try {
+    execFileSync(
+      "setpriv",
+      [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "bwrap",
+        "--unshare-user",
+        "--ro-bind",
+        "/",
+        "/",
+        "true",
+      ],
+      {
+        stdio: "ignore",
+      },
+    );
+    return false;
+  } catch {
+    return "SKIPPED: unprivileged user namespaces are disabled here (namespaces isolation)";
+  }
+}
+
+/** Pids whose command line contains every needle (as root sees them). */
+export function pidsWithCommand(...needles: string[]): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, "utf8").replaceAll("\0", " ");
+      if (needles.every((n) => cmd.includes(n))) out.push(Number(entry));
+    } catch {}
+  }
+  return out;
+}
+
+/** Pids running as a uid in [first, last]. */
+export function pidsOfUids(first: number, last: number): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const info = procInfo(Number(entry));
+    if (info && info.uid >= first && info.uid <= last) out.push(info.pid);
+  }
+  return out;
+}
+
+/** Polls until `check` holds or throws after `timeoutMs` (no fixed sleep: backoff to 250 ms). */
+export async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (let wait = 10; !(await check()); wait = Math.min(wait * 2, 250)) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await delay(wait);
+  }
+}
+
+export interface AttackTargets {
+  otherToken: string;
+  runnerToken: string;
+  hostMarker: string;
+  otherAgentPid: number;
+  dataDir: string;
+  stateDir: string;
+  otherWorkDir: string;
+  lobbySocket: string;
+}
+
+type Results = Record<string, { ok: boolean; found?: unknown; error?: string }>;
+
+/** Hands the attacker in `workDir` its targets and waits for its report. */
+export async function runAttack(workDir: string, targets: AttackTargets): Promise<Results> {
+  copyFileSync(ATTACK_APP, join(workDir, "attack-app.mjs"));
+  writeFileSync(join(workDir, "targets.tmp"), JSON.stringify(targets));
+  renameSync(join(workDir, "targets.tmp"), join(workDir, "targets.json"));
+  const file = join(workDir, "results.json");
+  await until(() => existsSync(file), "the attacker's results", 60_000);
+  return JSON.parse(readFileSync(file, "utf8")) as Results;
+}
+
+/** Every attempt of the attacker was refused; its own display and desktop worked. */
+export function assertRefused(r: Results): void {
+  const refused = (name: string) =>
+    assert.equal(r[name]?.ok, false, `${name} must be refused: ${JSON.stringify(r[name])}`);
+  assert.deepEqual(r.ownEnv.found, [], "the app's environment holds no secret and no token");
+  const keys = r.ownEnvKeys.found as string[];
+  for (const key of ["HOME", "PATH", "DISPLAY", "XAUTHORITY"])
+    assert.ok(keys.includes(key), `the app has ${key}`);
+  // Exactly the explicit environment (isolation.ts) plus the session's (the API sends REVDIAL_SESSION_ID).
+  const explicit = ["DISPLAY", "HOME", "LANG", "PATH", "REVDIAL_SESSION_ID", "USER", "XAUTHORITY"];
+  assert.deepEqual(
+    keys.filter((k) => !explicit.includes(k) && k !== "PWD" && k !== "SHLVL" && k !== "_"),
+    [],
+    "no host variable reaches the app",
+  );
+  refused("otherAgentEnviron");
+  assert.ok(
+    !r.secretsInAnyEnviron.ok || (r.secretsInAnyEnviron.found as string[]).length === 0,
+    JSON.stringify(r.secretsInAnyEnviron),
+  );
+  refused("signalOtherAgent");
+  for (const name of [
+    "dataDirList",
+    "dataDirSecret",
+    "hostState",
+    "otherWorkDir",
+    "otherCookie",
+    "lobbyApi",
+    "otherDesktop",
+  ])
+    refused(name);
+  for (let n = 0; n < 10; n++) {
+    refused(`xTcp${n}`);
+    refused(`xAbstract${n}`);
+  }
+  refused("ownXWithOtherCookiePath");
+  // Positive controls: the method works where access is allowed, so the refusals above mean something.
+  assert.equal(r.ownDesktop.found, "connected", "its own desktop socket answers");
+  assert.equal(r.ownXWithCookie.found, "accepted", "its own display accepts its cookie");
+  assert.equal(r.ownXNoCookie.found, "refused", "its own display refuses a client without the cookie");
+}
