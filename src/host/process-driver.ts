@@ -140,6 +140,8 @@ export class ProcessDriver implements SandboxDriver {
   readonly #slots = new Set<number>();
   #state: HostState | null = null;
   #uidWindow: UidRange | null = null;
+  /** Sandboxes whose processes outlived SIGKILL: kept on record for the next host to kill. */
+  readonly #stuck: LobbyRecord[] = [];
   #isolation: Isolation | null = null;
   #closing: Promise<void> | null = null;
 
@@ -351,17 +353,25 @@ export class ProcessDriver implements SandboxDriver {
     return { ...info };
   }
 
+  /** How many stopped sandboxes left processes SIGKILL did not remove (kept on record). */
+  get leftBehind(): number {
+    return this.#stuck.length;
+  }
+
+  #record(l: Lobby): LobbyRecord {
+    return {
+      lobbyId: l.info.lobbyId,
+      sessionId: l.info.sessionId,
+      pgid: l.info.pid as number,
+      startTicks: l.startTicks,
+      uid: l.uid,
+      workDir: l.workDir,
+    };
+  }
+
   #persist(): void {
-    const records: LobbyRecord[] = [...this.#lobbies.values()]
-      .filter((l) => l.info.pid)
-      .map((l) => ({
-        lobbyId: l.info.lobbyId,
-        sessionId: l.info.sessionId,
-        pgid: l.info.pid as number,
-        startTicks: l.startTicks,
-        uid: l.uid,
-        workDir: l.workDir,
-      }));
+    const live = [...this.#lobbies.values()].filter((l) => l.info.pid).map((l) => this.#record(l));
+    const records = [...live, ...this.#stuck];
     try {
       this.#state?.write(records);
     } catch (err) {
@@ -446,7 +456,10 @@ export class ProcessDriver implements SandboxDriver {
     await exited;
     const clean = !(await this.#alive(lobby));
     if (clean) rmSync(lobby.workDir, { recursive: true, force: true });
-    else this.#log.error({ lobby_id: lobby.info.lobbyId }, "processes of a stopped sandbox are still alive");
+    else {
+      this.#log.error({ lobby_id: lobby.info.lobbyId }, "processes of a stopped sandbox are still alive");
+      if (lobby.info.pid) this.#stuck.push(this.#record(lobby));
+    }
     this.#lobbies.delete(lobby.info.lobbyId);
     // A slot whose processes could not be killed is never reused: its uid is not clean.
     if (clean) this.#slots.delete(lobby.slot);

@@ -11,6 +11,7 @@
 //
 // close() stops heartbeats, closes the tunnel, stops every sandbox (no orphans), then the lobby API.
 
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
@@ -52,6 +53,8 @@ export interface WolfHostOptions {
   stopTimeoutMs?: number;
   /** The host's state dir (0700): lobby API socket, live sandboxes. Default: per user and id under the OS temp dir. */
   stateDir?: string;
+  /** Remove the state dir after a clean close (default: true for the default dir, false for a given one). */
+  removeStateDirOnClose?: boolean;
   /** Sandbox isolation of the process driver (default auto: fails where none is possible). */
   isolation?: IsolationRequest;
   /** auto falls back to unsafe-shared-user (logged) instead of failing. */
@@ -98,6 +101,8 @@ export class WolfHost {
   readonly stateDir: string;
   /** Exits found before registration (leftovers of a crashed host), reported once registered. */
   #unreported: LobbyExit[] | null = [];
+  /** Set once the driver started: the state dir is then this host's to remove. */
+  #started = false;
 
   constructor(options: WolfHostOptions) {
     validate(options);
@@ -151,6 +156,7 @@ export class WolfHost {
   /** Checks the driver, registers, starts heartbeats and the tunnel. Resolves once registered. */
   async start(): Promise<void> {
     await this.driver.start();
+    this.#started = true;
     this.#lobbyServer = await startLobbyServer({
       driver: this.driver,
       logger: this.#log,
@@ -271,6 +277,12 @@ export class WolfHost {
       await this.#agent?.close();
       await this.driver.close();
       await this.#lobbyServer?.close();
+      // Only when every sandbox is gone: a lobby left on record must be found by the next host.
+      const clean =
+        this.driver.list().length === 0 &&
+        !(this.driver instanceof ProcessDriver && this.driver.leftBehind > 0);
+      if (clean && (this.#o.removeStateDirOnClose ?? this.#o.stateDir === undefined) && this.#started)
+        rmSync(this.stateDir, { recursive: true, force: true });
       this.#log.info("Wolf host stopped");
     })();
     return this.#closing;

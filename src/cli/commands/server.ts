@@ -131,6 +131,7 @@ async function startLocalHost(server: { url: string; runnerToken: string }, logg
     isolation: "auto",
     allowSharedFallback: true,
     stateDir: defaultStateDir(`local-${dirHash}`),
+    removeStateDirOnClose: true,
     logger,
   });
   await host.start();
