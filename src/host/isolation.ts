@@ -4,14 +4,17 @@
 // unless the operator asks for it by name:
 //
 //   users       (host runs as root) bubblewrap gives the sandbox its own PID, IPC, mount (and, where
-//               allowed, cgroup) namespaces; inside, util-linux `setpriv` drops to an unprivileged uid
-//               of its own (slot i of the host: first uid of --sandbox-uids + i; no capabilities, no
-//               new privileges). Its filesystem is a tmpfs root with the system dirs, /etc and the
-//               project's code read-only, a private /tmp, and its own 0700 work dir: the host's state,
-//               the server's data dir and other sandboxes' dirs are not mounted at all.
-//   namespaces  (not root, unprivileged user namespaces work) the same through a user namespace: the
-//               sandbox keeps the host's uid outside, so the mount and PID namespaces are what hide the
-//               host's files and processes from it.
+//               allowed, cgroup) namespaces; inside, util-linux `setpriv` starts Xvfb and the agent as
+//               an unprivileged uid of its own and the app as a second one (a host's window of
+//               --sandbox-uids starting at F: slot i runs as F + i, its app as F + max + i; no
+//               capabilities, no new privileges), so the app cannot read the agent's key. The
+//               filesystem is a tmpfs root with the system dirs, /etc and the project's code
+//               read-only, a private /tmp, the agent's 0700 work dir and the app's 0700 home: the
+//               host's state, the server's data dir and other sandboxes' dirs are not mounted at all.
+//   namespaces  (not root, unprivileged user namespaces work) the same through a user namespace, but
+//               with one uid: the sandbox keeps the host's uid outside, so the mount and PID
+//               namespaces are what hide the host's files and processes from it, and the app, as the
+//               agent's uid, can read the agent's environment (its own session's key).
 //   unsafe-shared-user  nothing of the above: sandboxes run as the host's user and can read each
 //               other's files and processes. Only on an explicit request; logged at every start.
 //
@@ -79,10 +82,9 @@ export function parseUidRange(text: string): UidRange {
   return { first, last };
 }
 
-export function describeIsolation(iso: Isolation, maxSandboxes: number): string {
+export function describeIsolation(iso: Isolation): string {
   if (iso.mode !== "users" || !iso.uids) return iso.mode;
-  const last = Math.min(iso.uids.last, iso.uids.first + maxSandboxes - 1);
-  return `users (uid ${iso.uids.first}-${last})`;
+  return `users (uid ${iso.uids.first}-${iso.uids.last})`;
 }
 
 /** The absolute path of `command` on PATH, or null. */
@@ -145,8 +147,8 @@ export async function chooseIsolation(options: {
   const tryUsers = async (): Promise<string | null> => {
     if (!isRoot) return "the host does not run as root";
     if (!bwrap || !setpriv) return "bwrap (Debian: bubblewrap) and setpriv (util-linux) are needed";
-    if (uids.last - uids.first + 1 < options.maxSandboxes)
-      return `--sandbox-uids ${uids.first}-${uids.last} has fewer uids than --max-sandboxes ${options.maxSandboxes}`;
+    if (uids.last - uids.first + 1 < 2 * options.maxSandboxes)
+      return `--sandbox-uids ${uids.first}-${uids.last} has fewer than 2 uids per sandbox (--max-sandboxes ${options.maxSandboxes})`;
     return probe(
       bwrap,
       [...PROBE_ROOT, "--", setpriv, `--reuid=${uids.first}`, "--clear-groups", "true"],
@@ -184,12 +186,16 @@ export interface SandboxPaths {
   workDir: string;
   /** Where the work dir appears inside the sandbox (HOME). */
   innerWorkDir: string;
+  /** The app's own home on the host (users mode: 0700, owned by the app's uid), or null. */
+  appDir?: string | null;
   /** Directories the sandbox reads its code from, bound read-only at the same path. */
   readOnly: { source: string; dest: string }[];
 }
 
 /** Where a sandbox sees its work dir in the namespaced modes. */
 export const INNER_WORK_DIR = "/home/sandbox";
+/** Where the app sees its home in users mode. */
+export const INNER_APP_DIR = "/home/app";
 
 /** The system directories bound read-only, or recreated as the symlinks they are (merged /usr). */
 const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
@@ -218,20 +224,28 @@ function parentDirs(paths: string[]): string[] {
 }
 
 /**
- * The argv (command first) that runs `inner` (the launcher) in the sandbox, for `uid` in users mode.
- * The environment is the caller's: bwrap and setpriv pass it through unchanged.
+ * The argv (command first) that runs `inner` (the launcher) in the sandbox. The environment is the
+ * caller's: bwrap and setpriv pass it through unchanged.
+ *
+ * In users mode the launcher itself stays uid 0 inside the sandbox's namespaces, with only the
+ * capabilities it needs to start each process as its own uid (CAP_SETUID, CAP_SETGID, CAP_SETPCAP
+ * for setpriv's bounding set, CAP_KILL to stop them): Xvfb and the agent as the sandbox's uid, the
+ * app as a second uid, so the app cannot read the agent's environment (its key) or memory.
  */
-export function wrapCommand(
-  iso: Isolation,
-  paths: SandboxPaths,
-  uid: number | null,
-  inner: string[],
-): string[] {
+export function wrapCommand(iso: Isolation, paths: SandboxPaths, inner: string[]): string[] {
   if (iso.mode === "unsafe-shared-user")
     return iso.setpriv ? [iso.setpriv, "--pdeathsig=KILL", "--", ...inner] : inner;
-  const bwrap = [
+  const appBind = paths.appDir ? ["--bind", paths.appDir, INNER_APP_DIR] : [];
+  const caps =
+    iso.mode === "users"
+      ? ["--cap-drop", "ALL"].concat(
+          ...["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"].map((c) => ["--cap-add", c]),
+        )
+      : [];
+  return [
     iso.bwrap as string,
     ...(iso.mode === "namespaces" ? ["--unshare-user", "--disable-userns"] : []),
+    ...caps,
     "--die-with-parent",
     "--unshare-pid",
     "--unshare-ipc",
@@ -246,7 +260,7 @@ export function wrapCommand(
     "--tmpfs",
     "/tmp",
     // bwrap makes a bind's missing parents 0700, which the sandbox's uid could not cross.
-    ...parentDirs([...paths.readOnly.map((b) => b.dest), paths.innerWorkDir]).flatMap((d) => [
+    ...parentDirs([...paths.readOnly.map((b) => b.dest), paths.innerWorkDir, INNER_APP_DIR]).flatMap((d) => [
       "--perms",
       "0755",
       "--dir",
@@ -256,15 +270,18 @@ export function wrapCommand(
     "--bind",
     paths.workDir,
     paths.innerWorkDir,
+    ...appBind,
     "--chdir",
-    paths.innerWorkDir,
+    "/",
     "--",
+    ...inner,
   ];
-  if (iso.mode === "namespaces") return [...bwrap, ...inner];
-  if (uid === null) throw new InvalidOptionError("uid", "users mode needs the sandbox's uid");
+}
+
+/** setpriv's argv prefix that drops to `uid` for good: no groups, capabilities or new privileges. */
+export function dropTo(setpriv: string, uid: number): string[] {
   return [
-    ...bwrap,
-    iso.setpriv as string,
+    setpriv,
     `--reuid=${uid}`,
     `--regid=${uid}`,
     "--clear-groups",
@@ -273,7 +290,6 @@ export function wrapCommand(
     "--no-new-privs",
     "--pdeathsig=KILL",
     "--",
-    ...inner,
   ];
 }
 

@@ -7,21 +7,21 @@
 // process's environment or command line, where the sandbox's own app could read it.
 //
 // It starts a private X display (Xvfb picks a free display number and reports it through
-// -displayfd; no TCP, no abstract socket, a MIT-MAGIC-COOKIE-1 in an Xauthority file in the
-// sandbox's 0700 work dir), then `revdial agent --desktop` on that display registered as
-// `sandbox-{session}` with the desktop service on a Unix socket in a 0700 dir, then the optional app.
+// -displayfd; no TCP, no abstract socket, the MIT-MAGIC-COOKIE-1 the host wrote into the sandbox's
+// 0700 work dir), then `revdial agent --desktop` on that display registered as `sandbox-{session}`
+// with the desktop service on a Unix socket in the work dir's 0700 run/, then the optional app.
 // Each gets an explicit environment: PATH, HOME, LANG, DISPLAY, XAUTHORITY and the session's env;
-// the agent alone also gets REVDIAL_TOKEN (and the host's transport and TLS settings).
+// the agent alone also gets REVDIAL_TOKEN (and the host's transport and TLS settings). In users
+// mode this launcher is uid 0 with only the capabilities to drop its children to their uids: Xvfb
+// and the agent run as the sandbox's uid, the app as another, with its own home and cookie copy.
 // It prints one JSON line on stdout when all are started: {"display", "desktop_socket", "pids"}.
 // When Xvfb or the agent ends on its own, or the host dies (its parent changes), it stops the rest
 // and exits 1.
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { type ChildProcess, type StdioOptions, spawn } from "node:child_process";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { which } from "./isolation.ts";
+import { dropTo, which } from "./isolation.ts";
 
 export interface LauncherSpec {
   sessionId: string;
@@ -40,6 +40,10 @@ export interface LauncherSpec {
   /** More environment for the agent only (transport, TLS). */
   agentEnv: Record<string, string>;
   lang: string;
+  /** The app's HOME as seen inside (its own dir in users mode, else workDir). */
+  appHome: string;
+  /** users mode: the uids Xvfb and the agent, and the app, are started as (this launcher is uid 0). */
+  drop: { agent: number; app: number } | null;
 }
 
 /** How long Xvfb may take to report its display. */
@@ -47,37 +51,14 @@ const XVFB_START_TIMEOUT_MS = 10_000;
 /** How often the launcher checks that the host that started it is still its parent. */
 const PARENT_WATCH_MS = 500;
 const SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin";
-/** FamilyWild: the cookie matches every address, and with an empty display number every display. */
-const FAMILY_WILD = 0xffff;
-
-/** An Xauthority file (libXau's format) with one MIT-MAGIC-COOKIE-1 for any display. */
-export function xauthorityEntry(cookie: Buffer): Buffer {
-  const field = (b: Buffer) => {
-    const len = Buffer.alloc(2);
-    len.writeUInt16BE(b.length);
-    return Buffer.concat([len, b]);
-  };
-  const family = Buffer.alloc(2);
-  family.writeUInt16BE(FAMILY_WILD);
-  return Buffer.concat([
-    family,
-    field(Buffer.alloc(0)),
-    field(Buffer.alloc(0)),
-    field(Buffer.from("MIT-MAGIC-COOKIE-1")),
-    field(cookie),
-  ]);
-}
-
+/** Starts Xvfb through `start` (which adds the uid drop) and reads its display from fd 3. */
 function startXvfb(
+  start: (argv: string[]) => ChildProcess,
   screen: string,
   authFile: string,
-  env: NodeJS.ProcessEnv,
 ): Promise<{ child: ChildProcess; display: string }> {
   const args = ["-displayfd", "3", "-screen", "0", screen, "-nolisten", "tcp", "-nolisten", "local"];
-  const child = spawn("Xvfb", [...args, "-auth", authFile, "-noreset"], {
-    stdio: ["ignore", "ignore", "pipe", "pipe"],
-    env,
-  });
+  const child = start(["Xvfb", ...args, "-auth", authFile, "-noreset"]);
   return new Promise((resolve, reject) => {
     let text = "";
     let stderr = "";
@@ -137,27 +118,31 @@ async function launch(spec: LauncherSpec): Promise<void> {
       stopAll(1);
     });
   };
-  // Children get a parent-death signal too, so none outlives this launcher.
+  // Children get a parent-death signal too, so none outlives this launcher; in users mode each is
+  // also dropped to its uid for good.
   const setpriv = which("setpriv", SANDBOX_PATH);
-  const start = (
-    command: string,
-    args: string[],
-    env: Record<string, string>,
-    stdio: "ignore" | "inherit",
-  ) =>
-    setpriv
-      ? spawn(setpriv, ["--pdeathsig=KILL", "--", command, ...args], {
-          env,
-          stdio: ["ignore", "ignore", stdio],
-        })
-      : spawn(command, args, { env, stdio: ["ignore", "ignore", stdio] });
+  const start = (who: "agent" | "app", argv: string[], env: Record<string, string>, stdio: StdioOptions) => {
+    const prefix =
+      spec.drop && setpriv
+        ? dropTo(setpriv, spec.drop[who])
+        : setpriv
+          ? [setpriv, "--pdeathsig=KILL", "--"]
+          : [];
+    const full = [...prefix, ...argv];
+    return spawn(full[0], full.slice(1), { env, cwd: "/", stdio });
+  };
+  if (spec.drop && !setpriv) throw new Error("setpriv is not installed: cannot drop to the sandbox's uid");
 
   const authFile = join(spec.workDir, ".Xauthority");
-  writeFileSync(authFile, xauthorityEntry(randomBytes(16)), { mode: 0o600 });
   const runDir = join(spec.workDir, "run");
-  mkdirSync(runDir, { recursive: true, mode: 0o700 });
   const env = baseEnv(spec);
-  const xvfb = which("Xvfb", SANDBOX_PATH) ? await startXvfb(spec.screen, authFile, env) : null;
+  const xvfb = which("Xvfb", SANDBOX_PATH)
+    ? await startXvfb(
+        (argv) => start("agent", argv, env, ["ignore", "ignore", "pipe", "pipe"]),
+        spec.screen,
+        authFile,
+      )
+    : null;
   if (xvfb) essential(xvfb.child, "Xvfb");
   else process.stderr.write("Xvfb not installed: the sandbox has no display\n");
   const display = xvfb?.display ?? null;
@@ -175,12 +160,18 @@ async function launch(spec: LauncherSpec): Promise<void> {
   agentArgs.push("--desktop", "--desktop-listen", `unix://${socket}`);
   if (display) agentArgs.push("--display", display);
   const agentEnv = { ...env, ...spec.agentEnv, REVDIAL_TOKEN: spec.token };
-  const agent = start(process.execPath, agentArgs, agentEnv, "inherit");
+  const agent = start("agent", [process.execPath, ...agentArgs], agentEnv, ["ignore", "ignore", "inherit"]);
   essential(agent, "agent");
 
   let app: ChildProcess | null = null;
   if (spec.app) {
-    app = start("/bin/sh", ["-c", spec.app], env, "inherit");
+    const appEnv: Record<string, string> = { ...env, HOME: spec.appHome };
+    if (display) appEnv.XAUTHORITY = join(spec.appHome, ".Xauthority");
+    app = start("app", ["/bin/sh", "-c", `cd "$HOME" && ${spec.app}`], appEnv, [
+      "ignore",
+      "ignore",
+      "inherit",
+    ]);
     app.on("error", () => {});
     children.push(app);
   }

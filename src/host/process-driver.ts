@@ -10,9 +10,10 @@
 // (host-state.ts), so a host started after a crash kills what the last one left, in start(), and
 // hands those lobbies to onExit like any sandbox that ended.
 //
-// Each sandbox has a slot (0..maxSandboxes-1): its uid in users mode (first uid + slot) and its work
-// dir (stateDir/sandboxes/s{slot}, 0700, owned by that uid). A slot is reused only once nothing of
-// the previous sandbox is left.
+// Each sandbox has a slot (0..maxSandboxes-1): its uids in users mode (the host claims a window of
+// 2 x maxSandboxes uids starting at F: the agent runs as F + slot, the app as F + max + slot) and
+// its dirs (stateDir/sandboxes/s{slot} for the agent, s{slot}-app for the app, each 0700 and owned
+// by its uid). A slot is reused only once nothing of the previous sandbox is left.
 //
 // Concurrency: create() counts a lobby against maxSandboxes from the moment it is called, so
 // concurrent creates never overshoot; a second create for the same session returns the first lobby.
@@ -33,6 +34,7 @@ import {
   chooseIsolation,
   codeBinds,
   describeIsolation,
+  INNER_APP_DIR,
   INNER_WORK_DIR,
   type Isolation,
   type IsolationRequest,
@@ -42,6 +44,7 @@ import {
 } from "./isolation.ts";
 import type { LauncherSpec } from "./lobby-launcher.ts";
 import type { ExitListener, LobbyInfo, LobbySpec, SandboxDriver } from "./sandbox-driver.ts";
+import { newCookie, xauthorityFile } from "./xauthority.ts";
 
 export interface ProcessDriverOptions {
   logger: Logger;
@@ -89,8 +92,10 @@ interface Lobby {
   info: LobbyInfo;
   child: ChildProcess;
   slot: number;
-  uid: number | null;
+  /** users mode: the agent's and the app's uids; else empty. */
+  uids: number[];
   workDir: string;
+  appDir: string | null;
   startTicks: number;
   stopping: Promise<void> | null;
 }
@@ -113,13 +118,14 @@ function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   }
 }
 
-/** Pids of every process running as `uid` (a sandbox that left its group with setsid included). */
-export async function processesOfUid(uid: number): Promise<number[]> {
+/** Pids of every process running as one of `uids` (a sandbox that left its group with setsid included). */
+export async function processesOfUids(uids: number[]): Promise<number[]> {
   const { readdir } = await import("node:fs/promises");
   const out: number[] = [];
   for (const entry of await readdir("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
-    if (procInfo(Number(entry))?.uid === uid) out.push(Number(entry));
+    const uid = procInfo(Number(entry))?.uid;
+    if (uid !== undefined && uids.includes(uid)) out.push(Number(entry));
   }
   return out;
 }
@@ -171,9 +177,9 @@ export class ProcessDriver implements SandboxDriver {
     return this.#isolation;
   }
 
-  /** "users (uid 200000-200009)", "namespaces" or "unsafe-shared-user". */
+  /** "users (uid 200000-200019)", "namespaces" or "unsafe-shared-user". */
   describeIsolation(): string {
-    return this.#isolation ? describeIsolation(this.#isolation, this.#o.maxSandboxes) : "not started";
+    return this.#isolation ? describeIsolation(this.#isolation) : "not started";
   }
 
   /**
@@ -209,7 +215,8 @@ export class ProcessDriver implements SandboxDriver {
    * claimed; throws when every window is taken.
    */
   #claimUids(range: UidRange): UidRange {
-    const size = this.#o.maxSandboxes;
+    // Two uids per slot: the agent's and the app's.
+    const size = 2 * this.#o.maxSandboxes;
     const holders: number[] = [];
     for (let first = range.first; first + size - 1 <= range.last; first += size) {
       const window = { first, last: first + size - 1 };
@@ -256,27 +263,56 @@ export class ProcessDriver implements SandboxDriver {
     return null;
   }
 
-  /** Makes the slot's work dir afresh: 0700, owned by the sandbox's uid. */
-  #prepareWorkDir(slot: number, uid: number | null): string {
-    const workDir = join((this.#state as HostState).dir, "sandboxes", `s${slot}`);
-    rmSync(workDir, { recursive: true, force: true });
-    mkdirSync(workDir, { mode: 0o700 });
-    if (this.#o.caPem) writeFileSync(join(workDir, "ca.pem"), this.#o.caPem, { mode: 0o600 });
-    if (uid !== null) {
-      chownSync(workDir, uid, uid);
-      if (this.#o.caPem) chownSync(join(workDir, "ca.pem"), uid, uid);
-    }
-    return workDir;
+  /**
+   * Makes the slot's dirs afresh, each 0700 and owned by the uid that uses it: the work dir (the
+   * agent's HOME, with the X cookie, run/ for the desktop socket, the CA file) and, in users mode,
+   * the app's home with its own copy of the cookie.
+   */
+  #prepareDirs(
+    slot: number,
+    uids: { agent: number; app: number } | null,
+  ): { workDir: string; appDir: string | null } {
+    const base = join((this.#state as HostState).dir, "sandboxes");
+    const workDir = join(base, `s${slot}`);
+    const appDir = uids ? join(base, `s${slot}-app`) : null;
+    const cookie = xauthorityFile(newCookie());
+    const make = (
+      dir: string,
+      uid: number | null,
+      files: Record<string, string | Buffer>,
+      subdirs: string[],
+    ) => {
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { mode: 0o700 });
+      for (const sub of subdirs) mkdirSync(join(dir, sub), { mode: 0o700 });
+      for (const [name, content] of Object.entries(files))
+        writeFileSync(join(dir, name), content, { mode: 0o600 });
+      if (uid === null) return;
+      for (const entry of [
+        dir,
+        ...subdirs.map((d) => join(dir, d)),
+        ...Object.keys(files).map((f) => join(dir, f)),
+      ])
+        chownSync(entry, uid, uid);
+    };
+    const agentFiles: Record<string, string | Buffer> = { ".Xauthority": cookie };
+    if (this.#o.caPem) agentFiles["ca.pem"] = this.#o.caPem;
+    make(workDir, uids?.agent ?? null, agentFiles, ["run"]);
+    if (appDir && uids) make(appDir, uids.app, { ".Xauthority": cookie }, []);
+    return { workDir, appDir };
   }
 
   async #launch(spec: LobbySpec, slot: number): Promise<LobbyInfo> {
     const iso = this.#isolation as Isolation;
     const lobbyId = randomUUID();
     const log = this.#log.child({ lobby_id: lobbyId, session_id: spec.sessionId });
-    const uid = iso.mode === "users" && iso.uids ? iso.uids.first + slot : null;
-    let workDir: string;
+    const uids =
+      iso.mode === "users" && iso.uids
+        ? { agent: iso.uids.first + slot, app: iso.uids.first + this.#o.maxSandboxes + slot }
+        : null;
+    let dirs: { workDir: string; appDir: string | null };
     try {
-      workDir = this.#prepareWorkDir(slot, uid);
+      dirs = this.#prepareDirs(slot, uids);
     } catch (err) {
       this.#slots.delete(slot);
       throw new HostError(
@@ -285,6 +321,7 @@ export class ProcessDriver implements SandboxDriver {
         `cannot make the sandbox's dir: ${(err as Error).message}`,
       );
     }
+    const { workDir, appDir } = dirs;
     const inner = iso.mode === "unsafe-shared-user" ? workDir : INNER_WORK_DIR;
     const agentEnv = { ...this.#o.agentEnv };
     if (this.#o.caPem) agentEnv.REVDIAL_CA_FILE = join(inner, "ca.pem");
@@ -296,14 +333,17 @@ export class ProcessDriver implements SandboxDriver {
       env: spec.env,
       screen: this.#o.screen,
       workDir: inner,
+      appHome: appDir ? INNER_APP_DIR : inner,
+      drop: uids,
       token: spec.sandboxToken,
       agentEnv,
       lang: process.env.LANG || "C.UTF-8",
     };
-    const argv = wrapCommand(iso, { workDir, innerWorkDir: inner, readOnly: codeBinds(PROJECT_ROOT) }, uid, [
-      process.execPath,
-      LAUNCHER_PATH,
-    ]);
+    const argv = wrapCommand(
+      iso,
+      { workDir, innerWorkDir: inner, appDir, readOnly: codeBinds(PROJECT_ROOT) },
+      [process.execPath, LAUNCHER_PATH],
+    );
     if (iso.mode === "unsafe-shared-user")
       log.warn(
         { isolation: iso.mode },
@@ -326,7 +366,8 @@ export class ProcessDriver implements SandboxDriver {
       startedAt: new Date(),
     };
     const startTicks = (child.pid && procInfo(child.pid)?.startTicks) || 0;
-    const lobby: Lobby = { info, child, slot, uid, workDir, startTicks, stopping: null };
+    const uidList = uids ? [uids.agent, uids.app] : [];
+    const lobby: Lobby = { info, child, slot, uids: uidList, workDir, appDir, startTicks, stopping: null };
     createInterface({ input: child.stderr! }).on("line", (line) =>
       log.debug({ line: line.slice(0, MAX_LOG_LINE) }, "sandbox output"),
     );
@@ -349,7 +390,7 @@ export class ProcessDriver implements SandboxDriver {
       );
     }
     info.state = "running";
-    log.info({ pid: info.pid, display: info.display, isolation: iso.mode, uid }, "sandbox started");
+    log.info({ pid: info.pid, display: info.display, isolation: iso.mode, uids }, "sandbox started");
     return { ...info };
   }
 
@@ -364,7 +405,7 @@ export class ProcessDriver implements SandboxDriver {
       sessionId: l.info.sessionId,
       pgid: l.info.pid as number,
       startTicks: l.startTicks,
-      uid: l.uid,
+      uid: l.uids[0] ?? null,
       workDir: l.workDir,
     };
   }
@@ -411,16 +452,16 @@ export class ProcessDriver implements SandboxDriver {
     void lobby.stopping.then(() => this.#onExit({ lobbyId, sessionId, code, signal }));
   }
 
-  /** True while a process of the sandbox is left: its group, or (users mode) its uid. */
+  /** True while a process of the sandbox is left: its group, or (users mode) its uids. */
   async #alive(lobby: Lobby): Promise<boolean> {
     if (lobby.info.pid && groupAlive(lobby.info.pid)) return true;
-    return lobby.uid !== null && (await processesOfUid(lobby.uid)).length > 0;
+    return lobby.uids.length > 0 && (await processesOfUids(lobby.uids)).length > 0;
   }
 
   async #signal(lobby: Lobby, signal: NodeJS.Signals): Promise<void> {
     if (lobby.info.pid) signalGroup(lobby.info.pid, signal);
-    if (lobby.uid === null) return;
-    for (const pid of await processesOfUid(lobby.uid)) {
+    if (lobby.uids.length === 0) return;
+    for (const pid of await processesOfUids(lobby.uids)) {
       try {
         process.kill(pid, signal);
       } catch {}
@@ -455,11 +496,13 @@ export class ProcessDriver implements SandboxDriver {
     }
     await exited;
     const clean = !(await this.#alive(lobby));
-    if (clean) rmSync(lobby.workDir, { recursive: true, force: true });
-    else {
-      this.#log.error({ lobby_id: lobby.info.lobbyId }, "processes of a stopped sandbox are still alive");
-      if (lobby.info.pid) this.#stuck.push(this.#record(lobby));
-    }
+    if (clean)
+      for (const dir of [lobby.workDir, lobby.appDir])
+        if (dir) rmSync(dir, { recursive: true, force: true });
+        else {
+          this.#log.error({ lobby_id: lobby.info.lobbyId }, "processes of a stopped sandbox are still alive");
+          if (lobby.info.pid) this.#stuck.push(this.#record(lobby));
+        }
     this.#lobbies.delete(lobby.info.lobbyId);
     // A slot whose processes could not be killed is never reused: its uid is not clean.
     if (clean) this.#slots.delete(lobby.slot);

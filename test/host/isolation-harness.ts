@@ -4,7 +4,15 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { copyFileSync, existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -77,6 +85,79 @@ export function pidsOfUids(first: number, last: number): number[] {
   return out;
 }
 
+/** The socket inodes process `pid` holds. */
+export function socketInodesOf(pid: number): Set<string> {
+  const out = new Set<string>();
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) out.add(m[1]);
+      } catch {}
+    }
+  } catch {}
+  return out;
+}
+
+/**
+ * The machine's X listeners for displays 0-9 that a sandbox could reach, as attempt names of the
+ * attacker ("xAbstractN", "xTcpN") to their socket inodes: abstract Unix sockets and TCP ports are
+ * per network namespace, which sandboxes share with the machine.
+ */
+export function xListeners(): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of readFileSync("/proc/net/unix", "utf8").split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    const m = /^@\/tmp\/\.X11-unix\/X(\d)$/.exec(f[7] ?? "");
+    if (m) out.set(`xAbstract${m[1]}`, f[6]);
+  }
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = "";
+    try {
+      text = readFileSync(table, "utf8");
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      const port = Number.parseInt((f[1] ?? ":").split(":")[1], 16);
+      if (f[3] === "0A" && port >= 6000 && port <= 6009) out.set(`xTcp${port - 6000}`, f[9]);
+    }
+  }
+  return out;
+}
+
+/** Every pid descended from `roots` (by parent pid), the roots included. */
+export function descendantsOf(roots: number[]): number[] {
+  const parent = new Map<number, number>();
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+      parent.set(Number(e), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {}
+  }
+  const found = new Set(roots);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const [pid, ppid] of parent)
+      if (found.has(ppid) && !found.has(pid)) {
+        found.add(pid);
+        grew = true;
+      }
+  }
+  return [...found];
+}
+
+/** Pids in process group `pgid`. */
+export function pidsOfGroup(pgid: number): number[] {
+  return readdirSync("/proc")
+    .filter((e) => /^\d+$/.test(e))
+    .map((e) => procInfo(Number(e)))
+    .filter((p) => p !== null && p.pgrp === pgid)
+    .map((p) => (p as { pid: number }).pid);
+}
+
 /** Polls until `check` holds or throws after `timeoutMs` (no fixed sleep: backoff to 250 ms). */
 export async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000) {
   const deadline = Date.now() + timeoutMs;
@@ -87,6 +168,10 @@ export async function until(check: () => boolean | Promise<boolean>, what: strin
 }
 
 export interface AttackTargets {
+  /** Its own session's key (its agent has it). */
+  ownToken: string;
+  /** Its own agent's desktop socket, as the sandbox sees it. */
+  ownDesktopSocket: string;
   otherToken: string;
   runnerToken: string;
   hostMarker: string;
@@ -99,6 +184,18 @@ export interface AttackTargets {
 
 type Results = Record<string, { ok: boolean; found?: unknown; error?: string }>;
 
+/** No process in `pids` listens on an X TCP port or abstract socket; returns the foreign listeners. */
+export function assertNoXListener(pids: number[], seen: Map<string, string>[]): Set<string> {
+  const ours = new Set(pids.flatMap((pid) => [...socketInodesOf(pid)]));
+  const foreign = new Set<string>();
+  for (const listeners of seen)
+    for (const [name, inode] of listeners) {
+      assert.ok(!ours.has(inode), `a sandbox process listens on ${name}`);
+      foreign.add(name);
+    }
+  return foreign;
+}
+
 /** Hands the attacker in `workDir` its targets and waits for its report. */
 export async function runAttack(workDir: string, targets: AttackTargets): Promise<Results> {
   copyFileSync(ATTACK_APP, join(workDir, "attack-app.mjs"));
@@ -109,8 +206,12 @@ export async function runAttack(workDir: string, targets: AttackTargets): Promis
   return JSON.parse(readFileSync(file, "utf8")) as Results;
 }
 
-/** Every attempt of the attacker was refused; its own display and desktop worked. */
-export function assertRefused(r: Results): void {
+/**
+ * Every attempt of the attacker was refused; its own display worked with its cookie only. With
+ * `appApart` (users mode: the app has a uid of its own) it could neither find its own session's key
+ * nor reach its own agent's desktop socket; without, both are its tenant's own and it reaches them.
+ */
+export function assertRefused(r: Results, appApart: boolean, foreign: Set<string> = new Set()): void {
   const refused = (name: string) =>
     assert.equal(r[name]?.ok, false, `${name} must be refused: ${JSON.stringify(r[name])}`);
   assert.deepEqual(r.ownEnv.found, [], "the app's environment holds no secret and no token");
@@ -120,7 +221,7 @@ export function assertRefused(r: Results): void {
   // Exactly the explicit environment (isolation.ts) plus the session's (the API sends REVDIAL_SESSION_ID).
   const explicit = ["DISPLAY", "HOME", "LANG", "PATH", "REVDIAL_SESSION_ID", "USER", "XAUTHORITY"];
   assert.deepEqual(
-    keys.filter((k) => !explicit.includes(k) && k !== "PWD" && k !== "SHLVL" && k !== "_"),
+    keys.filter((k) => !explicit.includes(k) && !["PWD", "OLDPWD", "SHLVL", "_"].includes(k)),
     [],
     "no host variable reaches the app",
   );
@@ -140,13 +241,19 @@ export function assertRefused(r: Results): void {
     "otherDesktop",
   ])
     refused(name);
-  for (let n = 0; n < 10; n++) {
-    refused(`xTcp${n}`);
-    refused(`xAbstract${n}`);
-  }
+  // X servers outside the sandboxes (another program's Xvfb) may listen there; the test checks from
+  // root that none of those listeners is a sandbox's (assertNoXListener).
+  for (let n = 0; n < 10; n++)
+    for (const name of [`xTcp${n}`, `xAbstract${n}`]) if (!foreign.has(name)) refused(name);
   refused("ownXWithOtherCookiePath");
-  // Positive controls: the method works where access is allowed, so the refusals above mean something.
-  assert.equal(r.ownDesktop.found, "connected", "its own desktop socket answers");
+  if (appApart) {
+    assert.deepEqual(r.ownKeyInAnyEnviron.found, [], "the app cannot read its own agent's key");
+    refused("ownDesktop");
+  } else {
+    // Positive controls: the method works where access is allowed, so the refusals above mean something.
+    assert.ok((r.ownKeyInAnyEnviron.found as string[]).length > 0, "same uid: the app reads its agent's key");
+    assert.equal(r.ownDesktop.found, "connected", "its own desktop socket answers");
+  }
   assert.equal(r.ownXWithCookie.found, "accepted", "its own display accepts its cookie");
   assert.equal(r.ownXNoCookie.found, "refused", "its own display refuses a client without the cookie");
 }

@@ -21,7 +21,16 @@ import { chooseIsolation } from "../../src/host/isolation.ts";
 import { ProcessDriver, type ProcessDriverOptions } from "../../src/host/process-driver.ts";
 import type { LobbyInfo, LobbySpec } from "../../src/host/sandbox-driver.ts";
 import { World } from "./host-harness.ts";
-import { ATTACK_COMMAND, assertRefused, needsRoot, pidsWithCommand, runAttack } from "./isolation-harness.ts";
+import {
+  ATTACK_COMMAND,
+  assertNoXListener,
+  assertRefused,
+  descendantsOf,
+  needsRoot,
+  pidsWithCommand,
+  runAttack,
+  xListeners,
+} from "./isolation-harness.ts";
 
 /** A process driver that remembers each session's sandbox key, so the test knows what to look for. */
 class KeyRecordingDriver extends ProcessDriver {
@@ -98,7 +107,15 @@ function attackSuite(mode: "users" | "namespaces" | "unsafe-shared-user", skip: 
         assert.ok((uids[0] ?? 0) >= 310_000 && (uids[1] ?? 0) >= 310_000, `sandbox uids ${uids}`);
         assert.notEqual(uids[0], uids[1], "each sandbox has a uid of its own");
       }
-      const results = await runAttack(join(stateDir, "sandboxes", "s0"), {
+      const appApart = mode === "users";
+      const xBefore = xListeners();
+      const results = await runAttack(join(stateDir, "sandboxes", appApart ? "s0-app" : "s0"), {
+        ownToken: driver.keys.get(alice) as string,
+        ownDesktopSocket: join(
+          mode === "unsafe-shared-user" ? join(stateDir, "sandboxes", "s0") : "/home/sandbox",
+          "run",
+          "desktop.sock",
+        ),
         otherToken: driver.keys.get(bob) as string,
         runnerToken: w.server.runnerToken,
         hostMarker: HOST_MARKER,
@@ -108,7 +125,17 @@ function attackSuite(mode: "users" | "namespaces" | "unsafe-shared-user", skip: 
         otherWorkDir: join(stateDir, "sandboxes", "s1"),
         lobbySocket: join(stateDir, "api", "lobby.sock"),
       });
-      if (mode !== "unsafe-shared-user") return assertRefused(results);
+      if (appApart) {
+        const [app] = pidsWithCommand("attack-app.mjs");
+        const appUid = procInfo(app)?.uid;
+        assert.ok(
+          appUid !== undefined && appUid >= 310_000 && !uids.includes(appUid),
+          `the app's uid ${appUid} is its own`,
+        );
+      }
+      const lobbies = driver.list().map((l) => l.pid as number);
+      const foreign = assertNoXListener(descendantsOf(lobbies), [xBefore, xListeners()]);
+      if (mode !== "unsafe-shared-user") return assertRefused(results, appApart, foreign);
       // The control: without isolation the same attacker gets in, so the refusals above are real.
       assert.equal(results.otherAgentEnviron.ok, true, JSON.stringify(results.otherAgentEnviron));
       assert.ok(

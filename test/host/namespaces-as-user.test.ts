@@ -17,11 +17,14 @@ import { procInfo } from "../../src/host/host-state.ts";
 import { World } from "./host-harness.ts";
 import {
   ATTACK_COMMAND,
+  assertNoXListener,
   assertRefused,
+  descendantsOf,
   needsUserns,
   pidsWithCommand,
   runAttack,
   until,
+  xListeners,
 } from "./isolation-harness.ts";
 
 const MAIN = new URL("../../src/cli/main.ts", import.meta.url).pathname;
@@ -96,7 +99,13 @@ describe("namespaces isolation on a host run as an ordinary user", { skip: needs
     assert.equal(procInfo(aliceAgent)?.uid, NOBODY);
     const bobKey = /REVDIAL_TOKEN=([^\0]+)/.exec(readFileSync(`/proc/${bobAgent}/environ`, "latin1"))?.[1];
     assert.ok(bobKey?.startsWith("rds-"));
+    const aliceKey = /REVDIAL_TOKEN=([^\0]+)/.exec(
+      readFileSync(`/proc/${aliceAgent}/environ`, "latin1"),
+    )?.[1];
+    const xBefore = xListeners();
     const results = await runAttack(join(stateDir, "sandboxes", "s0"), {
+      ownToken: aliceKey as string,
+      ownDesktopSocket: "/home/sandbox/run/desktop.sock",
       otherToken: bobKey as string,
       runnerToken: w.server.runnerToken,
       hostMarker: HOST_MARKER,
@@ -106,6 +115,7 @@ describe("namespaces isolation on a host run as an ordinary user", { skip: needs
       otherWorkDir: join(stateDir, "sandboxes", "s1"),
       lobbySocket: join(stateDir, "api", "lobby.sock"),
     });
-    assertRefused(results);
+    const foreign = assertNoXListener(descendantsOf([wolf!.pid!]), [xBefore, xListeners()]);
+    assertRefused(results, false, foreign);
   });
 });

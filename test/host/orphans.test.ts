@@ -17,7 +17,7 @@ import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
 import { HostState, procInfo } from "../../src/host/host-state.ts";
 import { World } from "./host-harness.ts";
-import { needsRoot, pidsOfUids, pidsWithCommand, until } from "./isolation-harness.ts";
+import { needsRoot, pidsOfGroup, pidsOfUids, pidsWithCommand, until } from "./isolation-harness.ts";
 
 const MAIN = new URL("../../src/cli/main.ts", import.meta.url).pathname;
 /** A uid range for this file alone (hosts claim windows in it; see host-state.ts). */
@@ -88,8 +88,11 @@ describe("kill -9 of a host leaves no sandbox; a restarted host reports what it 
     const recorded = new HostState(stateDir).read().lobbies;
     assert.equal(recorded.length, 1, "the live lobby is on disk");
     const uid = recorded[0].uid as number;
-    const sandbox = pidsOfUids(uid, uid);
-    assert.ok(sandbox.length >= 3, `launcher, Xvfb and agent run as ${uid}: ${sandbox}`);
+    const pgid = recorded[0].pgid;
+    const ofSandbox = () => [...new Set([...pidsOfUids(uid, uid), ...pidsOfGroup(pgid)])];
+    const sandbox = ofSandbox();
+    assert.ok(pidsOfUids(uid, uid).length >= 2, `Xvfb and the agent run as ${uid}`);
+    assert.ok(sandbox.length >= 4, `bwrap, launcher, Xvfb and agent: ${sandbox}`);
     // The host ran with REVDIAL_RUNNER_TOKEN in its environment; no sandbox process has it.
     for (const pid of sandbox) {
       const env = readFileSync(`/proc/${pid}/environ`, "latin1").split("\0");
@@ -104,7 +107,7 @@ describe("kill -9 of a host leaves no sandbox; a restarted host reports what it 
 
     await kill9(wolf);
     await until(
-      () => pidsOfUids(uid, uid).length === 0 && sandbox.every((pid) => procInfo(pid) === null),
+      () => ofSandbox().length === 0 && sandbox.every((pid) => procInfo(pid) === null),
       "no process of the sandbox left after kill -9 of its host",
       10_000,
     );
