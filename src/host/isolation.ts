@@ -24,7 +24,7 @@
 // namespace's init: when it dies the kernel kills everything in the namespace), setpriv --pdeathsig.
 
 import { execFile } from "node:child_process";
-import { accessSync, constants, lstatSync, readlinkSync, realpathSync } from "node:fs";
+import { accessSync, constants, lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { delimiter, dirname, join } from "node:path";
 import { InvalidOptionError } from "../common/errors.ts";
 import { HOST_ERROR_CODES, HostError } from "./host-errors.ts";
@@ -100,6 +100,16 @@ export function which(command: string, path = process.env.PATH ?? ""): string | 
   return null;
 }
 
+/** True when users other than the owner may read `path` (and enter it, or run it, where it is a dir or executable). */
+function readableByOthers(path: string): boolean {
+  try {
+    const st = statSync(path);
+    return (st.mode & 0o004) !== 0 && (!(st.isDirectory() || st.mode & 0o100) || (st.mode & 0o001) !== 0);
+  } catch {
+    return false;
+  }
+}
+
 function probe(command: string, args: string[], timeoutMs: number): Promise<string | null> {
   return new Promise((resolve) => {
     execFile(command, args, { timeout: timeoutMs, env: { PATH: "/usr/bin:/bin" } }, (err, _out, stderr) =>
@@ -132,6 +142,8 @@ export async function chooseIsolation(options: {
   maxSandboxes: number;
   allowSharedFallback?: boolean;
   probeTimeoutMs?: number;
+  /** Files and dirs the sandbox's uids must read (users mode): the code, node_modules, node. */
+  codePaths?: string[];
 }): Promise<Isolation> {
   const { requested } = options;
   if (!ISOLATION_CHOICES.includes(requested))
@@ -147,6 +159,8 @@ export async function chooseIsolation(options: {
   const tryUsers = async (): Promise<string | null> => {
     if (!isRoot) return "the host does not run as root";
     if (!bwrap || !setpriv) return "bwrap (Debian: bubblewrap) and setpriv (util-linux) are needed";
+    const hidden = (options.codePaths ?? []).find((p) => !readableByOthers(p));
+    if (hidden) return `${hidden} is not readable by other users, so a sandbox's uid could not run the agent`;
     if (uids.last - uids.first + 1 < 2 * options.maxSandboxes)
       return `--sandbox-uids ${uids.first}-${uids.last} has fewer than 2 uids per sandbox (--max-sandboxes ${options.maxSandboxes})`;
     return probe(

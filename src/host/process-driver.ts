@@ -193,6 +193,14 @@ export class ProcessDriver implements SandboxDriver {
       uids: this.#o.sandboxUids,
       maxSandboxes: this.#o.maxSandboxes,
       allowSharedFallback: this.#o.allowSharedFallback,
+      codePaths: [
+        join(PROJECT_ROOT, "package.json"),
+        join(PROJECT_ROOT, "src"),
+        MAIN_PATH,
+        LAUNCHER_PATH,
+        join(PROJECT_ROOT, "node_modules"),
+        process.execPath,
+      ],
     });
     if (iso.reason) this.#log.warn({ reason: iso.reason }, `sandbox isolation: ${iso.mode}`);
     const window = iso.uids ? this.#claimUids(iso.uids) : null;

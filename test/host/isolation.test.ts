@@ -172,6 +172,29 @@ describe("isolation choice", () => {
     }
   });
 
+  it("users mode is refused where the sandbox's uids could not read the code", {
+    skip: needsRoot(),
+  }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "revdial-code-"));
+    try {
+      writeFileSync(join(dir, "main.ts"), "", { mode: 0o600 });
+      await assert.rejects(
+        chooseIsolation({ requested: "users", maxSandboxes: 1, codePaths: [join(dir, "main.ts")] }),
+        (err: Error) => /main\.ts is not readable by other users/.test(err.message),
+      );
+      // auto moves on to the next mode instead.
+      const auto = await chooseIsolation({
+        requested: "auto",
+        maxSandboxes: 1,
+        codePaths: [join(dir, "main.ts")],
+      });
+      assert.notEqual(auto.mode, "users");
+      assert.match(auto.reason ?? "", /not readable by other users/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("`wolf run --isolation users` as an ordinary user refuses to start, naming --unsafe-shared-user", {
     skip: needsRoot(),
   }, async () => {
