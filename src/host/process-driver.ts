@@ -85,6 +85,8 @@ export const PROCESS_DRIVER_DEFAULTS = Object.freeze({
 const LAUNCHER_PATH = fileURLToPath(new URL("./lobby-launcher.ts", import.meta.url));
 const MAIN_PATH = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 const PROJECT_ROOT = dirname(dirname(dirname(LAUNCHER_PATH)));
+/** sun_path holds 108 bytes with the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
 /** Longest stderr line of a sandbox passed to the host's log. */
 const MAX_LOG_LINE = 2000;
 
@@ -154,6 +156,10 @@ export class ProcessDriver implements SandboxDriver {
   constructor(options: ProcessDriverOptions) {
     if (!options?.logger) throw new InvalidOptionError("logger", "is required");
     if (!options.stateDir) throw new InvalidOptionError("stateDir", "is required");
+    // Unsafe-shared-user sandboxes use the host's path of the desktop socket: it must fit sun_path.
+    const longest = join(options.stateDir, "sandboxes", "s99999", "run", "desktop.sock");
+    if (Buffer.byteLength(longest) > MAX_SOCKET_PATH)
+      throw new InvalidOptionError("stateDir", `too long for a Unix socket path inside it (${longest})`);
     const o = { ...PROCESS_DRIVER_DEFAULTS, agentEnv: {}, ...stripUndefined(options) };
     if (!Number.isInteger(o.maxSandboxes) || o.maxSandboxes < 1)
       throw new InvalidOptionError("maxSandboxes", "must be a positive integer");

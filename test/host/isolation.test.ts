@@ -83,14 +83,34 @@ function attackSuite(mode: "users" | "namespaces" | "unsafe-shared-user", skip: 
         else process.env[k] = v;
     });
 
+    const userKeys = new Map<string, string>();
     async function startSession(name: string): Promise<string> {
       const user = await w.user(name, 1);
       const res = await w.startPlanning(user.key, user.taskIds[0]);
       assert.equal(res.status, 200, JSON.stringify(res.body));
       const id = res.body.session_id;
+      userKeys.set(id, user.key);
       await w.until(() => w.server.registry.isConnected(`sandbox-${id}`), `sandbox-${id} connected`, 30_000);
       return id;
     }
+
+    it("the isolated desktop works: screenshot and clipboard (xclip) through the API, with the cookie", async () => {
+      const id = await startSession("carol");
+      const key = userKeys.get(id) as string;
+      const shot = await w.call("GET", `/api/v1/external-agents/${id}/screenshot`, key);
+      assert.equal(shot.status, 200, shot.bytes.toString().slice(0, 300));
+      assert.deepEqual(shot.bytes.subarray(0, 4), Buffer.from([0x89, 0x50, 0x4e, 0x47]));
+      const set = await w.call("POST", `/api/v1/external-agents/${id}/clipboard`, key, {
+        type: "text",
+        data: "kept",
+      });
+      assert.equal(set.status, 204, set.bytes.toString());
+      const got = await w.call("GET", `/api/v1/external-agents/${id}/clipboard`, key);
+      assert.deepEqual(got.body, { type: "text", data: "kept" });
+      const stop = await w.call("DELETE", `/api/v1/external-agents/${id}`, key);
+      assert.ok(stop.status < 300, stop.bytes.toString());
+      await w.until(() => driver.list().length === 0, "the sandbox stopped");
+    });
 
     const title =
       mode === "unsafe-shared-user"
