@@ -8,7 +8,7 @@
 // Errors: {"error":{"code","message"}} with the status the HostError names.
 
 import { once } from "node:events";
-import { rmSync } from "node:fs";
+import { lstatSync, rmSync } from "node:fs";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import { join } from "node:path";
 import { RevdialError } from "../common/errors.ts";
@@ -97,7 +97,7 @@ export async function startLobbyServer(options: {
   ensurePrivateDir(options.socketDir);
   const path = join(options.socketDir, "lobby.sock");
   // A socket file left by a host that was killed would make listen() fail with EADDRINUSE.
-  rmSync(path, { force: true });
+  removeStaleSocket(path);
   const server = http.createServer((req, res) => {
     route(driver, req, res).catch((err: unknown) => {
       const status = err instanceof HostError ? err.status : 500;
@@ -119,4 +119,11 @@ export async function startLobbyServer(options: {
       return closing;
     },
   };
+}
+
+/** Removes a socket file left by a killed process; anything else at the path is left alone. */
+function removeStaleSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) rmSync(path);
+  } catch {}
 }

@@ -7,7 +7,7 @@
 // connection; destroy() cuts open connections too. `handler` is the bare request listener, for
 // embedding the routes in another server. startDesktopService() is the one call the agent CLI makes.
 
-import { rmSync } from "node:fs";
+import { lstatSync, rmSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ConcurrencyLimit } from "./concurrency-limit.ts";
@@ -112,7 +112,7 @@ class HttpDesktopService implements DesktopService {
     if (this.#closing) return Promise.reject(new Error("the desktop service is closed"));
     const { host, port, path } = this.#options;
     // A socket file left by a sandbox that was killed would make listen() fail with EADDRINUSE.
-    if (path) rmSync(path, { force: true });
+    if (path) removeStaleSocket(path);
     return new Promise((resolve, reject) => {
       this.#server.once("error", reject);
       const bound = () => {
@@ -149,4 +149,11 @@ class HttpDesktopService implements DesktopService {
     await closed;
     await this.#providers.capture.close();
   }
+}
+
+/** Removes a socket file left by a killed process; anything else at the path is left alone. */
+function removeStaleSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) rmSync(path);
+  } catch {}
 }
