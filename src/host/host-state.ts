@@ -13,12 +13,12 @@
 
 import {
   chmodSync,
+  lstatSync,
   mkdirSync,
   readdirSync,
   readFileSync,
   renameSync,
   rmSync,
-  statSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -55,10 +55,14 @@ export function defaultStateDir(id: string): string {
   return join(tmpdir(), `revdial-host-${process.getuid?.() ?? "u"}-${id}`);
 }
 
-/** Creates `dir` (and parents) and makes it 0700; throws when another user owns it. */
+/**
+ * Creates `dir` (and parents) and makes it 0700; throws when it is a symlink or another user owns
+ * it (under a shared temp dir, another local user may have made it first).
+ */
 export function ensurePrivateDir(dir: string, uid = process.getuid?.()): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = statSync(dir);
+  const st = lstatSync(dir);
+  if (!st.isDirectory()) throw new Error(`${dir} is not a directory (a symlink?)`);
   if (uid !== undefined && st.uid !== uid)
     throw new Error(`${dir} belongs to uid ${st.uid}, not to this host's user (${uid})`);
   if ((st.mode & 0o777) !== 0o700) chmodSync(dir, 0o700);

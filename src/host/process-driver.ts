@@ -64,7 +64,10 @@ export interface ProcessDriverOptions {
   isolation?: IsolationRequest;
   /** auto falls back to unsafe-shared-user instead of failing (what `server --with-local-host` does). */
   allowSharedFallback?: boolean;
-  /** The uids of users mode; slot i runs as first + i (default 200000-200999). */
+  /**
+   * The uids of users mode (default 200000-200999): the host claims the first free window of
+   * 2 x maxSandboxes of them on this machine; slot i runs as window + i, its app as window + max + i.
+   */
   sandboxUids?: UidRange;
   /** Environment for the sandbox agent only: the host's transport and TLS settings. */
   agentEnv?: Record<string, string>;
@@ -225,8 +228,8 @@ export class ProcessDriver implements SandboxDriver {
   }
 
   /**
-   * The first window of maxSandboxes uids in `range` that no other live host on this machine has
-   * claimed; throws when every window is taken.
+   * The first window of 2 x maxSandboxes uids in `range` that no other live host on this machine
+   * has claimed; throws when every window is taken.
    */
   #claimUids(range: UidRange): UidRange {
     // Two uids per slot: the agent's and the app's.
