@@ -150,7 +150,7 @@ export function register(program: Command): void {
     )
     .option(
       "--sandbox-uids <first-last>",
-      "uids for the users isolation mode; one per sandbox",
+      "uids for the users isolation mode: a host takes a free window of 2 per sandbox (agent, app)",
       "200000-200999",
     )
     .option(
