@@ -11,6 +11,7 @@
 // same dir would kill the first one's sandboxes at start). The file is rewritten whole, through a
 // rename, on every change, so a crash leaves the old or the new list, never half of one.
 
+import { createHash } from "node:crypto";
 import {
   chmodSync,
   lstatSync,
@@ -22,7 +23,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { HOST_ERROR_CODES, HostError } from "./host-errors.ts";
 
@@ -53,6 +54,12 @@ const RECOVERY_WAIT_MS = 5_000;
 /** The default state dir of host `id`: per user, under the OS temp dir. */
 export function defaultStateDir(id: string): string {
   return join(tmpdir(), `revdial-host-${process.getuid?.() ?? "u"}-${id}`);
+}
+
+/** The state dir of the local host of the server on `dataDir` (`server --with-local-host`): one per data dir. */
+export function localHostStateDir(dataDir: string): string {
+  const hash = createHash("sha256").update(resolve(dataDir)).digest("hex").slice(0, 12);
+  return defaultStateDir(`local-${hash}`);
 }
 
 /**

@@ -2,6 +2,7 @@
 // with nothing else started, the CLI forks the sample project, starts a planning session (--wait),
 // takes a screenshot, lists the host, and stops the session. Then SIGTERM leaves no sandbox behind:
 // no process that descended from this server (other revdial instances on the machine are not ours).
+// And `kill -9` of the server: every process of its running sandbox is gone within seconds.
 
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
@@ -12,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
-import { procInfo } from "../../src/host/host-state.ts";
+import { localHostStateDir, procInfo } from "../../src/host/host-state.ts";
 import { groupAlive } from "../../src/host/process-driver.ts";
 import { missingTools } from "../agent/desktop/xvfb.ts";
 import { MAIN, revdial } from "./cli-harness.ts";
@@ -104,6 +105,65 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     await once(server, "exit");
     for (const pgid of pgids) assert.equal(groupAlive(pgid), false, `group ${pgid} gone`);
     for (const p of ours) assert.equal(procInfo(p.pid)?.startTicks === p.startTicks, false, `${p.cmd} gone`);
+  });
+});
+
+describe("kill -9 of npm start leaves no sandbox", { skip: missingTools("Xvfb") }, () => {
+  let dir: string;
+  let server: ChildProcess;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "revdial-e2e-k9-"));
+  });
+  after(async () => {
+    if (server && server.exitCode === null && server.signalCode === null) {
+      server.kill("SIGKILL");
+      await once(server, "exit");
+    }
+    // The host died without its goodbye: its state dir stays (for the next start); remove it here.
+    await rm(localHostStateDir(join(dir, "data")), { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("every process of a running sandbox is gone within seconds of the server's kill -9", async () => {
+    server = spawn(
+      process.execPath,
+      [MAIN, "server", "--with-local-host", "--listen", "127.0.0.1:0", "--data-dir", join(dir, "data")],
+      { cwd: dir, stdio: ["ignore", "pipe", "ignore"] },
+    );
+    let url = "";
+    for await (const line of createInterface({ input: server.stdout! })) {
+      url = /^listening on (\S+)/.exec(line)?.[1] ?? url;
+      if (line.startsWith("local sandbox host running")) break;
+    }
+    const env = { REVDIAL_URL: url, REVDIAL_DATA_DIR: join(dir, "data") };
+    assert.equal((await revdial(["project", "fork", "modern-todo-app", "--name", "k9"], env, dir)).code, 0);
+    const tasks = JSON.parse((await revdial(["spectask", "list", "--json"], env, dir)).stdout) as {
+      id: string;
+    }[];
+    const start = await revdial(["spectask", "start", tasks[0].id, "--wait", "--timeout", "60s"], env, dir);
+    assert.equal(start.code, 0, start.stderr);
+    const sandbox = descendants(server.pid!).filter((p) => !/ server --with-local-host /.test(` ${p.cmd} `));
+    assert.ok(
+      sandbox.some((p) => p.cmd.includes("lobby-launcher.ts")),
+      "a sandbox runs",
+    );
+    assert.ok(
+      sandbox.some((p) => p.cmd.includes(" agent ")),
+      "its agent runs",
+    );
+
+    server.kill("SIGKILL");
+    await once(server, "exit");
+    const alive = () => sandbox.filter((p) => procInfo(p.pid)?.startTicks === p.startTicks);
+    const deadline = Date.now() + 10_000;
+    for (let wait = 10; alive().length > 0 && Date.now() < deadline; wait = Math.min(wait * 2, 250))
+      await new Promise((r) => setTimeout(r, wait));
+    assert.deepEqual(
+      alive().map((p) => p.cmd),
+      [],
+      "no orphan 10 s after kill -9",
+    );
   });
 });
 

@@ -119,10 +119,7 @@ export function register(program: Command): void {
  */
 async function startLocalHost(server: { url: string; runnerToken: string }, logger: Logger, dataDir: string) {
   const { WolfHost } = await import("../../host/wolf-host.ts");
-  const { defaultStateDir } = await import("../../host/host-state.ts");
-  const { createHash } = await import("node:crypto");
-  const { resolve } = await import("node:path");
-  const dirHash = createHash("sha256").update(resolve(dataDir)).digest("hex").slice(0, 12);
+  const { localHostStateDir } = await import("../../host/host-state.ts");
   const host = new WolfHost({
     serverUrl: server.url,
     token: server.runnerToken,
@@ -130,7 +127,7 @@ async function startLocalHost(server: { url: string; runnerToken: string }, logg
     driver: "process",
     isolation: "auto",
     allowSharedFallback: true,
-    stateDir: defaultStateDir(`local-${dirHash}`),
+    stateDir: localHostStateDir(dataDir),
     removeStateDirOnClose: true,
     logger,
   });
