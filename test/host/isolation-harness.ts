@@ -30,6 +30,18 @@ export function needsRoot(): string | false {
     return "SKIPPED: needs root (users isolation runs each sandbox as a uid of its own)";
   for (const tool of ["bwrap", "setpriv", "Xvfb"])
     if (!which(tool)) return `SKIPPED: ${tool} is not installed (apt-get install bubblewrap util-linux xvfb)`;
+  try {
+    // A container without CAP_SYS_ADMIN, or whose seccomp profile forbids unshare, cannot make namespaces.
+    execFileSync(
+      "bwrap",
+      ["--ro-bind", "/", "/", "--proc", "/proc", "--unshare-pid", "--unshare-ipc", "true"],
+      {
+        stdio: "ignore",
+      },
+    );
+  } catch {
+    return "SKIPPED: bwrap cannot create namespaces here (a container without CAP_SYS_ADMIN?)";
+  }
   return false;
 }
 
