@@ -1,7 +1,7 @@
 // The leader of one sandbox's process group (process driver). The host spawns this file detached,
-// wrapped by isolation.ts (bubblewrap and setpriv, or setpriv alone in unsafe-shared-user mode), so
-// it runs as the sandbox's user in the sandbox's namespaces; everything it starts stays in its
-// group and namespaces, and the host stops the sandbox by signalling the whole group.
+// wrapped by isolation.ts (bubblewrap, or setpriv alone in unsafe-shared-user mode), so it runs in
+// the sandbox's namespaces; everything it starts stays in its group and namespaces, and the host
+// stops the sandbox by signalling the whole group.
 //
 // Input: one JSON line on stdin (LauncherSpec, the agent's token included), so no secret is in this
 // process's environment or command line, where the sandbox's own app could read it.
