@@ -20,6 +20,8 @@ export const HOST_ERROR_CODES = Object.freeze({
   launchFailed: "RD_ERR_HOST_LAUNCH_FAILED",
   badRequest: "RD_ERR_HOST_BAD_REQUEST",
   registerFailed: "RD_ERR_HOST_REGISTER_FAILED",
+  isolationUnavailable: "RD_ERR_HOST_ISOLATION_UNAVAILABLE",
+  stateInUse: "RD_ERR_HOST_STATE_IN_USE",
 });
 
 export class DockerUnavailableError extends HostError {

@@ -1,25 +1,28 @@
-// The lobby API of a sandbox host: a small HTTP server on 127.0.0.1 (port picked by the OS) that
-// only the host's own tunnel client forwards to, so the API reaches it through `wolf-{id}` and
-// nothing else can. Routes:
+// The lobby API of a sandbox host: a small HTTP server on a Unix socket in a directory only the
+// host's user may enter (0700), which only the host's own tunnel client forwards to, so the API
+// reaches it through `wolf-{id}` and nothing else can: no TCP port a sandbox or another local user
+// could call, and sandboxes do not even see the directory. Routes:
 //   POST   /lobbies        {session_id, sandbox_token, server_url, env?} -> 201 {lobby_id, ...}
 //   GET    /lobbies        -> 200 [{lobby_id, session_id, state, pid, display, started_at}]
 //   DELETE /lobbies/{id}   -> 200 {lobby_id, stopped: true}; 404 when unknown
 // Errors: {"error":{"code","message"}} with the status the HostError names.
 
 import { once } from "node:events";
+import { lstatSync, rmSync } from "node:fs";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { RevdialError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { isSessionId } from "../store/ids.ts";
 import { HOST_ERROR_CODES, HostError } from "./host-errors.ts";
+import { ensurePrivateDir } from "./host-state.ts";
 import { type LobbySpec, lobbyView, type SandboxDriver } from "./sandbox-driver.ts";
 
 /** Largest request body the lobby API reads. */
 const MAX_BODY_BYTES = 64 * 1024;
 
 export interface LobbyServer {
-  /** host:port the tunnel client forwards to. */
+  /** unix:///path the tunnel client forwards to. */
   readonly address: string;
   close(): Promise<void>;
 }
@@ -84,11 +87,17 @@ async function route(driver: SandboxDriver, req: IncomingMessage, res: ServerRes
   send(res, 404, { error: { code: "RD_ERR_NOT_FOUND", message: `no route ${req.method} ${path}` } });
 }
 
+/** Serves the lobby API on `socketDir`/lobby.sock; the dir is made 0700 and must be the host's own. */
 export async function startLobbyServer(options: {
   driver: SandboxDriver;
   logger: Logger;
+  socketDir: string;
 }): Promise<LobbyServer> {
   const { driver, logger } = options;
+  ensurePrivateDir(options.socketDir);
+  const path = join(options.socketDir, "lobby.sock");
+  // A socket file left by a host that was killed would make listen() fail with EADDRINUSE.
+  removeStaleSocket(path);
   const server = http.createServer((req, res) => {
     route(driver, req, res).catch((err: unknown) => {
       const status = err instanceof HostError ? err.status : 500;
@@ -97,12 +106,11 @@ export async function startLobbyServer(options: {
       if (!res.headersSent) send(res, status, { error: { code, message: (err as Error).message } });
     });
   });
-  server.listen(0, "127.0.0.1");
+  server.listen(path);
   await once(server, "listening");
-  const { port } = server.address() as AddressInfo;
   let closing: Promise<void> | null = null;
   return {
-    address: `127.0.0.1:${port}`,
+    address: `unix://${path}`,
     close() {
       closing ??= new Promise<void>((resolve) => {
         server.closeAllConnections();
@@ -111,4 +119,11 @@ export async function startLobbyServer(options: {
       return closing;
     },
   };
+}
+
+/** Removes a socket file left by a killed process; anything else at the path is left alone. */
+function removeStaleSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) rmSync(path);
+  } catch {}
 }

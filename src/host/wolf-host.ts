@@ -5,8 +5,14 @@
 // the API: POST /api/v1/wolf-instances/{id}/lobbies/{lobby}/exited {session_id, exit_code, signal}.
 // When the API has missed a report, it reconciles on reconnect by asking GET /lobbies.
 //
+// Its state dir (--state-dir, 0700) holds the lobby API's socket and the process driver's record of
+// live sandboxes; a host started after a crash kills what is left there and reports those lobbies
+// as exited once it is registered.
+//
 // close() stops heartbeats, closes the tunnel, stops every sandbox (no orphans), then the lobby API.
 
+import { rmSync } from "node:fs";
+import { join } from "node:path";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { AgentClient, type AgentClientOptions, type AgentExit } from "../tunnel/agent-client.ts";
@@ -14,6 +20,8 @@ import { Backoff } from "../tunnel/backoff.ts";
 import { TargetMap } from "../tunnel/target-map.ts";
 import { ControlPlaneCallError, ControlPlaneClient } from "./control-plane-client.ts";
 import { DockerDriver } from "./docker-driver.ts";
+import { defaultStateDir } from "./host-state.ts";
+import type { IsolationRequest, UidRange } from "./isolation.ts";
 import { type LobbyServer, startLobbyServer } from "./lobby-server.ts";
 import { ProcessDriver } from "./process-driver.ts";
 import type { LobbyExit, SandboxDriver } from "./sandbox-driver.ts";
@@ -43,6 +51,16 @@ export interface WolfHostOptions {
   agent?: Partial<Omit<AgentClientOptions, "serverUrl" | "runnerId" | "token" | "targets" | "logger">>;
   /** Process driver timings. */
   stopTimeoutMs?: number;
+  /** The host's state dir (0700): lobby API socket, live sandboxes. Default: per user and id under the OS temp dir. */
+  stateDir?: string;
+  /** Remove the state dir after a clean close (default: true for the default dir, false for a given one). */
+  removeStateDirOnClose?: boolean;
+  /** Sandbox isolation of the process driver (default auto: fails where none is possible). */
+  isolation?: IsolationRequest;
+  /** auto falls back to unsafe-shared-user (logged) instead of failing. */
+  allowSharedFallback?: boolean;
+  /** uids of the users isolation mode (default 200000-200999). */
+  sandboxUids?: UidRange;
   logger: Logger;
 }
 
@@ -80,6 +98,11 @@ export class WolfHost {
   #heartbeat: NodeJS.Timeout | null = null;
   #closing: Promise<void> | null = null;
   readonly #stop = new AbortController();
+  readonly stateDir: string;
+  /** Exits found before registration (leftovers of a crashed host), reported once registered. */
+  #unreported: LobbyExit[] | null = [];
+  /** Set once the driver started: the state dir is then this host's to remove. */
+  #started = false;
 
   constructor(options: WolfHostOptions) {
     validate(options);
@@ -97,6 +120,7 @@ export class WolfHost {
         ? { ca: tls.ca as string[] | undefined, rejectUnauthorized: tls.rejectUnauthorized !== false }
         : null,
     });
+    this.stateDir = options.stateDir ?? defaultStateDir(this.id);
     this.driver = this.#makeDriver(options.driver ?? "process");
   }
 
@@ -109,11 +133,22 @@ export class WolfHost {
     if (driver === "docker") return new DockerDriver({ logger: this.#log });
     if (driver !== "process")
       throw new InvalidOptionError("driver", `expected process or docker, got "${driver}"`);
+    const agent = this.#o.agent;
+    const agentEnv: Record<string, string> = {};
+    if (agent?.transport) agentEnv.REVDIAL_TRANSPORT = agent.transport;
+    if (agent?.tls?.rejectUnauthorized === false) agentEnv.REVDIAL_INSECURE = "1";
+    const ca = agent?.tls?.ca as string[] | undefined;
     return new ProcessDriver({
       logger: this.#log,
+      stateDir: this.stateDir,
       maxSandboxes: this.maxSandboxes,
       app: this.#o.app,
       stopTimeoutMs: this.#o.stopTimeoutMs,
+      isolation: this.#o.isolation,
+      allowSharedFallback: this.#o.allowSharedFallback,
+      sandboxUids: this.#o.sandboxUids,
+      agentEnv,
+      caPem: ca ? ca.join("\n") : null,
       onExit: (exit) => this.#reportExit(exit),
     });
   }
@@ -121,9 +156,17 @@ export class WolfHost {
   /** Checks the driver, registers, starts heartbeats and the tunnel. Resolves once registered. */
   async start(): Promise<void> {
     await this.driver.start();
-    this.#lobbyServer = await startLobbyServer({ driver: this.driver, logger: this.#log });
+    this.#started = true;
+    this.#lobbyServer = await startLobbyServer({
+      driver: this.driver,
+      logger: this.#log,
+      socketDir: join(this.stateDir, "api"),
+    });
     await this.#registerUntilDone();
     if (this.#stop.signal.aborted) return;
+    const unreported = this.#unreported ?? [];
+    this.#unreported = null;
+    for (const exit of unreported) this.#reportExit(exit);
     this.#scheduleHeartbeat();
     this.#agent = new AgentClient({
       ...this.#o.agent,
@@ -141,9 +184,19 @@ export class WolfHost {
       }
     });
     this.#log.info(
-      { driver: this.driver.name, max_sandboxes: this.maxSandboxes, lobby_api: this.#lobbyServer.address },
+      {
+        driver: this.driver.name,
+        isolation: this.isolation,
+        max_sandboxes: this.maxSandboxes,
+        lobby_api: this.#lobbyServer.address,
+      },
       "Wolf host started",
     );
+  }
+
+  /** The process driver's sandbox isolation, e.g. "users (uid 200000-200009)"; null for other drivers. */
+  get isolation(): string | null {
+    return this.driver instanceof ProcessDriver ? this.driver.describeIsolation() : null;
   }
 
   /** Resolves when the host's tunnel client ends (closed or replaced). */
@@ -203,6 +256,10 @@ export class WolfHost {
   }
 
   #reportExit(exit: LobbyExit): void {
+    if (this.#unreported) {
+      this.#unreported.push(exit);
+      return;
+    }
     this.#api.reportExit(this.id, exit).then(
       () => this.#log.info({ lobby_id: exit.lobbyId, session_id: exit.sessionId }, "sandbox exit reported"),
       (err: Error) =>
@@ -220,6 +277,12 @@ export class WolfHost {
       await this.#agent?.close();
       await this.driver.close();
       await this.#lobbyServer?.close();
+      // Only when every sandbox is gone: a lobby left on record must be found by the next host.
+      const clean =
+        this.driver.list().length === 0 &&
+        !(this.driver instanceof ProcessDriver && this.driver.leftBehind > 0);
+      if (clean && (this.#o.removeStateDirOnClose ?? this.#o.stateDir === undefined) && this.#started)
+        rmSync(this.stateDir, { recursive: true, force: true });
       this.#log.info("Wolf host stopped");
     })();
     return this.#closing;

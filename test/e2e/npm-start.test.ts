@@ -1,15 +1,19 @@
 // The main job on a fresh machine: `revdial server --with-local-host` (what `npm start` runs) and,
 // with nothing else started, the CLI forks the sample project, starts a planning session (--wait),
-// takes a screenshot, lists the host, and stops the session. Then SIGTERM leaves no sandbox behind.
+// takes a screenshot, lists the host, and stops the session. Then SIGTERM leaves no sandbox behind:
+// no process that descended from this server (other revdial instances on the machine are not ours).
+// And `kill -9` of the server: every process of its running sandbox is gone within seconds.
 
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
+import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
+import { localHostStateDir, procInfo } from "../../src/host/host-state.ts";
 import { groupAlive } from "../../src/host/process-driver.ts";
 import { missingTools } from "../agent/desktop/xvfb.ts";
 import { MAIN, revdial } from "./cli-harness.ts";
@@ -20,6 +24,7 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
   let dir: string;
   let server: ChildProcess;
   let env: Record<string, string>;
+  let banner = "";
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "revdial-e2e-"));
@@ -33,9 +38,17 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     for await (const line of lines) {
       const m = /^listening on (\S+)/.exec(line);
       if (m) url = m[1];
-      if (line.startsWith("local sandbox host running")) break;
+      if (line.startsWith("local sandbox host running")) {
+        banner = line;
+        break;
+      }
     }
     assert.ok(url, "the server printed its URL");
+    // The banner says which isolation the sandboxes get (users as root, else namespaces or shared).
+    assert.match(
+      banner,
+      /^local sandbox host running \(wolf-local, process driver, isolation: (users \(uid \d+-\d+\)|namespaces|unsafe-shared-user), max 10\)$/,
+    );
     env = { REVDIAL_URL: url, REVDIAL_DATA_DIR: join(dir, "data") };
   });
   after(async () => {
@@ -85,24 +98,109 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     assert.match(paused.stdout, /final screenshot of a stopped session/);
 
     // The second sandbox is still running: SIGTERM to the server stops it with the host.
-    const pgids = (await pgidsOf("lobby-launcher.ts")).filter(groupAlive);
-    assert.ok(pgids.length >= 1);
+    const ours = descendants(server.pid!);
+    const pgids = [...new Set(ours.filter((p) => p.cmd.includes("lobby-launcher.ts")).map((p) => p.pgrp))];
+    assert.ok(pgids.length >= 1 && pgids.every(groupAlive), "the server's own sandbox runs");
     server.kill("SIGTERM");
     await once(server, "exit");
     for (const pgid of pgids) assert.equal(groupAlive(pgid), false, `group ${pgid} gone`);
+    for (const p of ours) assert.equal(procInfo(p.pid)?.startTicks === p.startTicks, false, `${p.cmd} gone`);
   });
 });
 
-/** Process groups led by a process whose command line mentions `needle` and is a child of ours. */
-async function pgidsOf(needle: string): Promise<number[]> {
-  const { readdir } = await import("node:fs/promises");
-  const out: number[] = [];
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmd = await readFile(`/proc/${entry}/cmdline`, "utf8");
-      if (cmd.includes(needle)) out.push(Number(entry));
-    } catch {}
+describe("kill -9 of npm start leaves no sandbox", { skip: missingTools("Xvfb") }, () => {
+  let dir: string;
+  let server: ChildProcess;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "revdial-e2e-k9-"));
+  });
+  after(async () => {
+    if (server && server.exitCode === null && server.signalCode === null) {
+      server.kill("SIGKILL");
+      await once(server, "exit");
+    }
+    // The host died without its goodbye: its state dir stays (for the next start); remove it here.
+    await rm(localHostStateDir(join(dir, "data")), { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("every process of a running sandbox is gone within seconds of the server's kill -9", async () => {
+    server = spawn(
+      process.execPath,
+      [MAIN, "server", "--with-local-host", "--listen", "127.0.0.1:0", "--data-dir", join(dir, "data")],
+      { cwd: dir, stdio: ["ignore", "pipe", "ignore"] },
+    );
+    let url = "";
+    for await (const line of createInterface({ input: server.stdout! })) {
+      url = /^listening on (\S+)/.exec(line)?.[1] ?? url;
+      if (line.startsWith("local sandbox host running")) break;
+    }
+    const env = { REVDIAL_URL: url, REVDIAL_DATA_DIR: join(dir, "data") };
+    assert.equal((await revdial(["project", "fork", "modern-todo-app", "--name", "k9"], env, dir)).code, 0);
+    const tasks = JSON.parse((await revdial(["spectask", "list", "--json"], env, dir)).stdout) as {
+      id: string;
+    }[];
+    const start = await revdial(["spectask", "start", tasks[0].id, "--wait", "--timeout", "60s"], env, dir);
+    assert.equal(start.code, 0, start.stderr);
+    const sandbox = descendants(server.pid!).filter((p) => !/ server --with-local-host /.test(` ${p.cmd} `));
+    assert.ok(
+      sandbox.some((p) => p.cmd.includes("lobby-launcher.ts")),
+      "a sandbox runs",
+    );
+    assert.ok(
+      sandbox.some((p) => p.cmd.includes(" agent ")),
+      "its agent runs",
+    );
+
+    server.kill("SIGKILL");
+    await once(server, "exit");
+    const alive = () => sandbox.filter((p) => procInfo(p.pid)?.startTicks === p.startTicks);
+    const deadline = Date.now() + 10_000;
+    for (let wait = 10; alive().length > 0 && Date.now() < deadline; wait = Math.min(wait * 2, 250))
+      await new Promise((r) => setTimeout(r, wait));
+    assert.deepEqual(
+      alive().map((p) => p.cmd),
+      [],
+      "no orphan 10 s after kill -9",
+    );
+  });
+});
+
+/**
+ * Every process descended from `root` (by parent pid), with its group and command line: this test's
+ * own sandboxes only, never those of other revdial instances running beside it on the machine.
+ */
+function descendants(root: number): { pid: number; pgrp: number; startTicks: number; cmd: string }[] {
+  const all = readdirSync("/proc")
+    .filter((e) => /^\d+$/.test(e))
+    .map((e) => {
+      try {
+        const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+        const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        const cmd = readFileSync(`/proc/${e}/cmdline`, "utf8").replaceAll("\0", " ");
+        return {
+          pid: Number(e),
+          ppid: Number(rest[1]),
+          pgrp: Number(rest[2]),
+          startTicks: Number(rest[19]),
+          cmd,
+        };
+      } catch {
+        return null;
+      }
+    })
+    .filter((p) => p !== null);
+  const out: typeof all = [];
+  const parents = new Set([root]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of all)
+      if (parents.has(p.ppid) && !parents.has(p.pid)) {
+        parents.add(p.pid);
+        out.push(p);
+        grew = true;
+      }
   }
   return out;
 }

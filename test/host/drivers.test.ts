@@ -3,7 +3,10 @@
 // capacity and stops a sandbox's whole process group.
 
 import assert from "node:assert/strict";
-import { after, describe, it } from "node:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
 import { silentLogger } from "../../src/common/logger.ts";
 import { DockerDriver } from "../../src/host/docker-driver.ts";
 import { parseLobbySpec } from "../../src/host/lobby-server.ts";
@@ -53,9 +56,20 @@ describe("lobby API input", () => {
 });
 
 describe("process driver", { skip: missingTools("Xvfb") }, () => {
-  const driver = new ProcessDriver({ logger: silentLogger(), maxSandboxes: 1, stopTimeoutMs: 3_000 });
+  const stateDir = mkdtempSync(join(tmpdir(), "revdial-driver-"));
+  // The strongest isolation this machine allows; the isolation tests pin each mode.
+  const driver = new ProcessDriver({
+    logger: silentLogger(),
+    stateDir,
+    maxSandboxes: 1,
+    stopTimeoutMs: 3_000,
+    isolation: "auto",
+    allowSharedFallback: true,
+  });
+  before(() => driver.start());
   after(async () => {
     await driver.close();
+    rmSync(stateDir, { recursive: true, force: true });
   });
 
   it("starts a sandbox in its own group, refuses past capacity, and stop leaves nothing", async () => {

@@ -96,6 +96,10 @@ export class World {
       id,
       heartbeatIntervalMs: 200,
       agent: { backoffBaseMs: 50, backoffCapMs: 500 },
+      // Per world: parallel test runs never share a host's state (nor kill each other's sandboxes).
+      stateDir: join(this.dataDir, `host-${id}`),
+      // Lifecycle tests run wherever there is Xvfb; the isolation tests pin each mode themselves.
+      allowSharedFallback: true,
       logger: silentLogger(),
       ...options,
     });

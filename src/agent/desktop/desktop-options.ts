@@ -6,7 +6,11 @@ import { type Logger, silentLogger } from "../../common/logger.ts";
 import type { DesktopProviders } from "./providers.ts";
 
 export interface DesktopServiceOptions {
-  /** Where to listen, "host:port" ("[::1]:port" for IPv6); port 0 picks a free one. */
+  /**
+   * Where to listen, "host:port" ("[::1]:port" for IPv6; port 0 picks a free one), or
+   * "unix:///path" for a Unix socket (the sandbox host's choice: its directory, 0700 and owned by the
+   * sandbox's user, is the access check; a stale socket file there is replaced).
+   */
   listen?: string;
   /** X display to serve (":N"); overrides DISPLAY and WAYLAND_DISPLAY. */
   display?: string;
@@ -44,6 +48,8 @@ export const DESKTOP_SERVICE_DEFAULTS = Object.freeze({
 export interface ResolvedDesktopOptions {
   host: string;
   port: number;
+  /** The Unix socket path, when listening on one (host and port are then unused). */
+  path: string | undefined;
   display: string | undefined;
   env: NodeJS.ProcessEnv;
   logger: Logger;
@@ -63,13 +69,14 @@ const DISPLAY_PATTERN = /^[\w.-]*:\d+(\.\d+)?$/;
 /** Applies defaults and validates; throws InvalidOptionError naming the option. */
 export function resolveDesktopOptions(options: DesktopServiceOptions = {}): Readonly<ResolvedDesktopOptions> {
   const d = DESKTOP_SERVICE_DEFAULTS;
-  const { host, port } = parseListen(options.listen ?? d.listen);
+  const { host, port, path } = parseListen(options.listen ?? d.listen);
   if (options.display !== undefined && !DISPLAY_PATTERN.test(options.display)) {
     throw new InvalidOptionError("display", `"${options.display}" is not an X display like ":0"`);
   }
   return Object.freeze({
     host,
     port,
+    path,
     display: options.display,
     env: options.env ?? process.env,
     logger: options.logger ?? silentLogger(),
@@ -104,8 +111,18 @@ export function resolveDesktopOptions(options: DesktopServiceOptions = {}): Read
   });
 }
 
-/** "host:port" or "[v6]:port" to its parts; throws naming `listen`. */
-export function parseListen(listen: string): { host: string; port: number } {
+/** "host:port", "[v6]:port" or "unix:///path" to its parts; throws naming `listen`. */
+export function parseListen(listen: string): { host: string; port: number; path?: string } {
+  if (listen.startsWith("unix://")) {
+    const path = listen.slice("unix://".length);
+    // 107: sun_path holds 108 bytes with the terminating NUL.
+    if (!path.startsWith("/") || Buffer.byteLength(path) > 107)
+      throw new InvalidOptionError(
+        "listen",
+        `"${listen}" needs an absolute socket path of at most 107 bytes`,
+      );
+    return { host: "", port: 0, path };
+  }
   const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(listen);
   const port = match ? Number(match[3]) : Number.NaN;
   if (!match || port > 65535) {

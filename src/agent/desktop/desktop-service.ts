@@ -1,5 +1,5 @@
 // The desktop service that runs inside each sandbox: screenshots and the clipboard of the sandbox's
-// display over plain HTTP, on 127.0.0.1:9876 by default. The sandbox agent's tunnel client proxies the
+// display over plain HTTP, on 127.0.0.1:9876 by default, or on a Unix socket (what the sandbox host uses). The sandbox agent's tunnel client proxies the
 // control plane's requests to it; nothing outside the sandbox connects to it directly.
 //
 // createDesktopService() builds it (options validated there, providers chosen from the environment);
@@ -7,6 +7,7 @@
 // connection; destroy() cuts open connections too. `handler` is the bare request listener, for
 // embedding the routes in another server. startDesktopService() is the one call the agent CLI makes.
 
+import { lstatSync, rmSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ConcurrencyLimit } from "./concurrency-limit.ts";
@@ -24,9 +25,11 @@ export { DESKTOP_SERVICE_DEFAULTS } from "./desktop-options.ts";
 /** Largest clipboard content read back, in bytes: what one request body may carry, plus slack. */
 const CLIPBOARD_READ_FACTOR = 2;
 
+/** Where the service listens: host and port, or (host "", port 0) the Unix socket `path`. */
 export interface DesktopAddress {
   host: string;
   port: number;
+  path?: string;
 }
 
 export interface DesktopService {
@@ -107,15 +110,22 @@ class HttpDesktopService implements DesktopService {
 
   listen(): Promise<DesktopAddress> {
     if (this.#closing) return Promise.reject(new Error("the desktop service is closed"));
-    const { host, port } = this.#options;
+    const { host, port, path } = this.#options;
+    // A socket file left by a sandbox that was killed would make listen() fail with EADDRINUSE.
+    if (path) removeStaleSocket(path);
     return new Promise((resolve, reject) => {
       this.#server.once("error", reject);
-      this.#server.listen(port, host, () => {
+      const bound = () => {
         this.#server.off("error", reject);
-        const bound = this.#server.address() as AddressInfo;
-        this.#address = { host: bound.address, port: bound.port };
+        const info = this.#server.address() as AddressInfo | string;
+        this.#address =
+          typeof info === "string"
+            ? { host: "", port: 0, path: info }
+            : { host: info.address, port: info.port };
         resolve(this.#address);
-      });
+      };
+      if (path) this.#server.listen(path, bound);
+      else this.#server.listen(port, host, bound);
     });
   }
 
@@ -139,4 +149,11 @@ class HttpDesktopService implements DesktopService {
     await closed;
     await this.#providers.capture.close();
   }
+}
+
+/** Removes a socket file left by a killed process; anything else at the path is left alone. */
+function removeStaleSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) rmSync(path);
+  } catch {}
 }

@@ -51,7 +51,11 @@ export function register(program: Command): void {
     .option("--target <name=addr>", "allow-list a named target (repeatable)", collect, [])
     .option("--desktop", "also run the desktop service (screenshot, clipboard) and serve it as `desktop`")
     .option("--display <display>", "X display for the desktop service (default $DISPLAY)")
-    .option("--desktop-listen <host:port>", "where the desktop service listens", "127.0.0.1:9876")
+    .option(
+      "--desktop-listen <addr>",
+      "where the desktop service listens: host:port or unix:///path (in a 0700 directory)",
+      "127.0.0.1:9876",
+    )
     .option(...TRANSPORT_OPTION)
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
   // optsWithGlobals: the TLS flags may also be program-wide options (see register-commands.ts).
@@ -102,8 +106,10 @@ async function startDesktop(
   const { startDesktopService } = await import("../../agent/desktop/desktop-service.ts");
   const service = await startDesktopService({ listen: flags.desktopListen, display: flags.display, logger });
   const bound = service.address;
-  const address = bound
-    ? `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`
-    : flags.desktopListen;
+  const address = !bound
+    ? flags.desktopListen
+    : bound.path
+      ? `unix://${bound.path}`
+      : `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`;
   return { address, close: () => service.close() };
 }

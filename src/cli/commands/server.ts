@@ -175,7 +175,7 @@ async function runServer(flags: ServerFlags): Promise<void> {
       );
     }
     process.stdout.write(`listening on ${server.url}\n`);
-    if (flags.withLocalHost) localHost = await startLocalHost(server, logger);
+    if (flags.withLocalHost) localHost = await startLocalHost(server, logger, flags.dataDir);
   } catch (err) {
     // A failure after listening (the local host refused, say) stops the server too.
     await Promise.race([server.close(), new Promise((r) => setTimeout(r, 1500).unref())]);
@@ -183,18 +183,30 @@ async function runServer(flags: ServerFlags): Promise<void> {
   }
 }
 
-/** The sandbox host `local` (process driver), dialing this server like any remote host would. */
-async function startLocalHost(server: { url: string; runnerToken: string }, logger: Logger) {
+/**
+ * The sandbox host `local` (process driver), dialing this server like any remote host would. Its
+ * isolation is auto with a fallback to the shared user, so `npm start` stays one command for an
+ * ordinary user; the banner says which isolation it got. Its state dir is per data dir, so two
+ * servers on one machine keep their sandboxes apart.
+ */
+async function startLocalHost(server: { url: string; runnerToken: string }, logger: Logger, dataDir: string) {
   const { WolfHost } = await import("../../host/wolf-host.ts");
+  const { localHostStateDir } = await import("../../host/host-state.ts");
   const host = new WolfHost({
     serverUrl: server.url,
     token: server.runnerToken,
     id: "local",
     driver: "process",
+    isolation: "auto",
+    allowSharedFallback: true,
+    stateDir: localHostStateDir(dataDir),
+    removeStateDirOnClose: true,
     logger,
   });
   await host.start();
-  process.stdout.write(`local sandbox host running (wolf-local, process driver, max ${host.maxSandboxes})\n`);
+  process.stdout.write(
+    `local sandbox host running (wolf-local, process driver, isolation: ${host.isolation}, max ${host.maxSandboxes})\n`,
+  );
   return host;
 }
 

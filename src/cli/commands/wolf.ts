@@ -7,6 +7,12 @@
 import type { Command } from "commander";
 import type { wolfInstanceView } from "../../api/routes/wolf-instances.ts";
 import { createLogger } from "../../common/logger.ts";
+import {
+  ISOLATION_CHOICES,
+  type IsolationRequest,
+  parseUidRange,
+  type UidRange,
+} from "../../host/isolation.ts";
 import { WolfHost } from "../../host/wolf-host.ts";
 import { createApiClient } from "../api-client.ts";
 import {
@@ -36,6 +42,10 @@ interface RunFlags extends TlsFlags {
   heartbeat: string;
   logLevel: string;
   transport?: string;
+  isolation: string;
+  unsafeSharedUser?: boolean;
+  sandboxUids: string;
+  stateDir?: string;
 }
 
 export const WOLF_COLUMNS: readonly Column<WolfView>[] = [
@@ -70,6 +80,7 @@ async function run(flags: RunFlags): Promise<void> {
   const max = Number(flags.maxSandboxes);
   if (!Number.isInteger(max) || max < 1)
     throw new CliUsageError("--max-sandboxes must be a positive integer");
+  const isolation = isolationFromFlags(flags);
   const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-wolf" });
   let host: WolfHost;
   try {
@@ -83,7 +94,9 @@ async function run(flags: RunFlags): Promise<void> {
       app: flags.app ?? null,
       labels: parseLabels(flags.label),
       heartbeatIntervalMs: durationOption("--heartbeat", flags.heartbeat),
-      agent: { tls: tlsFromFlags(flags), transport: inheritedTransport(flags.transport) },
+      agent: { tls: tlsFromFlags(flags), transport: transportOption(flags.transport) },
+      ...isolation,
+      stateDir: flags.stateDir,
       logger,
     });
   } catch (err) {
@@ -96,8 +109,9 @@ async function run(flags: RunFlags): Promise<void> {
     await host.close();
     throw err;
   }
+  const iso = host.isolation ? `, isolation: ${host.isolation}` : "";
   process.stdout.write(
-    `Wolf instance ${host.id} running (driver ${host.driver.name}, max ${host.maxSandboxes})\n`,
+    `Wolf instance ${host.id} running (driver ${host.driver.name}${iso}, max ${host.maxSandboxes})\n`,
   );
   const exit = await host.done;
   await host.close();
@@ -124,8 +138,27 @@ export function register(program: Command): void {
     .option("--label <key=value>", "a label (repeatable)", collect, [])
     .option("--heartbeat <duration>", "heartbeat interval", "30s")
     .option(...TRANSPORT_OPTION)
+    .option(
+      "--isolation <mode>",
+      "sandbox isolation (process driver): auto, users (root: a uid per sandbox + namespaces), " +
+        "namespaces (user namespaces), unsafe-shared-user",
+      "auto",
+    )
+    .option(
+      "--unsafe-shared-user",
+      "same as --isolation unsafe-shared-user: sandboxes run as this host's user and can read each other and the host's files",
+    )
+    .option(
+      "--sandbox-uids <first-last>",
+      "uids for the users isolation mode: a host takes a free window of 2 per sandbox (agent, app)",
+      "200000-200999",
+    )
+    .option(
+      "--state-dir <dir>",
+      "the host's state (0700): lobby API socket, live sandboxes (default: under the OS temp dir)",
+    )
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
-  // The TLS flags may also be program-wide (register-commands.ts); sandboxes inherit them as env.
+  // The TLS flags may also be program-wide (register-commands.ts); the sandbox agent gets them as env.
   addTlsOptions(runCommand).action((_flags: RunFlags, cmd: Command) => run(cmd.optsWithGlobals<RunFlags>()));
 
   wolf
@@ -137,9 +170,19 @@ export function register(program: Command): void {
     });
 }
 
-/** The host's transport, also handed to the sandboxes it spawns (they inherit its environment). */
-function inheritedTransport(text: string | undefined): "ws" | "raw" {
-  const transport = transportOption(text);
-  process.env.REVDIAL_TRANSPORT = transport;
-  return transport;
+/** --isolation and --unsafe-shared-user (an alias of --isolation unsafe-shared-user) to the host's options. */
+function isolationFromFlags(flags: RunFlags): {
+  isolation: IsolationRequest;
+  sandboxUids: UidRange;
+} {
+  const isolation = (flags.unsafeSharedUser ? "unsafe-shared-user" : flags.isolation) as IsolationRequest;
+  if (!ISOLATION_CHOICES.includes(isolation))
+    throw new CliUsageError(`--isolation must be one of ${ISOLATION_CHOICES.join(", ")}`);
+  if (flags.unsafeSharedUser && flags.isolation !== "auto" && flags.isolation !== "unsafe-shared-user")
+    throw new CliUsageError(`--unsafe-shared-user contradicts --isolation ${flags.isolation}`);
+  try {
+    return { isolation, sandboxUids: parseUidRange(flags.sandboxUids) };
+  } catch (err) {
+    throw new CliUsageError((err as Error).message.replace("sandboxUids", "--sandbox-uids"));
+  }
 }
