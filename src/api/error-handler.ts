@@ -7,6 +7,8 @@ export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err, request, reply) => {
     const status = statusOf(err);
     if (status >= 500) request.log.error({ err }, "request failed");
+    const retryAfter = (err as { retryAfter?: unknown }).retryAfter;
+    if (typeof retryAfter === "number") reply.header("retry-after", String(retryAfter));
     reply.code(status).send(errorBody(err));
   });
   app.setNotFoundHandler((request, reply) => {

@@ -2,8 +2,7 @@
 // first admin key, builds the tunnel registry and the app, and listens. close() drains: new
 // tunnels are refused, live ones get GOAWAY and a bounded drain, then the store closes.
 
-import { randomBytes } from "node:crypto";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { access, mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
@@ -18,17 +17,24 @@ import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError } from "./http-errors.ts";
 import { ApiMetrics } from "./metrics.ts";
+import { type QuotaLimits, Quotas } from "./quotas.ts";
 import { SandboxTracker } from "./sandbox-tracker.ts";
 
 export interface ServerOptions {
   /** HOST:PORT to listen on. Default 127.0.0.1:8080; port 0 picks a free one. */
   listen?: string;
-  /** Where the embedded database, admin.key and runner.token live. Default ./data. */
+  /** Where the embedded database and admin.key live. Default ./data. */
   dataDir?: string;
   /** A Postgres server instead of the embedded database. */
   databaseUrl?: string | null;
-  /** The system secret hosts register with; generated into DATA_DIR/runner.token when unset. */
+  /**
+   * The seed's shared host secret, only when the operator asks for it (--runner-token-file, env
+   * REVDIAL_RUNNER_TOKEN): it registers hosts an admin has created. Unset (the default): hosts use
+   * their own keys (`revdial wolf create`).
+   */
   runnerToken?: string | null;
+  /** Per-user quotas (quotas.ts); each defaults to QUOTA_DEFAULTS. */
+  quotas?: Partial<QuotaLimits>;
   /** How long calls wait for a dropped tunnel to come back. Default 30 s. */
   gracePeriodMs?: number;
   /** Largest request body through the proxy. Default 256 MiB. */
@@ -67,7 +73,8 @@ export interface RunningServer {
   registry: TunnelRegistry;
   /** The admin key when this start created it (printed once), else null. */
   adminKey: string | null;
-  runnerToken: string;
+  /** The runner token when the operator configured one, else null. */
+  runnerToken: string | null;
   close(): Promise<void>;
 }
 
@@ -79,20 +86,18 @@ export function parseListen(text: string): { host: string; port: number } {
   return { host: match[1].replace(/^\[|\]$/g, "") || "127.0.0.1", port };
 }
 
-async function resolveRunnerToken(
-  dataDir: string,
-  given: string | null | undefined,
-  logger: Logger,
-): Promise<string> {
-  if (given) return given;
+/** The seed generated DATA_DIR/runner.token; it is no longer read. Say so once, to whoever relied on it. */
+async function warnAboutOldRunnerTokenFile(dataDir: string, logger: Logger): Promise<void> {
   const path = join(dataDir, "runner.token");
-  try {
-    return (await readFile(path, "utf8")).trim();
-  } catch {
-    const token = randomBytes(24).toString("base64url");
-    await writeFile(path, `${token}\n`, { mode: 0o600 });
-    logger.info({ path }, "runner token generated");
-    return token;
+  const exists = await access(path).then(
+    () => true,
+    () => false,
+  );
+  if (exists) {
+    logger.warn(
+      { path },
+      "runner.token is no longer used: hosts register with their own keys (revdial wolf create); pass --runner-token-file to keep the shared token",
+    );
   }
 }
 
@@ -102,7 +107,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const logger = o.logger;
   await mkdir(o.dataDir, { recursive: true });
   const store = await openStore({ dataDir: o.dataDir, databaseUrl: o.databaseUrl ?? undefined, logger });
-  const runnerToken = await resolveRunnerToken(o.dataDir, o.runnerToken, logger);
+  const runnerToken = o.runnerToken ?? null;
+  await warnAboutOldRunnerTokenFile(o.dataDir, logger);
   const auth = createAuth({ store, runnerToken, logger });
   const adminKey = await ensureAdminKey({ store, dataDir: o.dataDir, logger });
   const timings = { ...DEFAULT_TIMINGS, ...o.timings };
@@ -115,6 +121,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     observer: metrics.observer(),
   });
   metrics.addByteSource(() => registry.bytesTotal());
+  const quotas = new Quotas({ store, isConnected: (id) => registry.isConnected(id), limits: o.quotas });
   const endpoint = new TunnelEndpoint({
     registry,
     logger,
@@ -123,7 +130,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     authorize: async (req, runnerId) => {
       const principal = await auth.authenticate(req.headers);
       if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
-      await auth.authorizeRunner(principal, runnerId);
+      quotas.admitTunnel(principal, await auth.authorizeRunner(principal, runnerId));
     },
   });
   const publicUrl =
@@ -131,6 +138,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const ctx: ApiContext = {
     store,
     auth,
+    quotas,
     dialer: registry,
     logger,
     config: { publicUrl, bodyLimit: o.bodyLimit, callTimeoutMs: o.callTimeoutMs },

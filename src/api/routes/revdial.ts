@@ -7,7 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { RUNNER_ID_PATTERN } from "../../tunnel/constants.ts";
 import { BodyTooLargeError, TunnelStreamError } from "../../tunnel/errors.ts";
 import type { TunnelEndpoint } from "../../tunnel/tunnel-endpoint.ts";
-import { principalOf, requireAdmin } from "../auth.ts";
+import { principalOf, requireAdmin, requireWrite } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errorBody, statusOf } from "../http-errors.ts";
 import { readBounded } from "./sandbox-call.ts";
@@ -61,7 +61,10 @@ async function describeConnections(ctx: ApiContext) {
 }
 
 async function proxy(ctx: ApiContext, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-  requireAdmin(principalOf(request));
+  const principal = principalOf(request);
+  requireAdmin(principal);
+  if (request.method !== "GET" && request.method !== "HEAD") requireWrite(principal);
+  ctx.quotas.holdCallFor(principal, reply);
   const { runnerId } = request.params as { runnerId: string };
   if (!RUNNER_ID_PATTERN.test(runnerId)) {
     throw new ApiError(400, "RD_ERR_TUNNEL_INVALID_RUNNER_ID", "invalid runner ID format");
