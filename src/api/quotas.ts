@@ -16,8 +16,10 @@
 //
 // Bounds and exactness: the session and running checks read the store, so requests that start at
 // the same instant may each pass and overshoot by at most their number; the tunnel and call counts
-// are kept here and are exact within this process. Memory: per user, at most `tunnels` runner ids
-// (pruned on that user's next registration) and one counter while calls are in flight.
+// are kept here and are exact within this process. A tunnel counts from its admission (so parallel
+// handshakes cannot overshoot) until the registry reports it gone, or, if it never went live, for
+// `handshakeMs`. Memory: per user, at most `tunnels` runner ids, and one counter while calls are in
+// flight.
 
 import type { FastifyReply } from "fastify";
 import { InvalidOptionError } from "../common/errors.ts";
@@ -85,8 +87,6 @@ export class QuotaExceededError extends ApiError {
 
 export interface QuotaOptions {
   store: Store;
-  /** Whether a runner id has a live tunnel now (the registry's isConnected). */
-  isConnected: (runnerId: string) => boolean;
   limits?: Partial<QuotaLimits>;
   /**
    * How long an admitted tunnel counts before it appears in the registry: its handshake (default
@@ -123,54 +123,71 @@ export function quotaLimits(given: Partial<QuotaLimits> = {}): Readonly<QuotaLim
 export class Quotas {
   readonly limits: Readonly<QuotaLimits>;
   readonly #store: Store;
-  readonly #isConnected: (runnerId: string) => boolean;
   readonly #handshakeMs: number;
   readonly #now: () => number;
-  /** user -> runner id -> when it was admitted. */
-  readonly #tunnels = new Map<string, Map<string, number>>();
+  /** runner id -> who registered it, when, and whether it went live. */
+  readonly #tunnels = new Map<string, { userId: string; admittedAt: number; live: boolean }>();
+  /** user -> the runner ids of #tunnels it holds. */
+  readonly #tunnelsByUser = new Map<string, Set<string>>();
   /** user -> calls in flight. */
   readonly #calls = new Map<string, number>();
 
   constructor(options: QuotaOptions) {
     if (!options?.store) throw new InvalidOptionError("store", "is required");
-    if (typeof options.isConnected !== "function") {
-      throw new InvalidOptionError("isConnected", "must be a function");
-    }
     const handshakeMs = options.handshakeMs ?? OPTION_DEFAULTS.handshakeMs;
     if (!Number.isInteger(handshakeMs) || handshakeMs < 0) {
       throw new InvalidOptionError("handshakeMs", "must be a non-negative integer");
     }
     this.limits = quotaLimits(options.limits);
     this.#store = options.store;
-    this.#isConnected = options.isConnected;
     this.#handshakeMs = handshakeMs;
     this.#now = options.now ?? Date.now;
   }
 
   /**
    * Admits one tunnel registration (called by the tunnel endpoint's authorize, after the grant).
-   * Throws QuotaExceededError when the user already holds `tunnels` other live tunnels.
+   * Throws QuotaExceededError when the user already holds `tunnels` other tunnels.
    */
   admitTunnel(principal: Principal, grant: RunnerGrant): void {
     const userId = principal.userId;
     if (!userId || grant.kind === "wolf") return;
     const now = this.#now();
-    const held = this.#tunnels.get(userId) ?? new Map<string, number>();
-    for (const [runnerId, admittedAt] of held) {
-      if (!this.#isConnected(runnerId) && now - admittedAt > this.#handshakeMs) held.delete(runnerId);
+    const held = this.#tunnelsByUser.get(userId) ?? new Set<string>();
+    for (const runnerId of held) {
+      const entry = this.#tunnels.get(runnerId);
+      if (entry && !entry.live && now - entry.admittedAt > this.#handshakeMs) this.#forget(runnerId);
     }
     const others = held.size - (held.has(grant.runnerId) ? 1 : 0);
-    if (others >= this.limits.tunnels) {
-      this.#keep(userId, held);
-      throw new QuotaExceededError("tunnels", this.limits.tunnels);
-    }
-    held.set(grant.runnerId, now);
-    this.#keep(userId, held);
+    if (others >= this.limits.tunnels) throw new QuotaExceededError("tunnels", this.limits.tunnels);
+    this.#forget(grant.runnerId);
+    this.#tunnels.set(grant.runnerId, { userId, admittedAt: now, live: false });
+    held.add(grant.runnerId);
+    this.#tunnelsByUser.set(userId, held);
   }
 
-  #keep(userId: string, held: Map<string, number>): void {
-    if (held.size === 0) this.#tunnels.delete(userId);
-    else this.#tunnels.set(userId, held);
+  /** The registry's `connected` event: an admitted tunnel went live. */
+  tunnelConnected(runnerId: string): void {
+    const entry = this.#tunnels.get(runnerId);
+    if (entry) entry.live = true;
+  }
+
+  /** The registry's `disconnected` event: the runner's live tunnel is gone; it counts no more. */
+  tunnelDisconnected(runnerId: string): void {
+    this.#forget(runnerId);
+  }
+
+  #forget(runnerId: string): void {
+    const entry = this.#tunnels.get(runnerId);
+    if (!entry) return;
+    this.#tunnels.delete(runnerId);
+    const held = this.#tunnelsByUser.get(entry.userId);
+    held?.delete(runnerId);
+    if (held?.size === 0) this.#tunnelsByUser.delete(entry.userId);
+  }
+
+  /** Tunnels counted against a user now (for tests and metrics). */
+  tunnelsHeld(userId: string): number {
+    return this.#tunnelsByUser.get(userId)?.size ?? 0;
   }
 
   /** Before a new session: throws when the user has `sessions` sessions not yet ended. */
@@ -183,6 +200,12 @@ export class Quotas {
   async checkRunning(userId: string): Promise<void> {
     const count = await this.#countSessions(userId, ON_A_SLOT, this.limits.running);
     if (count >= this.limits.running) throw new QuotaExceededError("running", this.limits.running);
+  }
+
+  /** Before a spec task starts: a new session (sessions) that takes a host slot (running). */
+  async checkStart(userId: string): Promise<void> {
+    await this.checkSessions(userId);
+    await this.checkRunning(userId);
   }
 
   /** Counts up to `limit` sessions of the user in `statuses` (it never needs to count further). */

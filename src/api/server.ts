@@ -121,7 +121,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     observer: metrics.observer(),
   });
   metrics.addByteSource(() => registry.bytesTotal());
-  const quotas = new Quotas({ store, isConnected: (id) => registry.isConnected(id), limits: o.quotas });
+  const quotas = new Quotas({ store, limits: o.quotas });
+  registry.on("connected", (runnerId) => quotas.tunnelConnected(runnerId));
+  registry.on("disconnected", (runnerId) => quotas.tunnelDisconnected(runnerId));
   const endpoint = new TunnelEndpoint({
     registry,
     logger,

@@ -206,7 +206,7 @@ export async function startHarness(
   const store = await openStore({ logger });
   const auth = createAuth({ store, logger });
   const dialer = new LocalDialer();
-  const quotas = new Quotas({ store, isConnected: (id) => dialer.isConnected(id), limits: options.quotas });
+  const quotas = new Quotas({ store, limits: options.quotas });
   const ctx: ApiContext = {
     store,
     auth,

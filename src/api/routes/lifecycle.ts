@@ -133,7 +133,7 @@ export async function lifecycleRoutes(app: FastifyInstance, ctx: ApiContext): Pr
       const userId = requireUser(principal);
       requireWrite(principal);
       const task = await loadVisibleTask(ctx, principal, request.params.id);
-      await Promise.all([ctx.quotas.checkSessions(userId), ctx.quotas.checkRunning(userId)]);
+      await ctx.quotas.checkStart(userId);
       return startPlanning(ctx, scheduler, request.log, userId, task.id);
     },
   );
