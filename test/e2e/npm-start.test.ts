@@ -1,6 +1,9 @@
 // The main job on a fresh machine: `revdial server --with-local-host` (what `npm start` runs) and,
 // with nothing else started, the CLI forks the sample project, starts a planning session (--wait),
-// takes a screenshot, lists the host, and stops the session. Then SIGTERM leaves no sandbox behind.
+// takes a screenshot, lists the host, and stops the session. No secret is on the command line of
+// the server or of anything it launched (the local host's key is minted in process, sandboxes get
+// theirs in the environment), and no runner token is generated. Then SIGTERM leaves no sandbox
+// behind.
 
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
@@ -84,6 +87,15 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     const paused = await revdial(["spectask", "screenshot", sessionId, "-o", "final.png"], env, dir);
     assert.match(paused.stdout, /final screenshot of a stopped session/);
 
+    // With a sandbox running: no key of any kind on a command line the server started.
+    const lines = await commandLinesUnder(server.pid!);
+    assert.ok(lines.length >= 3, `the server, a launcher and its agent at least: ${lines.length}`);
+    assert.ok(lines.some((l) => l.includes("lobby-launcher")));
+    for (const line of lines) assert.doesNotMatch(line, /\brd[hs]?-[A-Za-z0-9_-]{40}\b/, line);
+    const adminKey = (await readFile(join(dir, "data", "admin.key"), "utf8")).trim();
+    assert.ok(!lines.some((l) => l.includes(adminKey)));
+    await assert.rejects(readFile(join(dir, "data", "runner.token")), { code: "ENOENT" });
+
     // The second sandbox is still running: SIGTERM to the server stops it with the host.
     const pgids = (await pgidsOf("lobby-launcher.ts")).filter(groupAlive);
     assert.ok(pgids.length >= 1);
@@ -92,6 +104,37 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     for (const pgid of pgids) assert.equal(groupAlive(pgid), false, `group ${pgid} gone`);
   });
 });
+
+/** The command lines (NUL turned to space) of `root` and every process below it. */
+async function commandLinesUnder(root: number): Promise<string[]> {
+  const { readdir } = await import("node:fs/promises");
+  const parentOf = new Map<number, number>();
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, "utf8");
+      // pid (comm) state ppid ...: comm may hold spaces and parentheses; ppid follows the last ")".
+      parentOf.set(Number(entry), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {}
+  }
+  const below = new Set([root]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const [pid, ppid] of parentOf) {
+      if (below.has(ppid) && !below.has(pid)) {
+        below.add(pid);
+        grew = true;
+      }
+    }
+  }
+  const lines: string[] = [];
+  for (const pid of below) {
+    try {
+      lines.push((await readFile(`/proc/${pid}/cmdline`, "utf8")).replaceAll("\0", " ").trim());
+    } catch {}
+  }
+  return lines;
+}
 
 /** Process groups led by a process whose command line mentions `needle` and is a child of ours. */
 async function pgidsOf(needle: string): Promise<number[]> {
