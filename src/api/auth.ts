@@ -142,7 +142,8 @@ function invalidRunnerId(): ApiError {
   return new ApiError(400, AUTH_ERROR_CODES.invalidRunnerId, "invalid runner ID format");
 }
 
-function hostNotCreated(hostId: string): ApiError {
+/** 403 for a host id no admin has created (the runner token and host registrations meet it). */
+export function hostNotCreated(hostId: string): ApiError {
   return new ApiError(
     403,
     AUTH_ERROR_CODES.hostNotCreated,

@@ -24,7 +24,14 @@
 import type { FastifyInstance } from "fastify";
 import { hasCode } from "../../common/errors.ts";
 import { isSessionId, STORE_ERROR_CODES, type WolfInstance } from "../../store/index.ts";
-import { AUTH_ERROR_CODES, type Principal, principalOf, requireAdmin, requireWrite } from "../auth.ts";
+import {
+  AUTH_ERROR_CODES,
+  hostNotCreated,
+  type Principal,
+  principalOf,
+  requireAdmin,
+  requireWrite,
+} from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError } from "../http-errors.ts";
 import { Scheduler, wolfRunnerId } from "../scheduler.ts";
@@ -219,13 +226,7 @@ export async function wolfInstanceRoutes(app: FastifyInstance, ctx: ApiContext):
       const host = principal.admin
         ? await ctx.store.wolfInstances.register(registration)
         : await ctx.store.wolfInstances.registerKnown(registration);
-      if (!host) {
-        throw new ApiError(
-          403,
-          AUTH_ERROR_CODES.hostNotCreated,
-          `host ${id} does not exist: an admin creates it first (revdial wolf create ${id})`,
-        );
-      }
+      if (!host) throw hostNotCreated(id);
       request.log.info(
         { wolf_id: id, max_sandboxes: host.maxSandboxes, current_load: host.connectedSandboxes },
         "Wolf instance registered",
