@@ -74,7 +74,7 @@ export const AUTH_ERROR_CODES = Object.freeze({
   notOwned: "RD_ERR_AUTH_SESSION_NOT_OWNED",
   invalidRunnerId: "RD_ERR_AUTH_INVALID_RUNNER_ID",
   sessionNotFound: "RD_ERR_SESSION_NOT_FOUND",
-  /** The runner token named a host no admin has created. */
+  /** A host id no admin has created (the runner token, or a host's own registration). */
   hostNotCreated: "RD_ERR_WOLF_NOT_CREATED",
 });
 
@@ -86,12 +86,13 @@ const KEY_RANDOM_BYTES = 30;
 const USER_KEY_PATTERN = /^rd-[A-Za-z0-9_-]{40}$/;
 const SESSION_KEY_PATTERN = /^rds-[A-Za-z0-9_-]{40}$/;
 const HOST_KEY_PATTERN = /^rdh-[A-Za-z0-9_-]{40}$/;
+/** How much of a key is kept in clear for display (`rd-AbCd`). */
+const DISPLAY_PREFIX_CHARS = 4;
 
+/** True for the shape of a user, session or host key (one that may be in the store). */
 function isKeyShaped(secret: string): boolean {
   return USER_KEY_PATTERN.test(secret) || SESSION_KEY_PATTERN.test(secret) || HOST_KEY_PATTERN.test(secret);
 }
-/** How much of a key is kept in clear for display (`rd-AbCd`). */
-const DISPLAY_PREFIX_CHARS = 4;
 
 export function generateKey(kind: keyof typeof KEY_PREFIXES): string {
   return KEY_PREFIXES[kind] + randomBytes(KEY_RANDOM_BYTES).toString("base64url");
