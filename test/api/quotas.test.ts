@@ -130,14 +130,28 @@ describe("quotas per user", () => {
       const first = [shot(), shot()];
       await pollUntil(() => held.length === 2, "two calls held by the sandbox");
       over("third call", await shot(), "RD_ERR_QUOTA_CALLS");
-      // The admin's proxy calls count against the admin, not against cleo.
-      const proxied = w.call("GET", `/api/v1/revdial/${runner}/proxy/x`, w.adminKey);
-      await pollUntil(() => held.length === 3, "the admin's call held");
+      // The admin's proxy calls count against the admin (quotas apply to admins too), not cleo.
+      const proxy = () =>
+        fetch(`${w.url}/api/v1/revdial/${runner}/proxy/x`, {
+          headers: { authorization: `Bearer ${w.adminKey}`, accept: "application/json" },
+        });
+      const proxied = [proxy(), proxy()];
+      await pollUntil(() => held.length === 4, "the admin's two calls held");
+      const third = await proxy();
+      over(
+        "the admin's third proxy call",
+        {
+          status: third.status,
+          retryAfter: third.headers.get("retry-after"),
+          body: await third.json(),
+        },
+        "RD_ERR_QUOTA_CALLS",
+      );
       holding = false;
       for (const res of held)
         res.writeHead(200, { "content-type": "image/png" }).end(Buffer.from([0x89, 0x50, 0x4e, 0x47]));
       for (const answer of await Promise.all(first)) assert.equal(answer.status, 200);
-      assert.equal((await proxied).status, 200);
+      for (const answer of await Promise.all(proxied)) assert.equal(answer.status, 200);
       assert.equal((await shot()).status, 200, "the slots are free again");
     } finally {
       await slow.close();
