@@ -1,7 +1,9 @@
 // Where a command reads a secret (a key or a token) from, so that it need not be on a command line:
 // any local user reads /proc/PID/cmdline. In order: a file (`--token-file F`, first line, trimmed),
 // standard input (`--token -`), the environment, and last the command-line value itself, which is
-// still accepted for compatibility but warned about.
+// still accepted for compatibility but warned about. Whatever the source, the environment variables
+// named are then removed from this process's environment, so the processes it starts (sandboxes,
+// their apps, the tools they run) do not inherit the secret.
 
 import { readFile } from "node:fs/promises";
 import { CliUsageError } from "./env.ts";
@@ -26,6 +28,14 @@ export interface SecretSource {
 
 /** The secret, or undefined when no source gives one. Throws CliUsageError for an unreadable file. */
 export async function readSecret(source: SecretSource): Promise<string | undefined> {
+  try {
+    return await readFrom(source);
+  } finally {
+    for (const name of source.envNames) delete process.env[name];
+  }
+}
+
+async function readFrom(source: SecretSource): Promise<string | undefined> {
   if (source.file !== undefined && source.value !== undefined) {
     throw new CliUsageError(`${source.flag} and ${source.flag}-file are exclusive`);
   }

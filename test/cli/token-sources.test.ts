@@ -2,17 +2,18 @@
 // agent` takes its key from --token-file, `--token -` (stdin) or REVDIAL_TOKEN without a word, and
 // from --token with a warning that local users can read it; `revdial-client` keeps the seed's
 // `-token` (silently) and also takes `-token-file`. `revdial wolf create` prints a host key once and
-// `wolf run --token-file` runs the host with it; a second create of the same id fails. `revdial
-// server --runner-token` warns. No key ever reaches a log line.
+// `wolf run --token-file` runs the host with it; a second create of the same id fails. A host given
+// its key (and a runner token) in the environment passes neither to the sandboxes it starts.
+// `revdial server --runner-token` warns. No key ever reaches a log line.
 
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningServer, startServer } from "../../src/api/server.ts";
 import { silentLogger } from "../../src/common/logger.ts";
-import { type Listening, startTarget, waitConnected } from "../helpers/tunnel-harness.ts";
+import { type Listening, pollUntil, startTarget, waitConnected } from "../helpers/tunnel-harness.ts";
 import { allProcesses, type CliProcess, runCli, startCli, startClient } from "../tls/cli-process.ts";
 
 const WARNING = /visible to every local user/;
@@ -156,6 +157,60 @@ describe("where the CLI reads keys from", () => {
     assert.notEqual(other.code, 0);
     assert.match(other.stderr, /403/);
     assert.equal(server.registry.isConnected("wolf-cli-json"), false);
+  });
+
+  it("wolf run with its key in the environment: the sandboxes it starts do not inherit it", async () => {
+    const env = { REVDIAL_URL: server.url, REVDIAL_API_KEY: server.adminKey! };
+    const created = await runCli(["wolf", "create", "env-host", "--json"], env);
+    const key = (JSON.parse(created.stdout) as { key: string }).key;
+    const envFile = join(dir, "sandbox.env");
+    const host = startCli(
+      [
+        "wolf",
+        "run",
+        "--server",
+        server.url,
+        "--id",
+        "env-host",
+        "--app",
+        `env > ${envFile}.tmp && mv ${envFile}.tmp ${envFile}`,
+      ],
+      { REVDIAL_TOKEN: key, REVDIAL_RUNNER_TOKEN: "operator-secret-marker" },
+    );
+    running.push(host);
+    await host.waitFor(/Wolf instance env-host running/, 30_000);
+    await waitConnected(server.registry, "wolf-env-host", 20_000);
+    const { user, apiKey } = await server.auth.createUser({ name: "enid" });
+    const project = await server.store.projects.create({ ownerId: user.id, name: "p" });
+    const task = await server.store.specTasks.create({ projectId: project.id, name: "t" });
+    const start = await fetch(`${server.url}/api/v1/spec-tasks/${task.id}/start-planning`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${apiKey}` },
+    });
+    assert.equal(start.status, 200, await start.clone().text());
+    const { session_id } = (await start.json()) as { session_id: string };
+    await pollUntil(
+      () =>
+        readFile(envFile, "utf8").then(
+          (text) => text.length > 0,
+          () => false,
+        ),
+      "the sandbox's app wrote its environment",
+      40_000,
+      100,
+    );
+    const sandboxEnv = await readFile(envFile, "utf8");
+    assert.ok(!sandboxEnv.includes(key), "the host key is in a sandbox's environment");
+    assert.ok(
+      !sandboxEnv.includes("operator-secret-marker"),
+      "the runner token is in a sandbox's environment",
+    );
+    const stop = await fetch(`${server.url}/api/v1/external-agents/${session_id}`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${apiKey}` },
+    });
+    assert.equal(stop.status, 200);
+    await host.stop();
   });
 
   it("server --runner-token warns that local users can read it", async () => {
