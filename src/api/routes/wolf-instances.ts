@@ -113,6 +113,8 @@ export function wolfInstanceView(host: WolfInstance, tunnelConnected: boolean) {
     last_heartbeat: host.lastHeartbeat ? host.lastHeartbeat.toISOString() : null,
     connected_sandboxes: host.connectedSandboxes,
     max_sandboxes: host.maxSandboxes,
+    /** The capacity the admin granted: the host's own registration cannot go above it. */
+    max_sandboxes_limit: host.maxSandboxesLimit,
     labels: host.labels,
     tunnel_connected: tunnelConnected,
     created_at: host.createdAt.toISOString(),
