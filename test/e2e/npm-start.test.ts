@@ -97,7 +97,7 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     await assert.rejects(readFile(join(dir, "data", "runner.token")), { code: "ENOENT" });
 
     // The second sandbox is still running: SIGTERM to the server stops it with the host.
-    const pgids = (await pgidsOf("lobby-launcher.ts")).filter(groupAlive);
+    const pgids = (await pgidsOf(server.pid!, "lobby-launcher.ts")).filter(groupAlive);
     assert.ok(pgids.length >= 1);
     server.kill("SIGTERM");
     await once(server, "exit");
@@ -105,8 +105,8 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
   });
 });
 
-/** The command lines (NUL turned to space) of `root` and every process below it. */
-async function commandLinesUnder(root: number): Promise<string[]> {
+/** `root` and every process below it, with its command line (NUL turned to space). */
+async function processesUnder(root: number): Promise<{ pid: number; cmdline: string }[]> {
   const { readdir } = await import("node:fs/promises");
   const parentOf = new Map<number, number>();
   for (const entry of await readdir("/proc")) {
@@ -127,25 +127,26 @@ async function commandLinesUnder(root: number): Promise<string[]> {
       }
     }
   }
-  const lines: string[] = [];
+  const out: { pid: number; cmdline: string }[] = [];
   for (const pid of below) {
     try {
-      lines.push((await readFile(`/proc/${pid}/cmdline`, "utf8")).replaceAll("\0", " ").trim());
-    } catch {}
-  }
-  return lines;
-}
-
-/** Process groups led by a process whose command line mentions `needle` and is a child of ours. */
-async function pgidsOf(needle: string): Promise<number[]> {
-  const { readdir } = await import("node:fs/promises");
-  const out: number[] = [];
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmd = await readFile(`/proc/${entry}/cmdline`, "utf8");
-      if (cmd.includes(needle)) out.push(Number(entry));
+      out.push({
+        pid,
+        cmdline: (await readFile(`/proc/${pid}/cmdline`, "utf8")).replaceAll("\0", " ").trim(),
+      });
     } catch {}
   }
   return out;
+}
+
+async function commandLinesUnder(root: number): Promise<string[]> {
+  return (await processesUnder(root)).map((p) => p.cmdline);
+}
+
+/**
+ * The sandbox launchers the server started (each leads its sandbox's process group): only its own
+ * descendants, never another test's processes on the same machine.
+ */
+async function pgidsOf(root: number, needle: string): Promise<number[]> {
+  return (await processesUnder(root)).filter((p) => p.cmdline.includes(needle)).map((p) => p.pid);
 }
