@@ -60,7 +60,9 @@ export async function main(args: string[]): Promise<void> {
     const serverUrl = server.line.slice("listening on ".length).trim();
     const adminKey = readFileSync(join(dataDir, "admin.key"), "utf8").trim();
     for (const transport of ["ws", "raw"] as const) {
-      procs.push(await startAgentProc(serverUrl, `127.0.0.1:${targetPort}`, transport));
+      procs.push(
+        await startAgentProc(serverUrl, `127.0.0.1:${targetPort}`, transport, join(dataDir, "admin.key")),
+      );
     }
     await waitForTunnels(serverUrl, adminKey, 2);
 
@@ -90,11 +92,17 @@ export async function main(args: string[]): Promise<void> {
 }
 
 function startServerProc(dataDir: string): Promise<Proc> {
-  const args = ["server", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--runner-token", RUNNER_TOKEN];
+  const args = ["server", "--listen", "127.0.0.1:0", "--data-dir", dataDir];
   return startNode([CLI, ...args, "--log-level", "warn"], /^listening on /);
 }
 
-function startAgentProc(serverUrl: string, local: string, transport: "ws" | "raw"): Promise<Proc> {
+/** An agent registering `wolf-bench-*` with the admin's key (read from its file, not argv). */
+function startAgentProc(
+  serverUrl: string,
+  local: string,
+  transport: "ws" | "raw",
+  keyFile: string,
+): Promise<Proc> {
   return startNode(
     [
       CLI,
@@ -105,8 +113,8 @@ function startAgentProc(serverUrl: string, local: string, transport: "ws" | "raw
       serverUrl,
       "--runner-id",
       `wolf-bench-${transport}`,
-      "--token",
-      RUNNER_TOKEN,
+      "--token-file",
+      keyFile,
       "--local",
       local,
       "--log-level",

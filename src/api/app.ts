@@ -6,6 +6,7 @@
 import Fastify, { type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "../common/logger.ts";
 import type { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
+import { authenticateBeforeBody } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
 import {
   answerClientError,
@@ -28,13 +29,19 @@ export interface AppParts {
   https?: { key: Buffer; cert: Buffer } | null;
 }
 
+/**
+ * Largest body of a JSON route (1 MiB). Routes that need more say so themselves: the clipboard
+ * (10 MiB, external-agents.ts); the admin proxy streams its body under ctx.config.bodyLimit.
+ */
+export const JSON_BODY_LIMIT = 1024 * 1024;
+
 export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
   const { ctx, metrics } = parts;
   const app = Fastify({
     loggerInstance: parts.logger,
     // One line per request comes from logEveryRequest below, with the fields we want.
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: ctx.config.bodyLimit,
+    bodyLimit: JSON_BODY_LIMIT,
     requestIdHeader: false,
     // Requests during close get 503 from refuseWhileClosing, in the usual error shape.
     return503OnClosing: false,
@@ -46,6 +53,7 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
   app.decorateRequest("principal", null);
   installErrorHandlers(app);
   refuseWhileClosing(app);
+  authenticateBeforeBody(app, ctx.auth);
   logEveryRequest(app, metrics, parts.logger);
 
   // Liveness: the process answers. It never touches the store, so an outage does not get a

@@ -3,15 +3,23 @@
 //     may do anything;
 //   - session keys (`rds-` + 40), minted when a sandbox is started for a session: they reach only
 //     that session (its endpoints and its `sandbox-{sessionID}` runner id);
-//   - the runner token, a system secret (not in the store), compared in constant time: it may
-//     register `wolf-*` runner ids and nothing else.
-// Keys are stored as SHA-256 hashes only. A principal that may not see a session gets 404, never
-// 403, so one tenant cannot learn which session ids another tenant has.
+//   - host keys (`rdh-` + 40), minted by an admin for one sandbox host (`revdial wolf create ID`):
+//     they register that host's record and its `wolf-{id}` tunnel, and nothing else;
+//   - the runner token, the seed's shared host secret (not in the store, compared in constant time),
+//     only when the operator configures one: it may register `wolf-{id}` (record and tunnel) for
+//     ids an admin has created, and nothing else. It never creates a host.
+// Read-only keys never write, an admin's included: every write route and every tunnel registration
+// calls requireWrite. Keys are stored as SHA-256 hashes only. A principal that may not see a
+// session gets 404, never 403, so one tenant cannot learn which session ids another tenant has.
+//
+// Authentication runs in Fastify's onRequest hook, before the body is read: an unauthenticated
+// request gets its 401 without the server reading (or buffering) what it sends, and its connection
+// is closed when a body is still on the way (see authenticateBeforeBody).
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { mkdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from "fastify";
 import { hasCode, InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import {
@@ -25,18 +33,20 @@ import {
 } from "../store/index.ts";
 import { ApiError } from "./http-errors.ts";
 
-export type PrincipalScope = "admin" | "user" | "session" | "runner";
+export type PrincipalScope = "admin" | "user" | "session" | "runner" | "host";
 
 /** The authenticated caller of one request. */
 export interface Principal {
   /** The key's id, or `runner-token` for the system secret. */
   keyId: string;
-  /** The owning user; null for the runner token. */
+  /** The owning user; null for the runner token and host keys. */
   userId: string | null;
   admin: boolean;
   scope: PrincipalScope;
   /** The one session a session key reaches; null otherwise. */
   sessionId: string | null;
+  /** The one host a host key speaks for; null otherwise. */
+  hostId: string | null;
   access: KeyAccess;
 }
 
@@ -64,17 +74,25 @@ export const AUTH_ERROR_CODES = Object.freeze({
   notOwned: "RD_ERR_AUTH_SESSION_NOT_OWNED",
   invalidRunnerId: "RD_ERR_AUTH_INVALID_RUNNER_ID",
   sessionNotFound: "RD_ERR_SESSION_NOT_FOUND",
+  /** A host id no admin has created (the runner token, or a host's own registration). */
+  hostNotCreated: "RD_ERR_WOLF_NOT_CREATED",
 });
 
 // ---- keys -------------------------------------------------------------------------------------
 
-export const KEY_PREFIXES = Object.freeze({ user: "rd-", session: "rds-" });
+export const KEY_PREFIXES = Object.freeze({ user: "rd-", session: "rds-", host: "rdh-" });
 /** 30 random bytes are exactly 40 base64url characters. */
 const KEY_RANDOM_BYTES = 30;
 const USER_KEY_PATTERN = /^rd-[A-Za-z0-9_-]{40}$/;
 const SESSION_KEY_PATTERN = /^rds-[A-Za-z0-9_-]{40}$/;
+const HOST_KEY_PATTERN = /^rdh-[A-Za-z0-9_-]{40}$/;
 /** How much of a key is kept in clear for display (`rd-AbCd`). */
 const DISPLAY_PREFIX_CHARS = 4;
+
+/** True for the shape of a user, session or host key (one that may be in the store). */
+function isKeyShaped(secret: string): boolean {
+  return USER_KEY_PATTERN.test(secret) || SESSION_KEY_PATTERN.test(secret) || HOST_KEY_PATTERN.test(secret);
+}
 
 export function generateKey(kind: keyof typeof KEY_PREFIXES): string {
   return KEY_PREFIXES[kind] + randomBytes(KEY_RANDOM_BYTES).toString("base64url");
@@ -108,6 +126,7 @@ export function keyFromHeaders(headers: Record<string, string | string[] | undef
 
 // ---- runner ids -------------------------------------------------------------------------------
 
+const WOLF_PREFIX = "wolf-";
 const WOLF_RUNNER_PATTERN = /^wolf-[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const SANDBOX_RUNNER_PREFIX = "sandbox-";
 /** Any runner id an admin may use: a conservative token shape, at most 128 characters. */
@@ -122,6 +141,15 @@ export function sessionIdOfRunner(runnerId: string): string | null {
 
 function invalidRunnerId(): ApiError {
   return new ApiError(400, AUTH_ERROR_CODES.invalidRunnerId, "invalid runner ID format");
+}
+
+/** 403 for a host id no admin has created (the runner token and host registrations meet it). */
+export function hostNotCreated(hostId: string): ApiError {
+  return new ApiError(
+    403,
+    AUTH_ERROR_CODES.hostNotCreated,
+    `host ${hostId} does not exist: an admin creates it first (revdial wolf create ${hostId})`,
+  );
 }
 
 function notOwned(): ApiError {
@@ -169,7 +197,7 @@ export function canAccessOwned(principal: Principal, ownerId: string): boolean {
 /** True when the principal may see and act on the session. */
 export function canAccessSession(principal: Principal, session: Session): boolean {
   if (principal.scope === "session") return principal.sessionId === session.id;
-  if (principal.scope === "runner") return false;
+  if (principal.scope === "runner" || principal.scope === "host") return false;
   return principal.admin || principal.userId === session.ownerId;
 }
 
@@ -207,6 +235,7 @@ const RUNNER_TOKEN_PRINCIPAL: Principal = Object.freeze({
   admin: false,
   scope: "runner",
   sessionId: null,
+  hostId: null,
   access: "write",
 });
 
@@ -255,14 +284,14 @@ export class Auth {
     this.#now = options.now ?? Date.now;
     this.#cacheTtlMs = options.cacheTtlMs ?? AUTH_DEFAULTS.cacheTtlMs;
     const token = this.#runnerToken ?? "";
-    this.#runnerTokenKeyShaped = USER_KEY_PATTERN.test(token) || SESSION_KEY_PATTERN.test(token);
+    this.#runnerTokenKeyShaped = isKeyShaped(token);
   }
 
   /** The principal for a request's headers, or null when it carries no valid key. */
   async authenticate(headers: Record<string, string | string[] | undefined>): Promise<Principal | null> {
     const key = keyFromHeaders(headers);
     if (!key) return null;
-    const keyShaped = USER_KEY_PATTERN.test(key) || SESSION_KEY_PATTERN.test(key);
+    const keyShaped = isKeyShaped(key);
     // A key-shaped secret cannot be a runner token that is not key-shaped: skip the comparison (two
     // SHA-256 digests) on the hot path of user and session keys.
     const mayBeRunnerToken = this.#runnerToken !== null && (!keyShaped || this.#runnerTokenKeyShaped);
@@ -278,7 +307,7 @@ export class Auth {
     const { key: record, user } = found;
     if (record.expiresAt && record.expiresAt.getTime() <= now) return null;
     this.#touch(record.id);
-    const principal = principalFor(record.id, record.scope, record.access, record.sessionId, user);
+    const principal = principalFor(record, user);
     this.#remember(key, principal, record.expiresAt ? record.expiresAt.getTime() : Number.POSITIVE_INFINITY);
     return principal;
   }
@@ -296,14 +325,27 @@ export class Auth {
     }
   }
 
-  /** Fastify preHandler: sets request.principal, or answers 401. */
-  readonly preHandler = async (request: FastifyRequest): Promise<void> => {
+  /** Drops remembered principals of a host's keys (call when they are rotated or revoked). */
+  forgetHost(hostId: string): void {
+    for (const [key, entry] of this.#cache) {
+      if (entry.principal.hostId === hostId) this.#cache.delete(key);
+    }
+  }
+
+  /**
+   * Sets request.principal, or answers 401. Routes name it as their `preHandler`; in an app set up
+   * with authenticateBeforeBody() it runs in onRequest instead, before the body is read. A refused
+   * request whose body is still arriving gets `Connection: close`, so Node does not read that body
+   * to reuse the connection.
+   */
+  readonly preHandler = async (request: FastifyRequest, reply?: FastifyReply): Promise<void> => {
     const hadKey = keyFromHeaders(request.headers) !== null;
     request.principal = await this.authenticate(request.headers);
     if (!request.principal) {
       const message = hadKey
         ? "invalid or expired API key"
         : "API key required: send Authorization: Bearer KEY or X-API-Key: KEY";
+      if (reply && hasUnreadBody(request)) reply.header("connection", "close");
       throw new ApiError(401, AUTH_ERROR_CODES.required, message);
     }
   };
@@ -313,9 +355,11 @@ export class Auth {
    * accepts a tunnel). Throws an ApiError (400 / 403) when not.
    */
   async authorizeRunner(principal: Principal, runnerId: string): Promise<RunnerGrant> {
-    if (principal.scope === "runner") return this.#authorizeRunnerToken(runnerId);
-    if (principal.admin) return this.#authorizeAdmin(runnerId);
+    // A registration writes (it may replace a live tunnel): read-only keys never make one.
     requireWrite(principal);
+    if (principal.scope === "runner") return this.#authorizeRunnerToken(runnerId);
+    if (principal.scope === "host") return this.#authorizeHost(principal, runnerId);
+    if (principal.admin) return this.#authorizeAdmin(runnerId);
     const sessionId = sessionIdOfRunner(runnerId);
     if (!sessionId) throw invalidRunnerId();
     if (principal.scope === "session" && principal.sessionId !== sessionId) {
@@ -330,12 +374,25 @@ export class Auth {
     return { runnerId, kind: "sandbox", sessionId, ownerId: session.ownerId };
   }
 
-  #authorizeRunnerToken(runnerId: string): RunnerGrant {
+  async #authorizeRunnerToken(runnerId: string): Promise<RunnerGrant> {
     if (!WOLF_RUNNER_PATTERN.test(runnerId)) {
       throw new ApiError(
         403,
         AUTH_ERROR_CODES.forbidden,
         "the runner token may register only wolf-* runner ids",
+      );
+    }
+    const hostId = runnerId.slice(WOLF_PREFIX.length);
+    if (!(await this.#store.wolfInstances.get(hostId))) throw hostNotCreated(hostId);
+    return { runnerId, kind: "wolf", sessionId: null, ownerId: null };
+  }
+
+  #authorizeHost(principal: Principal, runnerId: string): RunnerGrant {
+    if (runnerId !== WOLF_PREFIX + principal.hostId) {
+      throw new ApiError(
+        403,
+        AUTH_ERROR_CODES.forbidden,
+        `a host key may register only its own runner id wolf-${principal.hostId}`,
       );
     }
     return { runnerId, kind: "wolf", sessionId: null, ownerId: null };
@@ -391,6 +448,25 @@ export class Auth {
     return { keyId: key.id, apiKey };
   }
 
+  /**
+   * Mints a host key bound to `hostId` (which must exist), on behalf of the admin `createdBy`. With
+   * `replace`, every earlier key of that host is revoked in the same transaction (rotation).
+   * Returns the key in clear: shown once, never stored.
+   */
+  async createHostKey(hostId: string, createdBy: string, options: { replace?: boolean } = {}) {
+    const apiKey = generateKey("host");
+    const key = await this.#store.transaction(async (tx) => {
+      if (options.replace) await tx.apiKeys.revokeForHost(hostId);
+      return tx.apiKeys.create({
+        ...keyRecord(createdBy, apiKey, "host", "write", null, `host ${hostId}`),
+        hostId,
+      });
+    });
+    if (options.replace) this.forgetHost(hostId);
+    this.#logger.info({ wolf_id: hostId, replaced: options.replace === true }, "host key minted");
+    return { keyId: key.id, apiKey };
+  }
+
   #touch(keyId: string): void {
     const now = this.#now();
     const last = this.#lastTouched.get(keyId);
@@ -404,22 +480,43 @@ export class Auth {
 }
 
 function principalFor(
-  keyId: string,
-  scope: KeyScope,
-  access: KeyAccess,
-  sessionId: string | null,
+  record: { id: string; scope: KeyScope; access: KeyAccess; sessionId: string | null; hostId: string | null },
   user: User,
 ): Principal {
-  if (scope === "session") return { keyId, userId: user.id, admin: false, scope, sessionId, access };
-  if (scope === "runner") return { keyId, userId: user.id, admin: false, scope, sessionId: null, access };
-  return {
-    keyId,
-    userId: user.id,
-    admin: user.admin,
-    scope: user.admin ? "admin" : "user",
-    sessionId: null,
-    access,
-  };
+  const { id: keyId, scope, access, sessionId, hostId } = record;
+  const base = { keyId, userId: user.id, admin: false, sessionId: null, hostId: null, access };
+  if (scope === "session") return { ...base, scope, sessionId };
+  if (scope === "runner") return { ...base, scope };
+  // A host key acts for its host, not for the admin who minted it.
+  if (scope === "host") return { ...base, userId: null, scope, hostId };
+  return { ...base, admin: user.admin, scope: user.admin ? "admin" : "user" };
+}
+
+/** True when the request announced a body that has not fully arrived. */
+function hasUnreadBody(request: FastifyRequest): boolean {
+  const raw = request.raw;
+  if (raw.complete) return false;
+  const length = Number(raw.headers["content-length"] ?? 0);
+  return length > 0 || raw.headers["transfer-encoding"] !== undefined;
+}
+
+/**
+ * Makes every route that names `auth.preHandler` authenticate in onRequest instead, before Fastify
+ * reads and parses the body. Call once on the app, before any route is registered (onRoute hooks
+ * see only routes added after them; child plugins inherit the hook).
+ */
+export function authenticateBeforeBody(app: FastifyInstance, auth: Auth): void {
+  app.addHook("onRoute", (route: RouteOptions) => {
+    const pre = asList(route.preHandler);
+    if (!pre.includes(auth.preHandler)) return;
+    route.preHandler = pre.filter((h) => h !== auth.preHandler) as RouteOptions["preHandler"];
+    route.onRequest = [auth.preHandler, ...asList(route.onRequest)] as RouteOptions["onRequest"];
+  });
+}
+
+function asList(hooks: unknown): unknown[] {
+  if (Array.isArray(hooks)) return hooks;
+  return hooks ? [hooks] : [];
 }
 
 function keyRecord(

@@ -4,6 +4,7 @@ import type { Logger } from "../common/logger.ts";
 import type { Store } from "../store/index.ts";
 import type { TunnelDialer } from "../tunnel/types.ts";
 import type { Auth } from "./auth.ts";
+import type { Quotas } from "./quotas.ts";
 
 export interface ApiConfig {
   /** The URL agents and hosts use to reach this API (what a host hands to the sandboxes it starts). */
@@ -30,6 +31,8 @@ export interface ApiConfig {
 export interface ApiContext {
   store: Store;
   auth: Auth;
+  /** Per-user limits on tunnels, sessions, host slots and calls in flight (quotas.ts). */
+  quotas: Quotas;
   dialer: TunnelDialer;
   logger: Logger;
   config: ApiConfig;

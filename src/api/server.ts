@@ -5,12 +5,11 @@
 //
 // Start-up contract: the data dir is locked before anything in it is read or written (a second
 // server on the same dir fails with RD_ERR_DATA_DIR_LOCKED naming the holder's pid, also with
-// DATABASE_URL, since the dir still holds admin.key and runner.token); the dir is made 0700 and
+// DATABASE_URL, since the dir still holds admin.key); the dir is made 0700 and
 // every file in it 0600 on every start; and when any step fails, everything opened so far (store,
 // registry, app, lock) is closed before the error is thrown, so the caller can exit at once.
 
-import { randomBytes } from "node:crypto";
-import { readFile, writeFile } from "node:fs/promises";
+import { access } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
@@ -35,13 +34,14 @@ import type { ApiContext } from "./context.ts";
 import { ApiError, toApiError } from "./http-errors.ts";
 import { LifecycleSweeper, type LifecycleSweeperOptions } from "./lifecycle-sweeper.ts";
 import { ApiMetrics } from "./metrics.ts";
+import { type QuotaLimits, Quotas } from "./quotas.ts";
 import { stopHostSessions } from "./routes/lifecycle.ts";
 import { SandboxTracker } from "./sandbox-tracker.ts";
 
 export interface ServerOptions {
   /** HOST:PORT to listen on. Default 127.0.0.1:8080; port 0 picks a free one. */
   listen?: string;
-  /** Where the embedded database, admin.key and runner.token live. Default ./data. */
+  /** Where the embedded database and admin.key live. Default ./data. */
   dataDir?: string;
   /** A Postgres server instead of the embedded database. */
   databaseUrl?: string | null;
@@ -50,8 +50,14 @@ export interface ServerOptions {
     StoreOptions,
     "connectTimeoutMs" | "statementTimeoutMs" | "idleTimeoutMs" | "maxConnections"
   >;
-  /** The system secret hosts register with; generated into DATA_DIR/runner.token when unset. */
+  /**
+   * The seed's shared host secret, only when the operator asks for it (--runner-token-file, env
+   * REVDIAL_RUNNER_TOKEN): it registers hosts an admin has created. Unset (the default): hosts use
+   * their own keys (`revdial wolf create`).
+   */
   runnerToken?: string | null;
+  /** Per-user quotas (quotas.ts); each defaults to QUOTA_DEFAULTS. */
+  quotas?: Partial<QuotaLimits>;
   /** How long calls wait for a dropped tunnel to come back. Default 30 s. */
   gracePeriodMs?: number;
   /** Largest request body through the proxy. Default 256 MiB. */
@@ -103,7 +109,8 @@ export interface RunningServer {
   registry: TunnelRegistry;
   /** The admin key when this start created it (printed once), else null. */
   adminKey: string | null;
-  runnerToken: string;
+  /** The runner token when the operator configured one, else null. */
+  runnerToken: string | null;
   /** Stops every session placed on the host (final screenshot, lobby, task back); before a local host closes. */
   stopSessionsOnHost(hostId: string): Promise<number>;
   close(): Promise<void>;
@@ -124,20 +131,18 @@ export function parseListen(text: string): { host: string; port: number } {
   return { host: match[1].replace(/^\[|\]$/g, "") || "127.0.0.1", port };
 }
 
-async function resolveRunnerToken(
-  dataDir: string,
-  given: string | null | undefined,
-  logger: Logger,
-): Promise<string> {
-  if (given) return given;
+/** The seed generated DATA_DIR/runner.token; it is no longer read. Say so once, to whoever relied on it. */
+async function warnAboutOldRunnerTokenFile(dataDir: string, logger: Logger): Promise<void> {
   const path = join(dataDir, "runner.token");
-  try {
-    return (await readFile(path, "utf8")).trim();
-  } catch {
-    const token = randomBytes(24).toString("base64url");
-    await writeFile(path, `${token}\n`, { mode: 0o600 });
-    logger.info({ path }, "runner token generated");
-    return token;
+  const exists = await access(path).then(
+    () => true,
+    () => false,
+  );
+  if (exists) {
+    logger.warn(
+      { path },
+      "runner.token is no longer used: hosts register with their own keys (revdial wolf create); pass --runner-token-file to keep the shared token",
+    );
   }
 }
 
@@ -232,7 +237,8 @@ async function startLocked(
   undo.push(() => store.close());
   // PGlite unpacks its template files 0666: make them private before anything is served.
   await secureTree(o.dataDir);
-  const runnerToken = await resolveRunnerToken(o.dataDir, o.runnerToken, logger);
+  const runnerToken = o.runnerToken ?? null;
+  await warnAboutOldRunnerTokenFile(o.dataDir, logger);
   const auth = createAuth({ store, runnerToken, logger });
   const adminKey = await ensureAdminKey({ store, dataDir: o.dataDir, logger });
   const timings = { ...DEFAULT_TIMINGS, ...o.timings };
@@ -246,6 +252,9 @@ async function startLocked(
   });
   undo.push(() => registry.close());
   metrics.addByteSource(() => registry.bytesTotal());
+  const quotas = new Quotas({ store, limits: o.quotas });
+  registry.on("connected", (runnerId) => quotas.tunnelConnected(runnerId));
+  registry.on("disconnected", (runnerId) => quotas.tunnelDisconnected(runnerId));
   const endpoint = new TunnelEndpoint({
     registry,
     logger,
@@ -255,7 +264,7 @@ async function startLocked(
       try {
         const principal = await auth.authenticate(req.headers);
         if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
-        await auth.authorizeRunner(principal, runnerId);
+        quotas.admitTunnel(principal, await auth.authorizeRunner(principal, runnerId));
       } catch (err) {
         throw handshakeError(err);
       }
@@ -267,6 +276,7 @@ async function startLocked(
   const ctx: ApiContext = {
     store,
     auth,
+    quotas,
     dialer: registry,
     logger,
     config: {

@@ -1,6 +1,7 @@
 // `revdial-client`: the agent with the seed's single-dash flag names, so existing startup scripts
 //   revdial-client -server "http://api:8080/api/v1/revdial" -runner-id "sandbox-$ID" -token "$T"
-// run unchanged. It is the same program as `revdial agent` (protocol v2).
+// run unchanged. It is the same program as `revdial agent` (protocol v2). The key may also come
+// from `-token-file F`, `-token -` (stdin) or env REVDIAL_TOKEN, off the command line.
 
 import { type AgentFlags, runAgent } from "./commands/agent.ts";
 import { CliUsageError, env } from "./env.ts";
@@ -10,6 +11,7 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
   server: "server",
   "runner-id": "runnerId",
   token: "token",
+  "token-file": "tokenFile",
   local: "local",
   target: "target",
   "log-level": "logLevel",
@@ -20,7 +22,8 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
 };
 
 const USAGE =
-  "usage: revdial-client -server URL -runner-id ID -token T [-local ADDR] [-target NAME=ADDR ...]\n" +
+  "usage: revdial-client -server URL -runner-id ID (-token T | -token-file F | env REVDIAL_TOKEN)\n" +
+  "                      [-local ADDR] [-target NAME=ADDR ...]\n" +
   "                      [-ca-file FILE] [-insecure] [-transport ws|raw]";
 
 /** Parses Go-style flags: `-name value`, `-name=value`, `--name value`; booleans `-desktop`, `-insecure`. */
@@ -55,7 +58,7 @@ export function parseClientFlags(args: string[]): AgentFlags {
 
 export async function main(args: string[]): Promise<void> {
   try {
-    await runAgent(parseClientFlags(args));
+    await runAgent(parseClientFlags(args), { warnCommandLineToken: false });
   } catch (err) {
     process.stderr.write(`Error: ${(err as Error).message}\n`);
     process.exitCode = err instanceof CliUsageError ? 2 : 1;

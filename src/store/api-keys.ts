@@ -1,12 +1,13 @@
 // Data access for API keys. Only the SHA-256 hash of a key is stored (plus a short prefix for
-// display); a key is looked up by its hash and arrives with its user, in one query.
+// display); a key is looked up by its hash and arrives with its user, in one query. A host key
+// (scope `host`) is bound to one host (host_id) and is deleted with the host's record.
 
 import type { Clock } from "./clock.ts";
 import { newId } from "./ids.ts";
 import type { SqlExecutor } from "./sql-executor.ts";
 import type { User } from "./users.ts";
 
-export const KEY_SCOPES = Object.freeze(["user", "session", "runner"] as const);
+export const KEY_SCOPES = Object.freeze(["user", "session", "runner", "host"] as const);
 export type KeyScope = (typeof KEY_SCOPES)[number];
 export const KEY_ACCESS = Object.freeze(["read", "write"] as const);
 export type KeyAccess = (typeof KEY_ACCESS)[number];
@@ -19,6 +20,8 @@ export interface ApiKey {
   scope: KeyScope;
   access: KeyAccess;
   sessionId: string | null;
+  /** The one host a host key speaks for; null for every other scope. */
+  hostId: string | null;
   createdAt: Date;
   lastUsedAt: Date | null;
   expiresAt: Date | null;
@@ -33,6 +36,7 @@ export interface NewApiKey {
   scope: KeyScope;
   access: KeyAccess;
   sessionId?: string | null;
+  hostId?: string | null;
   expiresAt?: Date | null;
 }
 
@@ -44,6 +48,7 @@ interface ApiKeyRow {
   scope: KeyScope;
   access: KeyAccess;
   session_id: string | null;
+  host_id: string | null;
   created_at: Date;
   last_used_at: Date | null;
   expires_at: Date | null;
@@ -57,7 +62,7 @@ interface KeyWithUserRow extends ApiKeyRow {
 }
 
 const COLUMNS =
-  "k.id, k.user_id, k.key_prefix, k.name, k.scope, k.access, k.session_id, k.created_at, k.last_used_at, k.expires_at";
+  "k.id, k.user_id, k.key_prefix, k.name, k.scope, k.access, k.session_id, k.host_id, k.created_at, k.last_used_at, k.expires_at";
 
 function toApiKey(row: ApiKeyRow): ApiKey {
   return {
@@ -68,6 +73,7 @@ function toApiKey(row: ApiKeyRow): ApiKey {
     scope: row.scope,
     access: row.access,
     sessionId: row.session_id,
+    hostId: row.host_id,
     createdAt: row.created_at,
     lastUsedAt: row.last_used_at,
     expiresAt: row.expires_at,
@@ -85,8 +91,8 @@ export class ApiKeyRepository {
 
   async create(input: NewApiKey): Promise<ApiKey> {
     const { rows } = await this.#db.query<ApiKeyRow>(
-      `INSERT INTO api_keys AS k (id, user_id, key_hash, key_prefix, name, scope, access, session_id, created_at, expires_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${COLUMNS}`,
+      `INSERT INTO api_keys AS k (id, user_id, key_hash, key_prefix, name, scope, access, session_id, host_id, created_at, expires_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${COLUMNS}`,
       [
         newId("apiKey"),
         input.userId,
@@ -96,6 +102,7 @@ export class ApiKeyRepository {
         input.scope,
         input.access,
         input.sessionId ?? null,
+        input.hostId ?? null,
         this.#clock(),
         input.expiresAt ?? null,
       ],
@@ -144,6 +151,12 @@ export class ApiKeyRepository {
   /** Deletes the session-scoped keys of a session (when it stops); returns how many. */
   async revokeForSession(sessionId: string): Promise<number> {
     const { rowCount } = await this.#db.query("DELETE FROM api_keys WHERE session_id = $1", [sessionId]);
+    return rowCount;
+  }
+
+  /** Deletes every key of a host (rotation, revocation); returns how many. */
+  async revokeForHost(hostId: string): Promise<number> {
+    const { rowCount } = await this.#db.query("DELETE FROM api_keys WHERE host_id = $1", [hostId]);
     return rowCount;
   }
 }

@@ -7,6 +7,10 @@
 // candidate host row (FOR UPDATE, in id order so two claims never deadlock), and on PGlite by its
 // single connection. Under READ COMMITTED the load query that follows the lock sees every claim
 // committed before it, so N concurrent claims on K free slots place exactly min(N, K) sessions.
+//
+// Who makes a host: an admin (create(), or register() with an admin key). A host itself, with its
+// own key or the legacy runner token, may only refresh a record that exists (registerKnown()), and
+// its capacity never exceeds the limit the admin set (max_sandboxes_limit).
 
 import type { Clock } from "./clock.ts";
 import { ACTIVE_SESSION_STATUSES, type SessionStatus } from "./sessions.ts";
@@ -23,6 +27,8 @@ export interface WolfInstance {
   address: string;
   status: WolfStatus;
   maxSandboxes: number;
+  /** The capacity an admin granted; a host's own registration cannot go above it. */
+  maxSandboxesLimit: number;
   lastHeartbeat: Date | null;
   labels: Record<string, string>;
   createdAt: Date;
@@ -59,6 +65,7 @@ interface WolfRow {
   address: string;
   status: WolfStatus;
   max_sandboxes: number;
+  max_sandboxes_limit: number;
   last_heartbeat: Date | null;
   labels: Record<string, string> | string;
   created_at: Date;
@@ -66,7 +73,7 @@ interface WolfRow {
   connected_sandboxes: number;
 }
 
-const SELECT = `SELECT w.id, w.name, w.address, w.status, w.max_sandboxes, w.last_heartbeat, w.labels,
+const SELECT = `SELECT w.id, w.name, w.address, w.status, w.max_sandboxes, w.max_sandboxes_limit, w.last_heartbeat, w.labels,
                        w.created_at, w.updated_at,
                        (SELECT count(*)::int FROM sessions s
                         WHERE s.wolf_instance_id = w.id AND s.status = ANY($1::text[])) AS connected_sandboxes
@@ -79,6 +86,7 @@ function toWolf(row: WolfRow): WolfInstance {
     address: row.address,
     status: row.status,
     maxSandboxes: row.max_sandboxes,
+    maxSandboxesLimit: row.max_sandboxes_limit,
     lastHeartbeat: row.last_heartbeat,
     labels: typeof row.labels === "string" ? JSON.parse(row.labels) : row.labels,
     createdAt: row.created_at,
@@ -113,24 +121,65 @@ export class WolfInstanceRepository {
     this.#database = database;
   }
 
-  /** Registers a host or refreshes its registration; it is online with a heartbeat from now. */
+  /**
+   * An admin's registration: creates the host or refreshes it; it is online with a heartbeat from
+   * now, and its capacity (and limit) is what was given.
+   */
   async register(input: WolfRegistration): Promise<WolfInstance> {
+    const max = input.maxSandboxes ?? DEFAULT_MAX_SANDBOXES;
     await this.#db.query(
-      `INSERT INTO wolf_instances (id, name, address, status, max_sandboxes, last_heartbeat, labels, created_at, updated_at)
-       VALUES ($1, $2, $3, 'online', $4, $5, $6::jsonb, $5, $5)
+      `INSERT INTO wolf_instances (id, name, address, status, max_sandboxes, max_sandboxes_limit, last_heartbeat, labels, created_at, updated_at)
+       VALUES ($1, $2, $3, 'online', $4, $4, $5, $6::jsonb, $5, $5)
        ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, address = EXCLUDED.address, status = 'online',
-         max_sandboxes = EXCLUDED.max_sandboxes, last_heartbeat = EXCLUDED.last_heartbeat,
-         labels = EXCLUDED.labels, updated_at = EXCLUDED.updated_at`,
+         max_sandboxes = EXCLUDED.max_sandboxes, max_sandboxes_limit = EXCLUDED.max_sandboxes_limit,
+         last_heartbeat = EXCLUDED.last_heartbeat, labels = EXCLUDED.labels, updated_at = EXCLUDED.updated_at`,
+      [input.id, input.name, input.address ?? "", max, this.#clock(), JSON.stringify(input.labels ?? {})],
+    );
+    return (await this.get(input.id))!;
+  }
+
+  /**
+   * An admin creates a host that has not registered yet (status offline until it does). Throws a
+   * StoreError with code conflict when the id exists.
+   */
+  async create(input: WolfRegistration): Promise<WolfInstance> {
+    const now = this.#clock();
+    await this.#db.query(
+      `INSERT INTO wolf_instances (id, name, address, status, max_sandboxes, max_sandboxes_limit, last_heartbeat, labels, created_at, updated_at)
+       VALUES ($1, $2, $3, 'offline', $4, $4, NULL, $5::jsonb, $6, $6)`,
       [
         input.id,
         input.name,
         input.address ?? "",
         input.maxSandboxes ?? DEFAULT_MAX_SANDBOXES,
+        JSON.stringify(input.labels ?? {}),
+        now,
+      ],
+    );
+    return (await this.get(input.id))!;
+  }
+
+  /**
+   * A host's own registration: refreshes a host an admin created (name, address, labels, online,
+   * heartbeat) and sets its capacity to what it asks for, capped at its limit. Null for an unknown
+   * id: a host cannot create itself.
+   */
+  async registerKnown(input: WolfRegistration): Promise<WolfInstance | null> {
+    const { rowCount } = await this.#db.query(
+      `UPDATE wolf_instances SET name = $2, address = $3, status = 'online',
+         max_sandboxes = LEAST(COALESCE($4::int, max_sandboxes_limit), max_sandboxes_limit),
+         last_heartbeat = $5, labels = $6::jsonb, updated_at = $5
+       WHERE id = $1`,
+      [
+        input.id,
+        input.name,
+        input.address ?? "",
+        input.maxSandboxes ?? null,
         this.#clock(),
         JSON.stringify(input.labels ?? {}),
       ],
     );
-    return (await this.get(input.id))!;
+    return rowCount > 0 ? this.get(input.id) : null;
   }
 
   /** Records a heartbeat (and marks the host online); false for an unknown id. */

@@ -169,11 +169,49 @@ describe("auth", () => {
       await rejects(auth.authorizeRunner(s, "wolf-1"), 400, /invalid runner ID format/);
     });
 
-    it("the runner token registers wolf-* and nothing else", async () => {
+    it("the runner token registers wolf-{id} of hosts an admin created, and nothing else", async () => {
       const r = await must(bearer(RUNNER_TOKEN));
+      await assert.rejects(auth.authorizeRunner(r, "wolf-local"), {
+        statusCode: 403,
+        code: "RD_ERR_WOLF_NOT_CREATED",
+      });
+      await store.wolfInstances.create({ id: "local", name: "local" });
       assert.equal((await auth.authorizeRunner(r, "wolf-local")).kind, "wolf");
       await rejects(auth.authorizeRunner(r, `sandbox-${aliceSession.id}`), 403, /wolf-\*/);
       await rejects(auth.authorizeRunner(r, "wolf-"), 403, /wolf-\*/);
+    });
+
+    it("a host key (rdh-) registers its own wolf-{id} and nothing else", async () => {
+      await store.wolfInstances.create({ id: "h1", name: "h1" });
+      await store.wolfInstances.create({ id: "h2", name: "h2" });
+      const { apiKey } = await auth.createHostKey("h1", alice.id);
+      assert.match(apiKey, /^rdh-[A-Za-z0-9_-]{40}$/);
+      const h = await must(bearer(apiKey));
+      assert.deepEqual(
+        { scope: h.scope, hostId: h.hostId, userId: h.userId, admin: h.admin },
+        { scope: "host", hostId: "h1", userId: null, admin: false },
+      );
+      assert.equal((await auth.authorizeRunner(h, "wolf-h1")).kind, "wolf");
+      for (const id of ["wolf-h2", "wolf-h1x", `sandbox-${aliceSession.id}`, "custom"]) {
+        await rejects(auth.authorizeRunner(h, id), 403, /only its own runner id wolf-h1/);
+      }
+      await assert.rejects(auth.loadOwnedSession(h, aliceSession.id), { statusCode: 404 });
+      // Rotation revokes it at once (the principal cache is dropped too).
+      await auth.createHostKey("h1", alice.id, { replace: true });
+      assert.equal(await auth.authenticate(bearer(apiKey)), null);
+    });
+
+    it("a read-only key registers nothing, an admin's included", async () => {
+      const root = await must(bearer(adminKey));
+      const { apiKey } = await auth.createUserKey(root.userId as string, { access: "read" });
+      const readOnly = await must(bearer(apiKey));
+      assert.equal(readOnly.admin, true);
+      for (const id of ["wolf-a", `sandbox-${bobSession.id}`, "custom-runner"]) {
+        await assert.rejects(auth.authorizeRunner(readOnly, id), {
+          statusCode: 403,
+          code: "RD_ERR_AUTH_READ_ONLY",
+        });
+      }
     });
 
     it("an admin key registers anything well-formed", async () => {

@@ -8,16 +8,15 @@ import http, { type IncomingMessage, type Server, type ServerResponse } from "no
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import Fastify, { type FastifyInstance } from "fastify";
-import { type Auth, createAuth } from "../../src/api/auth.ts";
+import { type Auth, authenticateBeforeBody, createAuth } from "../../src/api/auth.ts";
 import type { ApiContext } from "../../src/api/context.ts";
 import { installErrorHandlers } from "../../src/api/error-handler.ts";
+import { type QuotaLimits, Quotas } from "../../src/api/quotas.ts";
 import { controlPlaneRoutes } from "../../src/api/routes/control-plane.ts";
 import { silentLogger } from "../../src/common/logger.ts";
 import { openStore, type Store } from "../../src/store/index.ts";
 import { TunnelAbortedError, TunnelNotConnectedError, TunnelTimeoutError } from "../../src/tunnel/errors.ts";
 import type { TunnelDialer, TunnelRequest, TunnelResponse, TunnelStats } from "../../src/tunnel/types.ts";
-
-export const RUNNER_TOKEN = "runner-token-for-route-tests";
 
 /** 1x1 transparent PNG. */
 export const PNG_BYTES = Buffer.from(
@@ -200,14 +199,18 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-export async function startHarness(options: { callTimeoutMs?: number } = {}): Promise<Harness> {
+export async function startHarness(
+  options: { callTimeoutMs?: number; quotas?: Partial<QuotaLimits> } = {},
+): Promise<Harness> {
   const logger = silentLogger();
   const store = await openStore({ logger });
-  const auth = createAuth({ store, runnerToken: RUNNER_TOKEN, logger });
+  const auth = createAuth({ store, logger });
   const dialer = new LocalDialer();
+  const quotas = new Quotas({ store, limits: options.quotas });
   const ctx: ApiContext = {
     store,
     auth,
+    quotas,
     dialer,
     logger,
     config: {
@@ -221,6 +224,7 @@ export async function startHarness(options: { callTimeoutMs?: number } = {}): Pr
   const app = Fastify({ bodyLimit: ctx.config.bodyLimit });
   app.decorateRequest("principal", null);
   installErrorHandlers(app);
+  authenticateBeforeBody(app, auth);
   await app.register(async (scope) => controlPlaneRoutes(scope, ctx));
   await app.listen({ port: 0, host: "127.0.0.1" });
   const { port } = app.server.address() as AddressInfo;

@@ -54,7 +54,7 @@ describe("kill -9 of a host with a running sandbox, then stop", { skip: missingT
         "warn",
       ],
       {
-        env: { ...process.env, REVDIAL_URL: w.url, REVDIAL_RUNNER_TOKEN: w.server.runnerToken },
+        env: { ...process.env, REVDIAL_URL: w.url, REVDIAL_TOKEN: await w.hostKey("killme", 2) },
         stdio: ["ignore", "pipe", "inherit"],
       },
     );

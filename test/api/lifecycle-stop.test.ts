@@ -158,7 +158,7 @@ describe("stop cuts the sandbox off; stop on an offline host", () => {
     const report = await w.call<{ status: string }>(
       "POST",
       `/api/v1/wolf-instances/h1/lobbies/${lobbyId}/exited`,
-      w.server.runnerToken,
+      await w.hostKey("h1"),
       { session_id: id, exit_code: null, signal: "SIGKILL" },
     );
     assert.equal(report.status, 200, JSON.stringify(report.body));

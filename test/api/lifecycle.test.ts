@@ -103,7 +103,7 @@ describe("spectask lifecycle on a real host", { skip: missingTools("Xvfb") }, ()
   });
 
   it("heartbeat for an unknown host is 404", async () => {
-    const res = await w.call("POST", "/api/v1/wolf-instances/nosuch/heartbeat", w.server.runnerToken, {});
+    const res = await w.call("POST", "/api/v1/wolf-instances/nosuch/heartbeat", w.adminKey, {});
     assert.equal(res.status, 404);
   });
 

@@ -42,6 +42,15 @@ before(async () => {
   });
   admin = { authorization: `Bearer ${server.adminKey}` };
   userKey = (await server.auth.createUser({ name: "mallory" })).apiKey;
+  // The runner token registers only hosts an admin has created.
+  for (const id of ["routes", "seed-client"]) {
+    const created = await fetch(`${server.url}/api/v1/wolf-instances`, {
+      method: "POST",
+      headers: { ...admin, "content-type": "application/json" },
+      body: JSON.stringify({ id }),
+    });
+    assert.equal(created.status, 201);
+  }
   target = await startTarget();
   agent = startAgent(server.url, "wolf-routes", `127.0.0.1:${target.port}`);
   await waitConnected(server.registry, "wolf-routes");

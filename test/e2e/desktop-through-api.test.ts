@@ -64,7 +64,6 @@ describe("the sandbox desktop through the API and the tunnel", { skip: missing |
     server = await startServer({
       listen: "127.0.0.1:0",
       dataDir,
-      runnerToken: "desktop-e2e-token",
       logger: silentLogger(),
     });
     userKey = (await server.auth.createUser({ name: "alice" })).apiKey;

@@ -1,8 +1,10 @@
 // The main job on a fresh machine: `revdial server --with-local-host` (what `npm start` runs) and,
 // with nothing else started, the CLI forks the sample project, starts a planning session (--wait),
-// takes a screenshot, lists the host, and stops the session. Then SIGTERM leaves no sandbox behind:
-// no process that descended from this server (other revdial instances on the machine are not ours).
-// And `kill -9` of the server: every process of its running sandbox is gone within seconds.
+// takes a screenshot, lists the host, and stops the session. No secret is on the command line of
+// the server or of anything it launched (the local host's key is minted in process, sandboxes get
+// theirs in the environment), and no runner token is generated. Then SIGTERM leaves no sandbox
+// behind: no process that descended from this server (other revdial instances on the machine are
+// not ours). And `kill -9` of the server: every process of its running sandbox is gone within seconds.
 
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
@@ -96,6 +98,15 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     assert.match(stop.stdout, new RegExp(`Session stopped: ${sessionId}`));
     const paused = await revdial(["spectask", "screenshot", sessionId, "-o", "final.png"], env, dir);
     assert.match(paused.stdout, /final screenshot of a stopped session/);
+
+    // With a sandbox running: no key of any kind on a command line the server started.
+    const lines = await commandLinesUnder(server.pid!);
+    assert.ok(lines.length >= 3, `the server, a launcher and its agent at least: ${lines.length}`);
+    assert.ok(lines.some((l) => l.includes("lobby-launcher")));
+    for (const line of lines) assert.doesNotMatch(line, /\brd[hs]?-[A-Za-z0-9_-]{40}\b/, line);
+    const adminKey = (await readFile(join(dir, "data", "admin.key"), "utf8")).trim();
+    assert.ok(!lines.some((l) => l.includes(adminKey)));
+    await assert.rejects(readFile(join(dir, "data", "runner.token")), { code: "ENOENT" });
 
     // The second sandbox is still running: SIGTERM to the server stops it with the host.
     const ours = descendants(server.pid!);
@@ -203,4 +214,10 @@ function descendants(root: number): { pid: number; pgrp: number; startTicks: num
       }
   }
   return out;
+}
+
+/** The command lines of `root` and of every process below it. */
+async function commandLinesUnder(root: number): Promise<string[]> {
+  const self = readFileSync(`/proc/${root}/cmdline`, "utf8").replaceAll("\0", " ");
+  return [self, ...descendants(root).map((p) => p.cmd)];
 }

@@ -1,7 +1,8 @@
 // Test harness for hosts and the lifecycle: a real server (startServer, temp data dir, 127.0.0.1),
 // real Wolf hosts dialing it (WolfHost: registration, heartbeats, tunnel), with either the real
 // process driver or an in-memory driver (for scheduling tests that start dozens of sandboxes), and
-// a JSON caller. Everything started here is closed by close() in the tests' `after`.
+// a JSON caller. Hosts are added as an operator does: the admin creates each one and the host runs
+// with the key it got. Everything started here is closed by close() in the tests' `after`.
 
 import { randomUUID } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -53,6 +54,8 @@ export class World {
   server!: RunningServer;
   port = 0;
   readonly hosts = new Map<string, WolfHost>();
+  /** Each host's key, from the admin's `POST /api/v1/wolf-instances` (kept for restarts). */
+  readonly hostKeys = new Map<string, string>();
   readonly #serverOptions: Partial<ServerOptions>;
 
   constructor(serverOptions: Partial<ServerOptions> = {}) {
@@ -92,7 +95,7 @@ export class World {
   async startHost(id: string, options: Partial<WolfHostOptions> = {}): Promise<WolfHost> {
     const host = new WolfHost({
       serverUrl: this.url,
-      token: this.server.runnerToken,
+      token: await this.hostKey(id, options.maxSandboxes),
       id,
       heartbeatIntervalMs: 200,
       agent: { backoffBaseMs: 50, backoffCapMs: 500 },
@@ -107,6 +110,19 @@ export class World {
     this.hosts.set(id, host);
     await this.until(() => this.server.registry.isConnected(`wolf-${id}`), `wolf-${id} connected`);
     return host;
+  }
+
+  /** The host's key: the admin creates the host (capacity `maxSandboxes`, default 10) the first time. */
+  async hostKey(id: string, maxSandboxes = 10): Promise<string> {
+    const known = this.hostKeys.get(id);
+    if (known) return known;
+    const res = await this.call<{ key: string }>("POST", "/api/v1/wolf-instances", this.adminKey, {
+      id,
+      max_sandboxes: maxSandboxes,
+    });
+    if (res.status !== 201) throw new Error(`creating host ${id}: ${res.status} ${res.bytes.toString()}`);
+    this.hostKeys.set(id, res.body.key);
+    return res.body.key;
   }
 
   async call<T = Record<string, unknown>>(

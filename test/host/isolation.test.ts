@@ -51,6 +51,8 @@ function attackSuite(mode: "users" | "namespaces" | "unsafe-shared-user", skip: 
     let w: World;
     let stateDir: string;
     let driver: KeyRecordingDriver;
+    /** A host credential the host process holds: no sandbox may find it. */
+    let hostSecret = "";
     const saved = { marker: process.env.REVDIAL_TEST_HOST_MARKER, token: process.env.REVDIAL_RUNNER_TOKEN };
 
     before(async () => {
@@ -59,7 +61,8 @@ function attackSuite(mode: "users" | "namespaces" | "unsafe-shared-user", skip: 
       stateDir = mkdtempSync(join(tmpdir(), "revdial-iso-"));
       // What a careless host leaks: its own environment, the runner token included.
       process.env.REVDIAL_TEST_HOST_MARKER = HOST_MARKER;
-      process.env.REVDIAL_RUNNER_TOKEN = w.server.runnerToken;
+      hostSecret = await w.hostKey("iso-secret");
+      process.env.REVDIAL_RUNNER_TOKEN = hostSecret;
       const options: ProcessDriverOptions = {
         logger: silentLogger(),
         stateDir,
@@ -137,7 +140,7 @@ function attackSuite(mode: "users" | "namespaces" | "unsafe-shared-user", skip: 
           "desktop.sock",
         ),
         otherToken: driver.keys.get(bob) as string,
-        runnerToken: w.server.runnerToken,
+        runnerToken: hostSecret,
         hostMarker: HOST_MARKER,
         otherAgentPid: bobAgent,
         dataDir: w.dataDir,

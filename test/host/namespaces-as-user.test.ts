@@ -35,10 +35,13 @@ describe("namespaces isolation on a host run as an ordinary user", { skip: needs
   let w: World;
   let wolf: ChildProcess | null = null;
   const output: string[] = [];
+  /** The host's own key: in its environment, never in a sandbox's. */
+  let hostKey = "";
   const stateDir = join(tmpdir(), `revdial-nobody-host-${process.pid}-${Date.now()}`);
 
   before(async () => {
     w = await new World().start();
+    hostKey = await w.hostKey("nobody", 2);
     writeFileSync(join(w.dataDir, "secret.txt"), "the server's secret", { mode: 0o600 });
     wolf = spawn(
       "setpriv",
@@ -57,7 +60,7 @@ describe("namespaces isolation on a host run as an ordinary user", { skip: needs
       {
         env: {
           PATH: process.env.PATH ?? "/usr/bin:/bin",
-          REVDIAL_RUNNER_TOKEN: w.server.runnerToken,
+          REVDIAL_TOKEN: hostKey,
           REVDIAL_TEST_HOST_MARKER: HOST_MARKER,
         },
         stdio: ["ignore", "pipe", "pipe"],
@@ -107,7 +110,7 @@ describe("namespaces isolation on a host run as an ordinary user", { skip: needs
       ownToken: aliceKey as string,
       ownDesktopSocket: "/home/sandbox/run/desktop.sock",
       otherToken: bobKey as string,
-      runnerToken: w.server.runnerToken,
+      runnerToken: hostKey,
       hostMarker: HOST_MARKER,
       otherAgentPid: bobAgent,
       dataDir: w.dataDir,

@@ -35,7 +35,7 @@ async function startWolf(w: World, id: string, stateDir: string): Promise<WolfPr
       .concat(["--sandbox-uids", `${UIDS.first}-${UIDS.last}`, "--max-sandboxes", "2", "--heartbeat", "1s"])
       .concat(["--log-level", "debug"]),
     {
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", REVDIAL_RUNNER_TOKEN: w.server.runnerToken },
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", REVDIAL_TOKEN: await w.hostKey(id, 2) },
       stdio: ["ignore", "pipe", "pipe"],
     },
   );
@@ -93,10 +93,11 @@ describe("kill -9 of a host leaves no sandbox; a restarted host reports what it 
     const sandbox = ofSandbox();
     assert.ok(pidsOfUids(uid, uid).length >= 2, `Xvfb and the agent run as ${uid}`);
     assert.ok(sandbox.length >= 4, `bwrap, launcher, Xvfb and agent: ${sandbox}`);
-    // The host ran with REVDIAL_RUNNER_TOKEN in its environment; no sandbox process has it.
+    // The host ran with its key (REVDIAL_TOKEN) in its environment; no sandbox process has it.
+    const hostKey = await w.hostKey("k9");
     for (const pid of sandbox) {
       const env = readFileSync(`/proc/${pid}/environ`, "latin1").split("\0");
-      assert.ok(!env.some((v) => v.includes(w.server.runnerToken)), `process ${pid} has no runner token`);
+      assert.ok(!env.some((v) => v.includes(hostKey)), `process ${pid} has no host key`);
       assert.ok(!env.some((v) => v.startsWith("REVDIAL_RUNNER_TOKEN=")));
     }
     const [agent] = pidsWithCommand(`sandbox-${sessionId}`, " agent ");

@@ -45,6 +45,29 @@ function get(
   });
 }
 
+/** An admin creates a host, so that the runner token may register it. */
+function createHost(url: string, ca: Buffer, adminKey: string, id: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const body = JSON.stringify({ id });
+    https
+      .request(
+        `${url}/api/v1/wolf-instances`,
+        {
+          method: "POST",
+          ca,
+          agent: false,
+          headers: { authorization: `Bearer ${adminKey}`, "content-type": "application/json" },
+        },
+        (res) => {
+          res.resume();
+          res.on("end", () => resolve(res.statusCode ?? 0));
+        },
+      )
+      .once("error", reject)
+      .end(body);
+  });
+}
+
 const count = (text: string, pattern: RegExp) => text.match(new RegExp(pattern, "g"))?.length ?? 0;
 
 describe("TLS end to end through the CLI", () => {
@@ -98,6 +121,9 @@ describe("TLS end to end through the CLI", () => {
     url = (await server.waitFor(/listening on (https:\/\/\S+)/, 60_000))[1];
     port = Number(new URL(url).port);
     adminKey = (await server.waitFor(/admin API key[^:]*: (\S+)/))[1];
+    for (const id of ["tls-ca", "tls-go", "tls-noca", "tls-insecure"]) {
+      assert.equal(await createHost(url, ca, adminKey, id), 201);
+    }
   });
 
   after(async () => {

@@ -284,6 +284,7 @@ export async function lifecycleRoutes(app: FastifyInstance, ctx: ApiContext): Pr
       const userId = requireUser(principal);
       requireWrite(principal);
       const task = await loadVisibleTask(ctx, principal, request.params.id);
+      await ctx.quotas.checkStart(userId);
       return startPlanning(ctx, scheduler, request.log, userId, task.id);
     },
   );

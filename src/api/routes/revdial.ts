@@ -9,7 +9,7 @@ import { BodyTooLargeError, TunnelAbortedError, TunnelStreamError } from "../../
 import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { TunnelEndpoint } from "../../tunnel/tunnel-endpoint.ts";
 import { UPGRADE_STRIPPED_CODE, UPGRADE_STRIPPED_SERVER_MESSAGE } from "../../tunnel/upgrade-diagnosis.ts";
-import { principalOf, requireAdmin } from "../auth.ts";
+import { principalOf, requireAdmin, requireWrite } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errorBody, statusOf } from "../http-errors.ts";
 import { readBounded } from "./sandbox-call.ts";
@@ -85,7 +85,10 @@ export function proxyTarget(rawUrl: string, decodedId: string): { runnerId: stri
 }
 
 async function proxy(ctx: ApiContext, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-  requireAdmin(principalOf(request));
+  const principal = principalOf(request);
+  requireAdmin(principal);
+  if (request.method !== "GET" && request.method !== "HEAD") requireWrite(principal);
+  ctx.quotas.holdCallFor(principal, reply);
   const { runnerId, path } = proxyTarget(
     request.raw.url ?? "/",
     (request.params as { runnerId: string }).runnerId,

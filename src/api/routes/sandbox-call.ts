@@ -25,6 +25,8 @@ export function sandboxRunnerId(sessionId: string): string {
 /**
  * Sends one request to the session's sandbox (the desktop target). The call is aborted when the
  * client's connection closes before the reply is done; the deadline for headers is callTimeoutMs.
+ * It holds one of the caller's call slots (quotas.ts) until the reply is done: throws 429 when the
+ * caller has none left.
  */
 export function callSandbox(
   ctx: ApiContext,
@@ -32,6 +34,7 @@ export function callSandbox(
   sessionId: string,
   req: Omit<TunnelRequest, "timeoutMs" | "signal">,
 ): Promise<TunnelResponse> {
+  ctx.quotas.holdCallFor(reply.request.principal, reply);
   const controller = new AbortController();
   reply.raw.once("close", () => {
     if (!reply.raw.writableFinished) controller.abort();

@@ -67,6 +67,7 @@ export async function sessionRoutes(app: FastifyInstance, ctx: ApiContext): Prom
       const principal = principalOf(request);
       const ownerId = requireUser(principal);
       requireWrite(principal);
+      await ctx.quotas.checkSessions(ownerId);
       const body = request.body ?? {};
       const task = body.spec_task_id ? await loadVisibleTask(ctx, principal, body.spec_task_id) : null;
       const session = await ctx.store.sessions.create({

@@ -1,12 +1,15 @@
 // `revdial agent`: the sandbox side of a tunnel. Dials out, registers as --runner-id, and serves the
 // API's calls by proxying them to --local (every target name) or to the --target allow-list.
 // Exit status: 0 after SIGTERM/SIGINT, 3 when a newer agent took the runner id, 2 on bad usage.
+// The key comes from --token-file, `--token -` (stdin) or env REVDIAL_TOKEN; `--token KEY` still
+// works but warns, since every local user can read a command line.
 
 import type { Command } from "commander";
 import { createLogger, type Logger } from "../../common/logger.ts";
 import { AgentClient } from "../../tunnel/agent-client.ts";
 import { TargetMap } from "../../tunnel/target-map.ts";
 import { CliUsageError, env, logLevelOption, TRANSPORT_OPTION, transportOption } from "../env.ts";
+import { readSecret } from "../secret-source.ts";
 import { onShutdownSignal } from "../signals.ts";
 import { addTlsOptions, type TlsFlags, tlsFromFlags } from "../tls-options.ts";
 
@@ -16,6 +19,7 @@ export interface AgentFlags extends TlsFlags {
   server?: string;
   runnerId?: string;
   token?: string;
+  tokenFile?: string;
   local?: string;
   target: string[];
   logLevel: string;
@@ -40,10 +44,10 @@ export function register(program: Command): void {
       env("REVDIAL_RUNNER_ID"),
     )
     .option(
-      "--token <token>",
-      "API key, sandbox key or runner token (env REVDIAL_TOKEN)",
-      env("REVDIAL_TOKEN"),
+      "--token-file <file>",
+      "read the key (API key, sandbox key or host key) from FILE (env REVDIAL_TOKEN)",
     )
+    .option("--token <token>", "the key; `-` reads it from stdin (on the command line: avoid)")
     .option(
       "--local <addr>",
       "serve every target name from ADDR (host:port or unix:///path); default 127.0.0.1:9876",
@@ -64,13 +68,28 @@ export function register(program: Command): void {
   );
 }
 
-export async function runAgent(flags: AgentFlags): Promise<void> {
+/**
+ * Runs the agent until it is stopped. `warnCommandLineToken`: warn when the key was given on the
+ * command line (off for `revdial-client`, whose seed scripts pass `-token` by design).
+ */
+export async function runAgent(
+  flags: AgentFlags,
+  options: { warnCommandLineToken?: boolean } = {},
+): Promise<void> {
   if (!flags.server) throw new CliUsageError("--server is required (or set REVDIAL_URL)");
   if (!flags.runnerId) throw new CliUsageError("--runner-id is required");
-  if (!flags.token) throw new CliUsageError("--token is required");
+  const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
+  const token = await readSecret({
+    value: flags.token,
+    file: flags.tokenFile,
+    envNames: ["REVDIAL_TOKEN"],
+    flag: "--token",
+    warn: options.warnCommandLineToken === false ? undefined : (message) => logger.warn(message),
+  });
+  if (!token)
+    throw new CliUsageError("a key is required: --token-file FILE, --token - (stdin) or REVDIAL_TOKEN");
   const tls = tlsFromFlags(flags);
   const transport = transportOption(flags.transport);
-  const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
   const desktop = flags.desktop ? await startDesktop(flags, logger) : null;
   const stopDesktop = desktop?.close ?? null;
   // The desktop's bound address, so `--desktop-listen 127.0.0.1:0` serves the port it was given.
@@ -84,7 +103,7 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
   const agent = new AgentClient({
     serverUrl: flags.server,
     runnerId: flags.runnerId,
-    token: flags.token,
+    token,
     targets,
     logger,
     tls,

@@ -1,16 +1,30 @@
 // `revdial server`: runs the control plane until SIGTERM/SIGINT, then drains and exits 0. With
 // --tls-cert/--tls-key it serves HTTPS and WSS on the same listener and reloads the pair on SIGHUP.
+// With --with-local-host it also runs the sandbox host `local` in this process: the host record is
+// created if missing and a fresh host key is minted for it on every start (the previous ones are
+// revoked) and handed over in memory, never on a command line or in a file.
+// No runner token exists unless the operator gives one (--runner-token-file, env
+// REVDIAL_RUNNER_TOKEN, or --runner-token, which warns: other local users can read it).
 
 import type { Command } from "commander";
+import type { RunningServer } from "../../api/server.ts";
 import type { SecureContextTarget } from "../../api/tls-reloader.ts";
+import { hasCode } from "../../common/errors.ts";
 import { createLogger, type Logger } from "../../common/logger.ts";
+import { STORE_ERROR_CODES } from "../../store/store-errors.ts";
 import { CliUsageError, durationOption, env, logLevelOption, sizeOption } from "../env.ts";
+import { readSecret } from "../secret-source.ts";
 import { onShutdownSignal } from "../signals.ts";
 
 interface ServerFlags {
   listen: string;
   dataDir: string;
   runnerToken?: string;
+  runnerTokenFile?: string;
+  quotaTunnels: string;
+  quotaSessions: string;
+  quotaRunning: string;
+  quotaCalls: string;
   gracePeriod: string;
   databaseUrl?: string;
   dbConnectTimeout: string;
@@ -36,13 +50,33 @@ export function register(program: Command): void {
     )
     .option(
       "--data-dir <dir>",
-      "embedded database, admin.key, runner.token (env REVDIAL_DATA_DIR)",
+      "embedded database and admin.key (env REVDIAL_DATA_DIR)",
       env("REVDIAL_DATA_DIR") ?? "./data",
     )
     .option(
-      "--runner-token <token>",
-      "secret sandbox hosts register with (env REVDIAL_RUNNER_TOKEN)",
-      env("REVDIAL_RUNNER_TOKEN"),
+      "--runner-token-file <file>",
+      "accept the seed's shared runner token, read from FILE, for hosts an admin created (env REVDIAL_RUNNER_TOKEN)",
+    )
+    .option("--runner-token <token>", "as --runner-token-file, but visible to local users: avoid")
+    .option(
+      "--quota-tunnels <n>",
+      "live tunnels per user (env REVDIAL_QUOTA_TUNNELS)",
+      quotaDefault("TUNNELS", 100),
+    )
+    .option(
+      "--quota-sessions <n>",
+      "sessions not yet stopped per user (env REVDIAL_QUOTA_SESSIONS)",
+      quotaDefault("SESSIONS", 200),
+    )
+    .option(
+      "--quota-running <n>",
+      "running sessions (host slots) per user (env REVDIAL_QUOTA_RUNNING)",
+      quotaDefault("RUNNING", 20),
+    )
+    .option(
+      "--quota-calls <n>",
+      "concurrent calls into sandboxes per user (env REVDIAL_QUOTA_CALLS)",
+      quotaDefault("CALLS", 64),
     )
     .option(
       "--grace-period <duration>",
@@ -96,7 +130,7 @@ export function register(program: Command): void {
     )
     .option(
       "--with-local-host",
-      "also run a sandbox host `local` (process driver) in this process, with the runner token",
+      "also run a sandbox host `local` (process driver) in this process, with a host key minted at start",
     )
     .option(
       "--log-level <level>",
@@ -137,12 +171,26 @@ async function runServer(flags: ServerFlags): Promise<void> {
   process.umask(0o077);
   const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-server" });
   const https = await tlsPairFromFlags(flags);
+  const runnerToken = await readSecret({
+    value: flags.runnerToken,
+    file: flags.runnerTokenFile,
+    envNames: ["REVDIAL_RUNNER_TOKEN"],
+    flag: "--runner-token",
+    warn: (message) => logger.warn(message),
+  });
+  const quotas = {
+    tunnels: countOption("--quota-tunnels", flags.quotaTunnels),
+    sessions: countOption("--quota-sessions", flags.quotaSessions),
+    running: countOption("--quota-running", flags.quotaRunning),
+    calls: countOption("--quota-calls", flags.quotaCalls),
+  };
   // Loaded here so that agents and client commands do not pay for the server's modules.
   const { startServer } = await import("../../api/server.ts");
   const server = await startServer({
     listen: flags.listen,
     dataDir: flags.dataDir,
-    runnerToken: flags.runnerToken,
+    runnerToken: runnerToken ?? null,
+    quotas,
     databaseUrl: flags.databaseUrl,
     storeLimits: {
       connectTimeoutMs: durationOption("--db-connect-timeout", flags.dbConnectTimeout),
@@ -183,19 +231,25 @@ async function runServer(flags: ServerFlags): Promise<void> {
   }
 }
 
+/** The local host's id: its tunnel is `wolf-local`. */
+const LOCAL_HOST_ID = "local";
+
 /**
- * The sandbox host `local` (process driver), dialing this server like any remote host would. Its
+ * The sandbox host `local` (process driver), dialing this server like any remote host would, with
+ * its own host key: the record is created if missing (an admin action, taken here on the operator's
+ * behalf), and a fresh key is minted on each start, revoking the keys of earlier starts. Its
  * isolation is auto with a fallback to the shared user, so `npm start` stays one command for an
  * ordinary user; the banner says which isolation it got. Its state dir is per data dir, so two
  * servers on one machine keep their sandboxes apart.
  */
-async function startLocalHost(server: { url: string; runnerToken: string }, logger: Logger, dataDir: string) {
+async function startLocalHost(server: RunningServer, logger: Logger, dataDir: string) {
   const { WolfHost } = await import("../../host/wolf-host.ts");
   const { localHostStateDir } = await import("../../host/host-state.ts");
+  const token = await mintLocalHostKey(server);
   const host = new WolfHost({
     serverUrl: server.url,
-    token: server.runnerToken,
-    id: "local",
+    token,
+    id: LOCAL_HOST_ID,
     driver: "process",
     isolation: "auto",
     allowSharedFallback: true,
@@ -208,6 +262,29 @@ async function startLocalHost(server: { url: string; runnerToken: string }, logg
     `local sandbox host running (wolf-local, process driver, isolation: ${host.isolation}, max ${host.maxSandboxes})\n`,
   );
   return host;
+}
+
+async function mintLocalHostKey(server: RunningServer): Promise<string> {
+  const admin = await server.store.users.firstAdmin();
+  if (!admin) throw new Error("no admin user: cannot create the local host");
+  if (!(await server.store.wolfInstances.get(LOCAL_HOST_ID))) {
+    await server.store.wolfInstances.create({ id: LOCAL_HOST_ID, name: LOCAL_HOST_ID }).catch((err) => {
+      // Another server on the same database created it first.
+      if (!hasCode(err, STORE_ERROR_CODES.conflict)) throw err;
+    });
+  }
+  const { apiKey } = await server.auth.createHostKey(LOCAL_HOST_ID, admin.id, { replace: true });
+  return apiKey;
+}
+
+function quotaDefault(name: string, fallback: number): string {
+  return env(`REVDIAL_QUOTA_${name}`) ?? String(fallback);
+}
+
+function countOption(flag: string, text: string): number {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) throw new CliUsageError(`${flag} must be a positive integer`);
+  return value;
 }
 
 async function tlsPairFromFlags(flags: ServerFlags): Promise<{ cert: Buffer; key: Buffer } | null> {

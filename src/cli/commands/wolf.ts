@@ -1,8 +1,12 @@
-// `revdial wolf run`: a sandbox host. Registers with the API using the runner token, heartbeats,
+// `revdial wolf create ID [--max-sandboxes N] [--name N]`: an admin adds a host and gets its key
+// (`rdh-…`, printed once); `revdial wolf rotate-key ID` replaces it; `revdial wolf delete ID`.
+// `revdial wolf run`: a sandbox host. Registers with the API using its host key, heartbeats,
 // dials out as `wolf-{id}` and serves its lobby API through that tunnel; sandboxes are made by the
 // process driver (Xvfb + `revdial agent --desktop` per sandbox, one process group each) or the
 // docker driver. SIGTERM/SIGINT stop every sandbox, then exit 0; exit 3 when another host took the id.
 // `revdial wolf list`: the hosts the API knows, with their load.
+// The key of `wolf run` comes from --token-file, `--token -` (stdin), env REVDIAL_TOKEN (or the
+// seed's REVDIAL_RUNNER_TOKEN), or --token (warned about: visible to local users).
 
 import type { Command } from "commander";
 import type { wolfInstanceView } from "../../api/routes/wolf-instances.ts";
@@ -23,7 +27,8 @@ import {
   TRANSPORT_OPTION,
   transportOption,
 } from "../env.ts";
-import { type Column, printList } from "../output.ts";
+import { type Column, formatJson, print, printList } from "../output.ts";
+import { readSecret } from "../secret-source.ts";
 import { onShutdownSignal } from "../signals.ts";
 import { addTlsOptions, type TlsFlags, tlsFromFlags } from "../tls-options.ts";
 import { EXIT_REPLACED } from "./agent.ts";
@@ -33,6 +38,7 @@ type WolfView = ReturnType<typeof wolfInstanceView>;
 interface RunFlags extends TlsFlags {
   server?: string;
   token?: string;
+  tokenFile?: string;
   id?: string;
   name?: string;
   maxSandboxes: string;
@@ -73,7 +79,15 @@ function parseLabels(specs: string[]): Record<string, string> {
 
 async function run(flags: RunFlags): Promise<void> {
   if (!flags.server) throw new CliUsageError("--server is required (or set REVDIAL_URL)");
-  if (!flags.token) throw new CliUsageError("--token is required (or set REVDIAL_RUNNER_TOKEN)");
+  const token = await readSecret({
+    value: flags.token,
+    file: flags.tokenFile,
+    envNames: ["REVDIAL_TOKEN", "REVDIAL_RUNNER_TOKEN"],
+    flag: "--token",
+    warn: (message) => process.stderr.write(`warning: ${message}\n`),
+  });
+  if (!token)
+    throw new CliUsageError("a host key is required: --token-file FILE, --token - (stdin) or REVDIAL_TOKEN");
   if (!flags.id) throw new CliUsageError("--id is required");
   if (flags.driver !== "process" && flags.driver !== "docker")
     throw new CliUsageError("--driver must be process or docker");
@@ -86,7 +100,7 @@ async function run(flags: RunFlags): Promise<void> {
   try {
     host = new WolfHost({
       serverUrl: flags.server,
-      token: flags.token,
+      token,
       id: flags.id,
       name: flags.name,
       maxSandboxes: max,
@@ -125,7 +139,11 @@ export function register(program: Command): void {
     .command("run")
     .description("run a sandbox host: register, heartbeat, and serve the lobby API through its tunnel")
     .option("--server <url>", "API URL (env REVDIAL_URL)", env("REVDIAL_URL"))
-    .option("--token <token>", "the runner token (env REVDIAL_RUNNER_TOKEN)", env("REVDIAL_RUNNER_TOKEN"))
+    .option(
+      "--token-file <file>",
+      "the host's key (from `revdial wolf create`) in a file (env REVDIAL_TOKEN)",
+    )
+    .option("--token <token>", "the host's key; `-` reads it from stdin (on the command line: avoid)")
     .option(
       "--id <id>",
       "host id; the tunnel registers as wolf-{id} (env REVDIAL_WOLF_ID)",
@@ -160,6 +178,51 @@ export function register(program: Command): void {
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
   // The TLS flags may also be program-wide (register-commands.ts); the sandbox agent gets them as env.
   addTlsOptions(runCommand).action((_flags: RunFlags, cmd: Command) => run(cmd.optsWithGlobals<RunFlags>()));
+
+  wolf
+    .command("create")
+    .description("add a sandbox host and print its key (shown once; admin)")
+    .argument("<id>", "host id: its tunnel registers as wolf-{id}")
+    .option("--name <name>", "display name (default: the id)")
+    .option("--max-sandboxes <n>", "capacity; the host may lower it, never raise it", "10")
+    .option("--json", "print JSON")
+    .action(async (id: string, flags: { name?: string; maxSandboxes: string; json?: boolean }) => {
+      const max = Number(flags.maxSandboxes);
+      if (!Number.isInteger(max) || max < 1)
+        throw new CliUsageError("--max-sandboxes must be a positive integer");
+      const created = await createApiClient().post<WolfView & { key: string }>("/api/v1/wolf-instances", {
+        id,
+        ...(flags.name ? { name: flags.name } : {}),
+        max_sandboxes: max,
+      });
+      if (flags.json) return print(formatJson(created));
+      print(`Wolf instance created: ${created.id} (max ${created.max_sandboxes})\n`);
+      print(`Host key (shown once): ${created.key}\n`);
+      print(`Run it with: REVDIAL_TOKEN=<key> revdial wolf run --id ${created.id} --server URL\n`);
+    });
+
+  wolf
+    .command("rotate-key")
+    .description("replace a host's key: print the new one, revoke the old ones (admin)")
+    .argument("<id>", "host id")
+    .option("--json", "print JSON")
+    .action(async (id: string, flags: { json?: boolean }) => {
+      const rotated = await createApiClient().post<{ id: string; key: string }>(
+        `/api/v1/wolf-instances/${encodeURIComponent(id)}/rotate-key`,
+        {},
+      );
+      if (flags.json) return print(formatJson(rotated));
+      print(`Host key of ${rotated.id} replaced (shown once): ${rotated.key}\n`);
+    });
+
+  wolf
+    .command("delete")
+    .description("remove a host and revoke its keys (admin)")
+    .argument("<id>", "host id")
+    .action(async (id: string) => {
+      await createApiClient().delete(`/api/v1/wolf-instances/${encodeURIComponent(id)}`);
+      print(`Wolf instance deleted: ${id}\n`);
+    });
 
   wolf
     .command("list")
