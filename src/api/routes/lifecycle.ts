@@ -61,6 +61,12 @@ async function startPlanning(
     throw err;
   }
   log.info({ session_id: session.id, spec_task_id: task.id }, "Planning session started");
+  // The task is the agent's first message, so it starts planning by itself (queued until it connects).
+  await ctx.sync
+    ?.send(session.id, [task.name, task.description].filter(Boolean).join("\n\n"))
+    .catch((err: Error) =>
+      log.warn({ session_id: session.id, err: err.message }, "could not queue the task for the agent"),
+    );
   return { task: specTaskView(task), session_id: session.id };
 }
 

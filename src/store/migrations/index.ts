@@ -2,6 +2,7 @@
 // the schema is a new file with the next version, appended here.
 
 import { migration001 } from "./001-initial-schema.ts";
+import { migration005 } from "./005-agent-sync-interactions.ts";
 
 export interface Migration {
   readonly version: number;
@@ -9,4 +10,4 @@ export interface Migration {
   readonly sql: string;
 }
 
-export const MIGRATIONS: readonly Migration[] = Object.freeze([migration001]);
+export const MIGRATIONS: readonly Migration[] = Object.freeze([migration001, migration005]);
