@@ -4,7 +4,8 @@
 
 import type { Command } from "commander";
 import { createLogger, type Logger } from "../../common/logger.ts";
-import { AgentClient } from "../../tunnel/agent-client.ts";
+import { isSessionId } from "../../store/ids.ts";
+import { AgentClient, type AgentClientOptions } from "../../tunnel/agent-client.ts";
 import { TargetMap } from "../../tunnel/target-map.ts";
 import { CliUsageError, env, logLevelOption, TRANSPORT_OPTION, transportOption } from "../env.ts";
 import { onShutdownSignal } from "../signals.ts";
@@ -23,6 +24,7 @@ export interface AgentFlags extends TlsFlags {
   display?: string;
   desktopListen: string;
   transport?: string;
+  agentCommand?: string;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -53,6 +55,11 @@ export function register(program: Command): void {
     .option("--display <display>", "X display for the desktop service (default $DISPLAY)")
     .option("--desktop-listen <host:port>", "where the desktop service listens", "127.0.0.1:9876")
     .option(...TRANSPORT_OPTION)
+    .option(
+      "--agent-command <cmd>",
+      "run this agent program (sh -c) and bridge it to the session's sync socket (env REVDIAL_AGENT_COMMAND)",
+      env("REVDIAL_AGENT_COMMAND"),
+    )
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
   // optsWithGlobals: the TLS flags may also be program-wide options (see register-commands.ts).
   addTlsOptions(command).action(async (_flags: AgentFlags, cmd: Command) =>
@@ -86,11 +93,14 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
     tls,
     transport,
   });
+  const bridge = flags.agentCommand ? await startSyncBridge(flags, tls, logger) : null;
   onShutdownSignal(logger, async () => {
+    await bridge?.close();
     await agent.close();
     await stopDesktop?.();
   });
   const exit = await agent.start();
+  await bridge?.close();
   await stopDesktop?.();
   process.exit(exit === "replaced" ? EXIT_REPLACED : 0);
 }
@@ -106,4 +116,23 @@ async function startDesktop(
     ? `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`
     : flags.desktopListen;
   return { address, close: () => service.close() };
+}
+
+/** The agent program and its sync socket, for the session this agent's runner id names. */
+async function startSyncBridge(flags: AgentFlags, tls: AgentClientOptions["tls"], logger: Logger) {
+  const runnerId = flags.runnerId as string;
+  const sessionId = runnerId.startsWith("sandbox-") ? runnerId.slice("sandbox-".length) : "";
+  if (!isSessionId(sessionId))
+    throw new CliUsageError("--agent-command needs a sandbox runner id (sandbox-ses_…)");
+  const { SyncBridge } = await import("../../agent/sync-bridge.ts");
+  const bridge = new SyncBridge({
+    serverUrl: flags.server as string,
+    sessionId,
+    token: flags.token as string,
+    command: flags.agentCommand as string,
+    tls,
+    logger,
+  });
+  void bridge.start();
+  return bridge;
 }
