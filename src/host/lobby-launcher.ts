@@ -20,6 +20,8 @@ export interface LauncherSpec {
   /** Absolute path of src/cli/main.ts. */
   mainPath: string;
   app: string | null;
+  /** The agent program bridged to the session's sync socket (`revdial agent --agent-command`). */
+  agentCommand?: string | null;
   env: Record<string, string>;
   /** WIDTHxHEIGHTxDEPTH for Xvfb. */
   screen: string;
@@ -121,6 +123,7 @@ async function launch(spec: LauncherSpec): Promise<void> {
   ];
   agentArgs.push("--desktop", "--desktop-listen", `127.0.0.1:${port}`);
   if (display) agentArgs.push("--display", display);
+  if (spec.agentCommand) agentArgs.push("--agent-command", spec.agentCommand);
   const agent = spawn(process.execPath, agentArgs, { env, stdio: ["ignore", "ignore", "inherit"] });
   essential(agent, "agent");
 

@@ -24,6 +24,8 @@ export interface ProcessDriverOptions {
   maxSandboxes?: number;
   /** A command started on each sandbox's display (`sh -c`), e.g. an editor. */
   app?: string | null;
+  /** The agent program each sandbox's agent runs and bridges (`revdial agent --agent-command`). */
+  agentCommand?: string | null;
   /** Xvfb screen, WIDTHxHEIGHTxDEPTH (default 1280x800x24). */
   screen?: string;
   /** How long a stopped group gets to exit after SIGTERM before SIGKILL (default 5 s). */
@@ -81,7 +83,10 @@ async function groupGone(pgid: number, deadline: number): Promise<boolean> {
 export class ProcessDriver implements SandboxDriver {
   readonly name = "process" as const;
   readonly #log: Logger;
-  readonly #o: Required<Omit<ProcessDriverOptions, "logger" | "onExit" | "app">> & { app: string | null };
+  readonly #o: Required<Omit<ProcessDriverOptions, "logger" | "onExit" | "app" | "agentCommand">> & {
+    app: string | null;
+    agentCommand: string | null;
+  };
   readonly #onExit: ExitListener;
   readonly #lobbies = new Map<string, Lobby>();
   /** Creates in flight, by session id, so a retry joins the first. */
@@ -98,7 +103,7 @@ export class ProcessDriver implements SandboxDriver {
     for (const name of ["stopTimeoutMs", "startTimeoutMs"] as const)
       if (!(o[name] > 0)) throw new InvalidOptionError(name, "must be > 0");
     this.#log = options.logger;
-    this.#o = { ...o, app: options.app ?? null };
+    this.#o = { ...o, app: options.app ?? null, agentCommand: options.agentCommand ?? null };
     this.#onExit = options.onExit ?? (() => {});
   }
 
@@ -130,6 +135,7 @@ export class ProcessDriver implements SandboxDriver {
       serverUrl: spec.serverUrl,
       mainPath: MAIN_PATH,
       app: this.#o.app,
+      agentCommand: this.#o.agentCommand,
       env: spec.env,
       screen: this.#o.screen,
     };

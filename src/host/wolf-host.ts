@@ -34,6 +34,8 @@ export interface WolfHostOptions {
   driver?: "process" | "docker" | SandboxDriver;
   /** Command run on each sandbox's display (process driver). */
   app?: string | null;
+  /** Agent program bridged to each sandbox's session (process driver; `revdial agent --agent-command`). */
+  agentCommand?: string | null;
   labels?: Record<string, string>;
   /** Default 30 s. */
   heartbeatIntervalMs?: number;
@@ -113,6 +115,7 @@ export class WolfHost {
       logger: this.#log,
       maxSandboxes: this.maxSandboxes,
       app: this.#o.app,
+      agentCommand: this.#o.agentCommand,
       stopTimeoutMs: this.#o.stopTimeoutMs,
       onExit: (exit) => this.#reportExit(exit),
     });

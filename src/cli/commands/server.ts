@@ -114,11 +114,14 @@ export function register(program: Command): void {
 /** The sandbox host `local` (process driver), dialing this server like any remote host would. */
 async function startLocalHost(server: { url: string; runnerToken: string }, logger: Logger) {
   const { WolfHost } = await import("../../host/wolf-host.ts");
+  const { exampleAgentCommand } = await import("../../agent/example-agent.ts");
   const host = new WolfHost({
     serverUrl: server.url,
     token: server.runnerToken,
     id: "local",
     driver: "process",
+    // Each sandbox talks back: the example agent unless REVDIAL_AGENT_COMMAND names another.
+    agentCommand: process.env.REVDIAL_AGENT_COMMAND || exampleAgentCommand(),
     logger,
   });
   await host.start();
