@@ -63,6 +63,8 @@ describe("agent sync", () => {
       data: { content: "hello agent", interaction_id: sent.body.id },
     });
 
+    // An event type the API does not know is ignored (and logged): the socket stays open.
+    agent.event("tool_call_started", { tool: "grep" }, s.id);
     const parts = ["Echo", "Echo: hello", "Echo: hello agent"];
     for (const content of parts)
       agent.event("message_added", { role: "assistant", content, message_id: "m1" }, s.id);
@@ -177,6 +179,22 @@ describe("agent sync", () => {
     assert.equal(turn.state, "cancelled");
     assert.equal(turn.response, "Chapter 1");
     assert.equal((await list(s.id))[1].id, next.body.id);
+    await agent.close();
+  });
+
+  it("the event stream reports the session's status and whether its agent is connected", async () => {
+    const { session: s, agentKey } = await session();
+    const sse = await SseReader.open(`${w.url}/api/v1/sessions/${s.id}/events`, alice.key);
+    type SessionEvent = { status: string; agent_connected: boolean };
+    const sessionEvents = () =>
+      sse.events.filter((e) => e.event === "session").map((e) => e.data as SessionEvent);
+    await sse.until(() => sessionEvents().length > 0, "the first session event");
+    assert.deepEqual(sessionEvents()[0], { session_id: s.id, status: "pending", agent_connected: false });
+    const agent = await SyncClient.open(w.url, s.id, agentKey);
+    await sse.until(() => sessionEvents().some((e) => e.agent_connected), "agent connected", 15_000);
+    await w.server.store.sessions.setStatus(s.id, "stopped", ["pending"]);
+    await sse.until(() => sessionEvents().some((e) => e.status === "stopped"), "status stopped", 15_000);
+    sse.close();
     await agent.close();
   });
 
