@@ -1,5 +1,7 @@
 // `revdial agent`: the sandbox side of a tunnel. Dials out, registers as --runner-id, and serves the
 // API's calls by proxying them to --local (every target name) or to the --target allow-list.
+// With --agent-command it also runs an agent program bridged to the session's sync socket
+// (src/agent/sync-bridge.ts, docs/agent-sync.md).
 // Exit status: 0 after SIGTERM/SIGINT, 3 when a newer agent took the runner id, 2 on bad usage.
 
 import type { Command } from "commander";
