@@ -73,6 +73,7 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
   if (!flags.server) throw new CliUsageError("--server is required (or set REVDIAL_URL)");
   if (!flags.runnerId) throw new CliUsageError("--runner-id is required");
   if (!flags.token) throw new CliUsageError("--token is required");
+  const syncSessionId = flags.agentCommand ? sessionOfRunner(flags.runnerId) : null;
   const tls = tlsFromFlags(flags);
   const transport = transportOption(flags.transport);
   const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
@@ -95,7 +96,7 @@ export async function runAgent(flags: AgentFlags): Promise<void> {
     tls,
     transport,
   });
-  const bridge = flags.agentCommand ? await startSyncBridge(flags, tls, logger) : null;
+  const bridge = syncSessionId ? await startSyncBridge(flags, syncSessionId, tls, logger) : null;
   onShutdownSignal(logger, async () => {
     await bridge?.close();
     await agent.close();
@@ -120,12 +121,21 @@ async function startDesktop(
   return { address, close: () => service.close() };
 }
 
-/** The agent program and its sync socket, for the session this agent's runner id names. */
-async function startSyncBridge(flags: AgentFlags, tls: AgentClientOptions["tls"], logger: Logger) {
-  const runnerId = flags.runnerId as string;
+/** The session a `sandbox-{sessionID}` runner id names (the sync socket's session). */
+function sessionOfRunner(runnerId: string): string {
   const sessionId = runnerId.startsWith("sandbox-") ? runnerId.slice("sandbox-".length) : "";
   if (!isSessionId(sessionId))
     throw new CliUsageError("--agent-command needs a sandbox runner id (sandbox-ses_…)");
+  return sessionId;
+}
+
+/** The agent program and its sync socket, for the session this agent's runner id names. */
+async function startSyncBridge(
+  flags: AgentFlags,
+  sessionId: string,
+  tls: AgentClientOptions["tls"],
+  logger: Logger,
+) {
   const { SyncBridge } = await import("../../agent/sync-bridge.ts");
   const bridge = new SyncBridge({
     serverUrl: flags.server as string,
