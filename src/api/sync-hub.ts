@@ -224,6 +224,7 @@ export class AgentSyncHub {
       if (!principal) throw new ApiError(401, AUTH_ERROR_CODES.required, "missing or invalid API key");
       await this.#authorize(principal, sessionId);
     } catch (err) {
+      if (!(err instanceof ApiError)) this.#log.error({ err }, "sync socket handshake failed");
       rejectHandshake(socket, err);
       return;
     }
