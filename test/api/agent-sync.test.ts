@@ -198,6 +198,25 @@ describe("agent sync", () => {
     await agent.close();
   });
 
+  it("bounds event streams per session (429), and a stream the client closed frees its place", async () => {
+    const { session: s } = await session();
+    const url = `${w.url}/api/v1/sessions/${s.id}/events`;
+    const open: SseReader[] = [];
+    for (let i = 0; i < 16; i++) {
+      const r = await SseReader.open(url, alice.key);
+      assert.equal(r.status, 200);
+      open.push(r);
+    }
+    const refused = await SseReader.open(url, alice.key);
+    assert.equal(refused.status, 429);
+    for (const r of open) r.close();
+    await w.until(async () => {
+      const r = await SseReader.open(url, alice.key);
+      r.close();
+      return r.status === 200;
+    }, "a place freed");
+  });
+
   it("a second socket for the session replaces the first with 4001", async () => {
     const { session: s, agentKey } = await session();
     const old = await SyncClient.open(w.url, s.id, agentKey);

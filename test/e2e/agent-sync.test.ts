@@ -88,6 +88,21 @@ describe("agent sync end to end", { skip: missingTools("Xvfb") }, () => {
     assert.equal((JSON.parse(json.stdout) as Turn[]).length, 2);
   });
 
+  it("session send without --follow says where the message is; another user's session is not found", async () => {
+    const run = await cli(["session", "send", sessionId, "third"]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stdout, /^Message int_[0-9a-z]{26} sent to the agent$/m);
+    await w.until(async () => (await turns())[2]?.state === "complete", "the third answered", 30_000);
+    const bob = await w.user("bob");
+    const other = await revdial(["session", "send", sessionId, "let me in"], {
+      REVDIAL_URL: w.url,
+      REVDIAL_API_KEY: bob.key,
+    });
+    assert.equal(other.code, 1);
+    assert.match(other.stderr, /not found \(HTTP 404\)/);
+    assert.equal((await turns()).length, 3);
+  });
+
   it("stopping the session leaves no process of the sandbox, agent program included", async () => {
     const pgid = w.hosts
       .get("chat")!

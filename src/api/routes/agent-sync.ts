@@ -207,7 +207,6 @@ async function streamEvents(
     hub.events.detach(session.id, sink);
     sink.end();
   };
-  request.raw.once("close", stop);
   res.once("close", stop);
   writeSession();
   if ("snapshot" in resume) {
