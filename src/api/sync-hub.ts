@@ -419,8 +419,9 @@ export class AgentSyncHub {
   // ---- the user's side -----------------------------------------------------------------------
 
   /**
-   * Stores a user's message as a new turn and delivers it at once when an agent is connected (else
-   * it waits for one). Throws 429 RD_ERR_SYNC_QUEUE_FULL past maxQueuedMessages unacknowledged.
+   * Stores a user's message as a new turn (delivery `queued`) and resolves; the delivery to a
+   * connected agent follows in the session's order, so a slow socket never holds the caller.
+   * Throws 429 RD_ERR_SYNC_QUEUE_FULL past maxQueuedMessages unacknowledged.
    */
   send(sessionId: string, content: string): Promise<Interaction> {
     return this.#lane(sessionId, async () => {
@@ -440,8 +441,8 @@ export class AgentSyncHub {
         delivery: "queued",
       });
       this.#publish(turn);
-      await this.#flush(sessionId);
-      return (await this.#store.interactions.get(turn.id)) ?? turn;
+      this.#lane(sessionId, () => this.#flush(sessionId)).catch(() => {});
+      return turn;
     });
   }
 

@@ -19,6 +19,7 @@ interface InteractionView {
   response: string;
   state: string;
   delivery: string;
+  agent_connected?: boolean;
   messages: { message_id: string; content: string }[];
 }
 
@@ -57,6 +58,7 @@ describe("agent sync", () => {
     const sent = await send(s.id, "hello agent");
     assert.equal(sent.status, 201);
     assert.equal(sent.body.state, "waiting");
+    assert.equal(sent.body.agent_connected, true);
     const [message] = await agent.waitFor(1);
     assert.deepEqual(message, {
       type: "chat_message",
@@ -97,8 +99,12 @@ describe("agent sync", () => {
     const first = [];
     for (const text of ["one", "two", "three"]) first.push((await send(s.id, text)).body);
     assert.deepEqual(
-      first.map((t) => t.delivery),
-      ["queued", "queued", "queued"],
+      first.map((t) => [t.delivery, t.agent_connected]),
+      [
+        ["queued", false],
+        ["queued", false],
+        ["queued", false],
+      ],
     );
 
     const agent = await SyncClient.open(w.url, s.id, agentKey);

@@ -2,8 +2,8 @@
 // by src/api/sync-hub.ts on the upgrade listener):
 //
 //   GET  /api/v1/sessions/{id}/interactions -> 200 [interaction]      owner, admin, or the session key
-//   POST /api/v1/sessions/{id}/messages {content} -> 201 interaction  owner/admin, write key; 429
-//        RD_ERR_SYNC_QUEUE_FULL past the queue bound
+//   POST /api/v1/sessions/{id}/messages {content} -> 201 interaction + agent_connected  owner/admin,
+//        write key; 429 RD_ERR_SYNC_QUEUE_FULL past the queue bound
 //   POST /api/v1/sessions/{id}/cancel -> 200 {interaction_id, sent}   owner/admin, write key
 //   GET  /api/v1/sessions/{id}/events -> text/event-stream            owner/admin (read keys too)
 //
@@ -68,12 +68,13 @@ export async function agentSyncRoutes(app: FastifyInstance, ctx: ApiContext): Pr
     async (request, reply) => {
       const session = await loadForUser(ctx, request, true);
       const turn = await hub.send(session.id, request.body.content);
+      const agentConnected = hub.isConnected(session.id);
       await ctx.store.sessions.touchActivity(session.id);
       request.log.info(
-        { session_id: session.id, interaction_id: turn.id, delivery: turn.delivery },
+        { session_id: session.id, interaction_id: turn.id, agent_connected: agentConnected },
         "user message",
       );
-      return reply.code(201).send(interactionView(turn));
+      return reply.code(201).send({ ...interactionView(turn), agent_connected: agentConnected });
     },
   );
 

@@ -10,6 +10,9 @@ import { ApiClient, clientOptionsFromEnv, createApiClient } from "../api-client.
 import { durationOption } from "../env.ts";
 import { formatJson, print } from "../output.ts";
 
+/** What POST /messages answers: the interaction, and whether an agent is connected to take it. */
+type SentView = InteractionView & { agent_connected: boolean };
+
 interface SendFlags {
   follow?: boolean;
   timeout: string;
@@ -30,9 +33,9 @@ export function registerChatCommands(session: Command): void {
         process.exitCode = await sendAndFollow(id, text, durationOption("--timeout", flags.timeout));
         return;
       }
-      const turn = await createApiClient().post<InteractionView>(messagesPath(id), { content: text });
+      const turn = await createApiClient().post<SentView>(messagesPath(id), { content: text });
       if (flags.json) return print(formatJson(turn));
-      const where = turn.delivery === "queued" ? "queued until the agent connects" : "sent to the agent";
+      const where = turn.agent_connected ? "sent to the agent" : "queued until the agent connects";
       print(`Message ${turn.id} ${where}\n`);
     });
 
@@ -66,9 +69,8 @@ async function sendAndFollow(id: string, text: string, timeoutMs: number): Promi
     accept: "text/event-stream",
   });
   if (!stream.body) throw new Error("the server sent no event stream");
-  const turn = await client.post<InteractionView>(messagesPath(id), { content: text });
-  if (turn.delivery === "queued")
-    process.stderr.write("(the agent is not connected: the message waits for it)\n");
+  const turn = await client.post<SentView>(messagesPath(id), { content: text });
+  if (!turn.agent_connected) process.stderr.write("(the agent is not connected: the message waits for it)\n");
   let printed = "";
   try {
     for await (const event of readEvents(stream.body)) {
