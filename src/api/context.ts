@@ -5,6 +5,7 @@ import type { Store } from "../store/index.ts";
 import type { TunnelDialer } from "../tunnel/types.ts";
 import type { Auth } from "./auth.ts";
 import type { Quotas } from "./quotas.ts";
+import type { AgentSyncHub } from "./sync-hub.ts";
 
 export interface ApiConfig {
   /** The URL agents and hosts use to reach this API (what a host hands to the sandboxes it starts). */
@@ -36,4 +37,6 @@ export interface ApiContext {
   dialer: TunnelDialer;
   logger: Logger;
   config: ApiConfig;
+  /** The agent sync hub (sync socket, interactions, event streams); made by routes/agent-sync.ts. */
+  sync?: AgentSyncHub;
 }

@@ -29,6 +29,8 @@ export interface LauncherSpec {
   /** Absolute path of src/cli/main.ts. */
   mainPath: string;
   app: string | null;
+  /** The agent program bridged to the session's sync socket (`revdial agent --agent-command`). */
+  agentCommand?: string | null;
   /** The session's environment (from the API's lobby request). */
   env: Record<string, string>;
   /** WIDTHxHEIGHTxDEPTH for Xvfb. */
@@ -159,6 +161,7 @@ async function launch(spec: LauncherSpec): Promise<void> {
   ];
   agentArgs.push("--desktop", "--desktop-listen", `unix://${socket}`);
   if (display) agentArgs.push("--display", display);
+  if (spec.agentCommand) agentArgs.push("--agent-command", spec.agentCommand);
   const agentEnv = { ...env, ...spec.agentEnv, REVDIAL_TOKEN: spec.token };
   const agent = start("agent", [process.execPath, ...agentArgs], agentEnv, ["ignore", "ignore", "inherit"]);
   essential(agent, "agent");

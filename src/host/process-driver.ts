@@ -54,6 +54,8 @@ export interface ProcessDriverOptions {
   maxSandboxes?: number;
   /** A command started on each sandbox's display (`sh -c`), e.g. an editor. */
   app?: string | null;
+  /** The agent program each sandbox's agent runs and bridges (`revdial agent --agent-command`). */
+  agentCommand?: string | null;
   /** Xvfb screen, WIDTHxHEIGHTxDEPTH (default 1280x800x24). */
   screen?: string;
   /** How long a stopped group gets to exit after SIGTERM before SIGKILL (default 5 s). */
@@ -138,10 +140,13 @@ export async function processesOfUids(uids: number[]): Promise<number[]> {
 export class ProcessDriver implements SandboxDriver {
   readonly name = "process" as const;
   readonly #log: Logger;
-  readonly #o: Required<Omit<ProcessDriverOptions, "logger" | "onExit" | "app" | "sandboxUids" | "caPem">> & {
+  readonly #o: Required<
+    Omit<ProcessDriverOptions, "logger" | "onExit" | "app" | "sandboxUids" | "caPem" | "agentCommand">
+  > & {
     app: string | null;
     sandboxUids: UidRange | undefined;
     caPem: string | null;
+    agentCommand: string | null;
   };
   readonly #onExit: ExitListener;
   readonly #lobbies = new Map<string, Lobby>();
@@ -177,6 +182,7 @@ export class ProcessDriver implements SandboxDriver {
       app: options.app ?? null,
       sandboxUids: options.sandboxUids,
       caPem: options.caPem ?? null,
+      agentCommand: options.agentCommand ?? null,
     };
     this.#onExit = options.onExit ?? (() => {});
   }
@@ -347,6 +353,7 @@ export class ProcessDriver implements SandboxDriver {
       serverUrl: spec.serverUrl,
       mainPath: MAIN_PATH,
       app: this.#o.app,
+      agentCommand: this.#o.agentCommand,
       env: spec.env,
       screen: this.#o.screen,
       workDir: inner,

@@ -42,6 +42,8 @@ export interface WolfHostOptions {
   driver?: "process" | "docker" | SandboxDriver;
   /** Command run on each sandbox's display (process driver). */
   app?: string | null;
+  /** Agent program bridged to each sandbox's session (process driver; `revdial agent --agent-command`). */
+  agentCommand?: string | null;
   labels?: Record<string, string>;
   /** Default 30 s. */
   heartbeatIntervalMs?: number;
@@ -143,6 +145,7 @@ export class WolfHost {
       stateDir: this.stateDir,
       maxSandboxes: this.maxSandboxes,
       app: this.#o.app,
+      agentCommand: this.#o.agentCommand,
       stopTimeoutMs: this.#o.stopTimeoutMs,
       isolation: this.#o.isolation,
       allowSharedFallback: this.#o.allowSharedFallback,

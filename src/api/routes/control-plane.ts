@@ -4,6 +4,7 @@
 
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../context.ts";
+import { agentSyncRoutes } from "./agent-sync.ts";
 import { externalAgentRoutes } from "./external-agents.ts";
 import { lifecycleRoutes } from "./lifecycle.ts";
 import { projectRoutes } from "./projects.ts";
@@ -22,4 +23,5 @@ export async function controlPlaneRoutes(app: FastifyInstance, ctx: ApiContext):
   await externalAgentRoutes(app, ctx);
   await wolfInstanceRoutes(app, ctx);
   await lifecycleRoutes(app, ctx);
+  await agentSyncRoutes(app, ctx);
 }

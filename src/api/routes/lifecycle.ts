@@ -150,6 +150,14 @@ async function startPlanning(
     { session_id: session.id, spec_task_id: taskId, resumed },
     resumed ? "Planning session resumed" : "Planning session started",
   );
+  // The task is the agent's first message, so it starts planning by itself (queued until it
+  // connects). A resumed start sent it already.
+  if (!resumed)
+    await ctx.sync
+      ?.send(session.id, [task.name, task.description].filter(Boolean).join("\n\n"))
+      .catch((err: Error) =>
+        log.warn({ session_id: session.id, err: err.message }, "could not queue the task for the agent"),
+      );
   return { task: specTaskView(task), session_id: session.id };
 }
 

@@ -27,6 +27,7 @@ export async function revdialRoutes(
 ): Promise<void> {
   app.server.on("upgrade", (req, socket, head) => {
     if (endpoint.matches(req)) void endpoint.handleUpgrade(req, socket, head);
+    else if (ctx.sync?.matches(req)) void ctx.sync.handleUpgrade(req, socket, head);
     else {
       socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     }

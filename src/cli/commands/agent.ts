@@ -1,12 +1,15 @@
 // `revdial agent`: the sandbox side of a tunnel. Dials out, registers as --runner-id, and serves the
 // API's calls by proxying them to --local (every target name) or to the --target allow-list.
+// With --agent-command it also runs an agent program bridged to the session's sync socket
+// (src/agent/sync-bridge.ts, docs/agent-sync.md).
 // Exit status: 0 after SIGTERM/SIGINT, 3 when a newer agent took the runner id, 2 on bad usage.
 // The key comes from --token-file, `--token -` (stdin) or env REVDIAL_TOKEN; `--token KEY` still
 // works but warns, since every local user can read a command line.
 
 import type { Command } from "commander";
 import { createLogger, type Logger } from "../../common/logger.ts";
-import { AgentClient } from "../../tunnel/agent-client.ts";
+import { isSessionId } from "../../store/ids.ts";
+import { AgentClient, type AgentClientOptions } from "../../tunnel/agent-client.ts";
 import { TargetMap } from "../../tunnel/target-map.ts";
 import { CliUsageError, env, logLevelOption, TRANSPORT_OPTION, transportOption } from "../env.ts";
 import { readSecret } from "../secret-source.ts";
@@ -27,6 +30,7 @@ export interface AgentFlags extends TlsFlags {
   display?: string;
   desktopListen: string;
   transport?: string;
+  agentCommand?: string;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -61,6 +65,11 @@ export function register(program: Command): void {
       "127.0.0.1:9876",
     )
     .option(...TRANSPORT_OPTION)
+    .option(
+      "--agent-command <cmd>",
+      "run this agent program (sh -c) and bridge it to the session's sync socket (env REVDIAL_AGENT_COMMAND)",
+      env("REVDIAL_AGENT_COMMAND"),
+    )
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
   // optsWithGlobals: the TLS flags may also be program-wide options (see register-commands.ts).
   addTlsOptions(command).action(async (_flags: AgentFlags, cmd: Command) =>
@@ -88,6 +97,7 @@ export async function runAgent(
   });
   if (!token)
     throw new CliUsageError("a key is required: --token-file FILE, --token - (stdin) or REVDIAL_TOKEN");
+  const syncSessionId = flags.agentCommand ? sessionOfRunner(flags.runnerId) : null;
   const tls = tlsFromFlags(flags);
   const transport = transportOption(flags.transport);
   const desktop = flags.desktop ? await startDesktop(flags, logger) : null;
@@ -109,11 +119,14 @@ export async function runAgent(
     tls,
     transport,
   });
+  const bridge = syncSessionId ? await startSyncBridge(flags, syncSessionId, tls, logger) : null;
   onShutdownSignal(logger, async () => {
+    await bridge?.close();
     await agent.close();
     await stopDesktop?.();
   });
   const exit = await agent.start();
+  await bridge?.close();
   await stopDesktop?.();
   process.exit(exit === "replaced" ? EXIT_REPLACED : 0);
 }
@@ -131,4 +144,32 @@ async function startDesktop(
       ? `unix://${bound.path}`
       : `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`;
   return { address, close: () => service.close() };
+}
+
+/** The session a `sandbox-{sessionID}` runner id names (the sync socket's session). */
+function sessionOfRunner(runnerId: string): string {
+  const sessionId = runnerId.startsWith("sandbox-") ? runnerId.slice("sandbox-".length) : "";
+  if (!isSessionId(sessionId))
+    throw new CliUsageError("--agent-command needs a sandbox runner id (sandbox-ses_…)");
+  return sessionId;
+}
+
+/** The agent program and its sync socket, for the session this agent's runner id names. */
+async function startSyncBridge(
+  flags: AgentFlags,
+  sessionId: string,
+  tls: AgentClientOptions["tls"],
+  logger: Logger,
+) {
+  const { SyncBridge } = await import("../../agent/sync-bridge.ts");
+  const bridge = new SyncBridge({
+    serverUrl: flags.server as string,
+    sessionId,
+    token: flags.token as string,
+    command: flags.agentCommand as string,
+    tls,
+    logger,
+  });
+  void bridge.start();
+  return bridge;
 }

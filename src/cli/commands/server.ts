@@ -246,6 +246,7 @@ async function startLocalHost(server: RunningServer, logger: Logger, dataDir: st
   const { WolfHost } = await import("../../host/wolf-host.ts");
   const { localHostStateDir } = await import("../../host/host-state.ts");
   const token = await mintLocalHostKey(server);
+  const { exampleAgentCommand } = await import("../../agent/example-agent.ts");
   const host = new WolfHost({
     serverUrl: server.url,
     token,
@@ -255,6 +256,8 @@ async function startLocalHost(server: RunningServer, logger: Logger, dataDir: st
     allowSharedFallback: true,
     stateDir: localHostStateDir(dataDir),
     removeStateDirOnClose: true,
+    // Each sandbox talks back: the example agent unless REVDIAL_AGENT_COMMAND names another.
+    agentCommand: process.env.REVDIAL_AGENT_COMMAND || exampleAgentCommand(),
     logger,
   });
   await host.start();

@@ -1,9 +1,11 @@
-// `revdial session create [--name N]`, `revdial session list`, `revdial session show ID`.
+// `revdial session create [--name N]`, `revdial session list`, `revdial session show ID`, and the
+// conversation with its agent: `session send ID TEXT [--follow]`, `session history ID` (session-chat.ts).
 
 import type { Command } from "commander";
 import type { SessionView } from "../../api/routes/route-views.ts";
 import { createApiClient } from "../api-client.ts";
 import { type Column, formatJson, formatRecord, print, printList } from "../output.ts";
+import { registerChatCommands } from "./session-chat.ts";
 
 const SESSION_COLUMNS: readonly Column<SessionView>[] = [
   { header: "id", value: (s) => s.id },
@@ -69,4 +71,6 @@ export function register(program: Command): void {
       const view = await createApiClient().get<SessionView>(`/api/v1/sessions/${encodeURIComponent(id)}`);
       print(flags.json ? formatJson(view) : formatRecord({ ...view }));
     });
+
+  registerChatCommands(session);
 }

@@ -44,6 +44,7 @@ interface RunFlags extends TlsFlags {
   maxSandboxes: string;
   driver: string;
   app?: string;
+  agentCommand?: string;
   label: string[];
   heartbeat: string;
   logLevel: string;
@@ -106,6 +107,7 @@ async function run(flags: RunFlags): Promise<void> {
       maxSandboxes: max,
       driver: flags.driver,
       app: flags.app ?? null,
+      agentCommand: flags.agentCommand ?? null,
       labels: parseLabels(flags.label),
       heartbeatIntervalMs: durationOption("--heartbeat", flags.heartbeat),
       agent: { tls: tlsFromFlags(flags), transport: transportOption(flags.transport) },
@@ -153,6 +155,11 @@ export function register(program: Command): void {
     .option("--max-sandboxes <n>", "sandboxes at most", "10")
     .option("--driver <driver>", "process or docker", "process")
     .option("--app <command>", "command started on each sandbox's display (process driver)")
+    .option(
+      "--agent-command <cmd>",
+      "agent program every sandbox runs, bridged to its session's sync socket (process driver; env REVDIAL_AGENT_COMMAND)",
+      env("REVDIAL_AGENT_COMMAND"),
+    )
     .option("--label <key=value>", "a label (repeatable)", collect, [])
     .option("--heartbeat <duration>", "heartbeat interval", "30s")
     .option(...TRANSPORT_OPTION)

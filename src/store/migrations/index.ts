@@ -3,6 +3,7 @@
 
 import { migration001 } from "./001-initial-schema.ts";
 import { migration002 } from "./002-host-keys.ts";
+import { migration003 } from "./003-agent-sync-interactions.ts";
 
 export interface Migration {
   readonly version: number;
@@ -10,4 +11,4 @@ export interface Migration {
   readonly sql: string;
 }
 
-export const MIGRATIONS: readonly Migration[] = Object.freeze([migration001, migration002]);
+export const MIGRATIONS: readonly Migration[] = Object.freeze([migration001, migration002, migration003]);
