@@ -1,6 +1,14 @@
 // Runs the control plane: opens the store (embedded PGlite in the data dir, or Postgres), makes the
-// first admin key, builds the tunnel registry and the app, and listens. close() drains: new
-// tunnels are refused, live ones get GOAWAY and a bounded drain, then the store closes.
+// first admin key, builds the tunnel registry and the app, and listens.
+//
+// Start-up keeps the grace period across a restart: the runners the store says were live (sessions
+// `starting`/`running` -> `sandbox-{id}`, hosts `online` -> `wolf-{id}`) are expected back for
+// gracePeriodMs, so calls for them wait instead of failing at once. The store is read rather than a
+// snapshot file because it is right after a kill -9 too.
+//
+// close() drains, in this order: new tunnels are refused (503 + Retry-After), every live tunnel gets
+// GOAWAY, calls in flight (tunnel streams and the HTTP answers carrying them) finish within
+// drainTimeoutMs, then what is left is cut and the store closes.
 
 import { randomBytes } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
@@ -39,6 +47,12 @@ export interface ServerOptions {
   timings?: Partial<TunnelTimings>;
   /** Tunnels at most. Default 20,000. */
   maxTunnels?: number;
+  /** How long close() lets calls in flight finish before cutting them. Default 15 s. */
+  drainTimeoutMs?: number;
+  /** New tunnel handshakes admitted per second (429 + Retry-After past it). Default 500. */
+  admissionRate?: number;
+  /** Handshakes admitted at once after a quiet period. Default 2 × admissionRate. */
+  admissionBurst?: number;
   /** The URL agents use to reach this server (given to hosts). Default from the listen address. */
   publicUrl?: string;
   https?: { key: Buffer; cert: Buffer } | null;
@@ -55,7 +69,11 @@ const DEFAULTS = Object.freeze({
   gracePeriodMs: 30_000,
   bodyLimit: 256 * 1024 * 1024,
   callTimeoutMs: 15_000,
+  drainTimeoutMs: 15_000,
 });
+
+/** Most sessions read at start-up to expect their sandboxes back (bounds the start-up query). */
+const MAX_EXPECTED_SESSIONS = 100_000;
 
 export interface RunningServer {
   url: string;
@@ -120,6 +138,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     logger,
     timings,
     maxTunnels: o.maxTunnels,
+    admissionRate: o.admissionRate,
+    admissionBurst: o.admissionBurst,
     authorize: async (req, runnerId) => {
       const principal = await auth.authenticate(req.headers);
       if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
@@ -143,6 +163,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     sweepIntervalMs: o.hostSweepIntervalMs,
   });
   tracker.start();
+  await expectKnownRunners(store, registry, o.gracePeriodMs, logger);
   await app.listen({ host, port });
   const actual = (app.server.address() as AddressInfo).port;
   const url = `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${actual}`;
@@ -160,13 +181,52 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     runnerToken,
     close() {
       closing ??= (async () => {
-        endpoint.destroy();
+        endpoint.stopAccepting();
         await tracker.close();
-        await registry.close();
-        await app.close();
+        // Past the drain, whatever is still in flight is cut.
+        const cut = setTimeout(() => {
+          logger.warn({ drain_timeout_ms: o.drainTimeoutMs }, "drain timeout: cutting calls still in flight");
+          registry.destroy();
+          app.server.closeAllConnections?.();
+        }, o.drainTimeoutMs);
+        try {
+          await Promise.all([registry.close(o.drainTimeoutMs), app.close()]);
+        } finally {
+          clearTimeout(cut);
+        }
+        endpoint.destroy();
         await store.close();
       })();
       return closing;
     },
   };
+}
+
+/**
+ * Tells the registry which runners were live before this start (from the store), so that calls for
+ * them wait out the grace period. A store error here only costs the grace period: it is logged.
+ */
+async function expectKnownRunners(
+  store: Store,
+  registry: TunnelRegistry,
+  gracePeriodMs: number,
+  logger: Logger,
+): Promise<void> {
+  if (gracePeriodMs <= 0) return;
+  try {
+    const ids: string[] = [];
+    for (const status of ["starting", "running"] as const) {
+      const sessions = await store.sessions.list({ status, limit: MAX_EXPECTED_SESSIONS });
+      for (const session of sessions) ids.push(`sandbox-${session.id}`);
+    }
+    for (const host of await store.wolfInstances.list())
+      if (host.status === "online") ids.push(`wolf-${host.id}`);
+    const expected = registry.expect(ids, Date.now() + gracePeriodMs);
+    if (expected > 0) logger.info({ runners: expected, grace_ms: gracePeriodMs }, "expecting tunnels back");
+  } catch (err) {
+    logger.warn(
+      { err },
+      "could not read the runners to expect back; calls for them fail until they reconnect",
+    );
+  }
 }

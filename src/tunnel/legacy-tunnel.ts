@@ -67,9 +67,10 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
     this.#log = options.logger;
     this.#timings = options.timings;
     const ws = this.#ws;
+    // Liveness is the agent's control lines (the seed's agent answers each keep-alive with a
+    // `pong` line), never WebSocket pongs: those prove only that a WebSocket library runs, so a
+    // silent peer would hold its tunnel forever.
     ws.on("message", (data: Buffer) => this.#onControl(data));
-    ws.on("pong", () => this.#alive());
-    ws.on("ping", () => this.#alive());
     ws.on("error", () => {});
     ws.on("close", (code: number, reason: Buffer) =>
       this.#finish(reason.toString() || `control closed (${code})`),
@@ -90,7 +91,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
 
   #tick(): void {
     if (Date.now() - this.#lastFrameAt > this.#timings.deadLinkTimeoutMs) {
-      this.#log.warn("legacy tunnel dead: no frame within the dead-link timeout");
+      this.#log.warn("legacy tunnel dead: no control line within the dead-link timeout");
       this.destroy(new Error("dead link"));
       return;
     }
@@ -264,11 +265,15 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
   }
 
   /** v1 has no GOAWAY: calls in flight own their data connections and finish on their own. */
-  close(code: number = CLOSE.SHUTDOWN, reason = "server shutting down"): Promise<void> {
+  close(
+    code: number = CLOSE.SHUTDOWN,
+    reason = "server shutting down",
+    drainMs = this.#timings.drainTimeoutMs,
+  ): Promise<void> {
     if (this.#closed) return Promise.resolve();
     const closed = new Promise<void>((resolve) => this.once("close", () => resolve()));
     if (this.#ws.readyState === this.#ws.OPEN) this.#ws.close(code, reason);
-    const hard = setTimeout(() => this.destroy(), this.#timings.drainTimeoutMs);
+    const hard = setTimeout(() => this.destroy(), drainMs);
     hard.unref();
     return closed.finally(() => clearTimeout(hard));
   }

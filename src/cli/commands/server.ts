@@ -1,4 +1,5 @@
-// `revdial server`: runs the control plane until SIGTERM/SIGINT, then drains and exits 0. With
+// `revdial server`: runs the control plane until SIGTERM/SIGINT, then drains (new tunnels refused,
+// GOAWAY to every tunnel, calls in flight finish within --drain-timeout) and exits 0. With
 // --tls-cert/--tls-key it serves HTTPS and WSS on the same listener and reloads the pair on SIGHUP.
 
 import type { Command } from "commander";
@@ -19,7 +20,13 @@ interface ServerFlags {
   tlsCert?: string;
   tlsKey?: string;
   withLocalHost?: boolean;
+  drainTimeout: string;
+  admissionRate: string;
+  admissionBurst?: string;
 }
+
+/** Longer than the drain by this much, a shutdown is stuck: the process exits 1. */
+const SHUTDOWN_SLACK_MS = 10_000;
 
 export function register(program: Command): void {
   program
@@ -44,6 +51,21 @@ export function register(program: Command): void {
       "--grace-period <duration>",
       "how long calls wait for a dropped tunnel (env REVDIAL_GRACE_PERIOD)",
       env("REVDIAL_GRACE_PERIOD") ?? "30s",
+    )
+    .option(
+      "--drain-timeout <duration>",
+      "on SIGTERM, how long calls in flight may finish before they are cut (env REVDIAL_DRAIN_TIMEOUT)",
+      env("REVDIAL_DRAIN_TIMEOUT") ?? "15s",
+    )
+    .option(
+      "--admission-rate <per-second>",
+      "new tunnel handshakes admitted per second; past it agents get 429 + Retry-After (env REVDIAL_ADMISSION_RATE)",
+      env("REVDIAL_ADMISSION_RATE") ?? "500",
+    )
+    .option(
+      "--admission-burst <count>",
+      "handshakes admitted at once after a quiet period; default 2 x the rate (env REVDIAL_ADMISSION_BURST)",
+      env("REVDIAL_ADMISSION_BURST"),
     )
     .option(
       "--database-url <url>",
@@ -90,6 +112,12 @@ export function register(program: Command): void {
         runnerToken: flags.runnerToken,
         databaseUrl: flags.databaseUrl,
         gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
+        drainTimeoutMs: durationOption("--drain-timeout", flags.drainTimeout),
+        admissionRate: positiveNumber("--admission-rate", flags.admissionRate, false),
+        admissionBurst:
+          flags.admissionBurst === undefined
+            ? undefined
+            : positiveNumber("--admission-burst", flags.admissionBurst, true),
         bodyLimit: sizeOption("--body-limit", flags.bodyLimit),
         publicUrl: flags.publicUrl,
         https,
@@ -104,10 +132,16 @@ export function register(program: Command): void {
       }
       process.stdout.write(`listening on ${server.url}\n`);
       const localHost = flags.withLocalHost ? await startLocalHost(server, logger) : null;
-      onShutdownSignal(logger, async () => {
-        await localHost?.close();
-        await server.close();
-      });
+      const drainMs = durationOption("--drain-timeout", flags.drainTimeout);
+      onShutdownSignal(
+        logger,
+        async () => {
+          await localHost?.close();
+          await server.close();
+        },
+        () => 0,
+        { deadlineMs: drainMs + SHUTDOWN_SLACK_MS },
+      );
     });
 }
 
@@ -151,4 +185,11 @@ async function reloadOnSighup(
     logger,
   });
   process.on("SIGHUP", () => void reloader.reload());
+}
+
+function positiveNumber(name: string, text: string, integer: boolean): number {
+  const value = Number(text.trim().replace(/\/s$/, ""));
+  if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value)))
+    throw new CliUsageError(`${name}: expected a ${integer ? "whole " : ""}number > 0, got "${text}"`);
+  return value;
 }
