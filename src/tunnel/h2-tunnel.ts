@@ -301,8 +301,19 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       });
       // The reason rides in the GOAWAY too: a raw link has no close code to carry "replaced".
       this.#session.goaway(NGHTTP2_NO_ERROR, 0, Buffer.from(reason));
-      this.#session.close();
-      if (drainMs === 0) for (const stream of [...this.#streams]) stream.close(NGHTTP2_CANCEL);
+      if (drainMs > 0) this.#session.close();
+      else {
+        for (const stream of [...this.#streams]) stream.close(NGHTTP2_CANCEL);
+        // The PING's answer proves the agent has read the GOAWAY (frames arrive in order): on a raw
+        // link it is the only carrier of the reason, and closing first can lose it.
+        let sent = false;
+        try {
+          sent = this.#session.ping(() => this.#session.close());
+        } catch {
+          // The session is already going; close() below is a no-op then.
+        }
+        if (!sent) this.#session.close();
+      }
     }
     return new Promise((resolve) => {
       if (this.#closed) resolve();
