@@ -7,8 +7,8 @@
 // snapshot file because it is right after a kill -9 too.
 //
 // close() drains, in this order: new tunnels are refused (503 + Retry-After), every live tunnel gets
-// GOAWAY, calls in flight (tunnel streams and the HTTP answers carrying them) finish within
-// drainTimeoutMs, then what is left is cut and the store closes.
+// GOAWAY, calls in flight (tunnel streams, then the HTTP answers carrying them) finish, all within
+// drainTimeoutMs; then what is left is cut, the listener closes and the store closes.
 
 import { randomBytes } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
@@ -190,7 +190,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           app.server.closeAllConnections?.();
         }, o.drainTimeoutMs);
         try {
-          await Promise.all([registry.close(o.drainTimeoutMs), app.close()]);
+          // The listener stays open while tunnels drain, so agents that redial meanwhile get a 503
+          // with Retry-After rather than a refused connection; then the HTTP answers still being
+          // written finish.
+          await registry.close(o.drainTimeoutMs);
+          await app.close();
         } finally {
           clearTimeout(cut);
         }
