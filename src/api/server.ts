@@ -146,6 +146,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await auth.authorizeRunner(principal, runnerId);
     },
   });
+  metrics.addEndpointCounters(() => endpoint.counters());
   const publicUrl =
     o.publicUrl ?? `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
   const ctx: ApiContext = {

@@ -82,6 +82,8 @@ test("SIGTERM: 0 of 40 calls in flight fail, new tunnels get 503, exit 0, the ag
   assert.equal(late.status, 503);
   assert.ok(Number(late.retryAfter) >= 1, `Retry-After ${late.retryAfter}`);
   assert.equal(JSON.parse(late.body).error.code, "RD_ERR_TUNNEL_DRAINING");
+  const metrics = await (await fetch(`${first.url}/metrics`)).text();
+  assert.match(metrics, /^revdial_tunnel_handshakes_refused_total\{status="503"\} 1$/m);
 
   for (const release of held.splice(0)) release();
   const answers = await Promise.all(calls);
