@@ -1,4 +1,5 @@
-// Logs refused tunnel handshakes (400/401/403/429/503) once per runner id and reason per interval,
+// Logs refused tunnel handshakes (400/401/403/429/503, and the server's own 500s) once per runner id
+// and reason per interval,
 // with the count of the ones left out. Without it an agent retrying forever with a revoked key is
 // invisible; logging every refusal would let that same agent (or a storm) flood the log.
 //
@@ -67,7 +68,7 @@ export class RefusalLog {
       if (oldest !== undefined) this.#entries.delete(oldest);
     }
     this.#entries.set(key, { loggedAt: now, suppressed: 0 });
-    this.#log.warn(
+    this.#log[levelOf(refusal.status)](
       {
         runner_id: refusal.runnerId,
         status: refusal.status,
@@ -79,4 +80,13 @@ export class RefusalLog {
       "tunnel handshake refused",
     );
   }
+}
+
+/**
+ * Credentials and ids the agent got wrong are warnings (someone must act); load shedding (429) and
+ * draining (503) are the server doing its job; anything else is the server's own failure.
+ */
+function levelOf(status: number): "info" | "warn" | "error" {
+  if (status === 429 || status === 503) return "info";
+  return status < 500 ? "warn" : "error";
 }

@@ -191,17 +191,13 @@ export class TunnelEndpoint {
     const e = err as HandshakeError & { retryAfter?: number };
     const status = typeof e?.statusCode === "number" ? e.statusCode : 500;
     this.#counters.refused[status] = (this.#counters.refused[status] ?? 0) + 1;
-    if (status < 500 || status === 503) {
-      this.#refusals.record({
-        runnerId,
-        status,
-        code: typeof e?.code === "string" ? e.code : "RD_ERR_INTERNAL",
-        message: String(e?.message),
-        remoteAddress: req.socket.remoteAddress ?? "?",
-      });
-    } else {
-      this.#o.logger.error({ err, runner_id: runnerId }, "tunnel handshake failed");
-    }
+    this.#refusals.record({
+      runnerId,
+      status,
+      code: typeof e?.code === "string" ? e.code : "RD_ERR_INTERNAL",
+      message: status >= 500 && status !== 503 ? String((err as Error)?.message ?? err) : String(e?.message),
+      remoteAddress: req.socket.remoteAddress ?? "?",
+    });
     rejectHandshake(socket, e);
   }
 
