@@ -57,8 +57,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
   readonly #onLinkFailure: (kind: LinkFailure) => void;
   #lastFrameAt: number;
   #rttMs: number | null = null;
-  #activeStreams = 0;
-  /** Streams in flight, so that a close without a drain can reset them. */
+  /** Streams in flight (for stats, and so that a close without a drain can reset them). */
   readonly #streams = new Set<ClientHttp2Stream>();
   #closing = false;
   #closed = false;
@@ -160,7 +159,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       connected_at: this.connectedAt.toISOString(),
       remote_address: this.remoteAddress,
       rtt_ms: this.#rttMs,
-      active_streams: this.#activeStreams,
+      active_streams: this.#streams.size,
       bytes_in: this.#link.bytesIn,
       bytes_out: this.#link.bytesOut,
     };
@@ -220,12 +219,8 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       reject(new TunnelClosedError(this.runnerId, (err as Error).message, { cause: err }));
       return null;
     }
-    this.#activeStreams++;
     this.#streams.add(stream);
-    stream.once("close", () => {
-      this.#activeStreams--;
-      this.#streams.delete(stream);
-    });
+    stream.once("close", () => this.#streams.delete(stream));
     return stream;
   }
 
@@ -287,10 +282,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       this.#closing = true;
       // Without a drain, the calls in flight are reset below and the link closes once the GOAWAY and
       // the resets are out; FLUSH_MS bounds that.
-      const cut = setTimeout(
-        () => this.#link.close(code, reason),
-        Math.max(drainMs, drainMs > 0 ? 0 : FLUSH_MS),
-      );
+      const cut = setTimeout(() => this.#link.close(code, reason), drainMs > 0 ? drainMs : FLUSH_MS);
       cut.unref();
       // The session ends the link once GOAWAY is out and its last stream is done. A WebSocket cannot
       // half-close, so that is when to close it: the session's own `close` waits for the peer to
