@@ -3,7 +3,8 @@
 // 502 ("closed with code 1006"). Through real processes: a `revdial server` child, a real agent, a
 // target that holds its answers until after the SIGTERM; 40 calls in flight all succeed, an agent
 // that redials during the drain gets 503 + Retry-After, the server exits 0 without cutting anything
-// at the drain bound, and the agent reconnects with backoff to the next server on the same port.
+// at the drain bound, and the agent reconnects with backoff to the next server on the same port. And
+// the bound holds: a call that never finishes is cut at --drain-timeout and the server exits 0.
 
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -102,6 +103,32 @@ test("SIGTERM: 0 of 40 calls in flight fail, new tunnels get 503, exit 0, the ag
 
   agent.destroy();
   await next.proc.stop();
+  await target.close();
+  await fdsBackTo(baseline);
+});
+
+test("SIGTERM with a call that never finishes: cut at --drain-timeout, and the server still exits 0", async (t) => {
+  const baseline = openFds();
+  const dir = await mkdtemp(join(tmpdir(), "revdial-drain-bound-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const held: Array<() => void> = [];
+  const target = await startTarget((_req, res) => held.push(() => res.end("too late")));
+  t.after(() => target.close());
+  const server = await startServerProcess(dir, 0, ["--drain-timeout", "1s"]);
+  t.after(() => server.proc.stop());
+  const agent = startAgent(server.url, RUNNER, `127.0.0.1:${target.port}`, { token: server.adminKey });
+  t.after(() => agent.destroy());
+  await waitAgentState(agent, "connected", 10_000);
+  const stuck = proxyCall(server, RUNNER, "/never");
+  await pollUntil(() => held.length === 1, "the call to reach the target", 10_000);
+
+  server.proc.child.kill("SIGTERM");
+  assert.equal(await server.proc.exited(), 0);
+  assert.match(server.proc.stderr(), /drain timeout: cutting calls still in flight/);
+  assert.notEqual((await stuck).status, 200);
+
+  agent.destroy();
+  for (const release of held.splice(0)) release();
   await target.close();
   await fdsBackTo(baseline);
 });
