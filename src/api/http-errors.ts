@@ -33,6 +33,7 @@ export class ApiError extends RevdialError {
 const STATUS_BY_CODE: Readonly<Record<string, number>> = Object.freeze({
   RD_ERR_TUNNEL_NOT_CONNECTED: 503,
   RD_ERR_TUNNEL_QUEUE_FULL: 503,
+  RD_ERR_TUNNEL_EVICTED: 503,
   RD_ERR_TUNNEL_CLOSED: 502,
   RD_ERR_TUNNEL_STREAM_FAILED: 502,
   RD_ERR_TUNNEL_TIMEOUT: 504,

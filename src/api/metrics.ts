@@ -3,6 +3,7 @@
 // through the RegistryObserver hooks; HTTP requests through an onResponse hook.
 
 import client from "prom-client";
+import type { EndpointCounters } from "../tunnel/tunnel-endpoint.ts";
 import type { RegistryObserver } from "../tunnel/tunnel-registry.ts";
 
 export class ApiMetrics {
@@ -81,6 +82,48 @@ export class ApiMetrics {
       help: "HTTP requests answered, by route and status class",
       labelNames: ["route", "status"],
       registers,
+    });
+  }
+
+  /**
+   * Exports the tunnel endpoint's counters: refused handshakes by status, and links dropped by the
+   * liveness rules (no HTTP/2 preface in time, no PING answer within the dead-link timeout).
+   */
+  addEndpointCounters(read: () => EndpointCounters): void {
+    const registers = [this.registry];
+    const seen = new Map<string, number>();
+    const delta = (key: string, total: number) => {
+      const d = total - (seen.get(key) ?? 0);
+      seen.set(key, Math.max(total, seen.get(key) ?? 0));
+      return d;
+    };
+    new client.Counter({
+      name: "revdial_tunnel_handshakes_refused_total",
+      help: "Tunnel handshakes refused, by HTTP status (429: over the admission rate or the tunnel limit)",
+      labelNames: ["status"],
+      registers,
+      collect() {
+        for (const [status, total] of Object.entries(read().refused)) {
+          const d = delta(`refused:${status}`, total);
+          if (d > 0) this.inc({ status }, d);
+        }
+      },
+    });
+    new client.Counter({
+      name: "revdial_tunnel_links_dropped_total",
+      help: "Tunnel links dropped for want of HTTP/2, by reason (preface_timeout, dead_link)",
+      labelNames: ["reason"],
+      registers,
+      collect() {
+        const c = read();
+        for (const [reason, total] of [
+          ["preface_timeout", c.preface_timeouts],
+          ["dead_link", c.dead_links],
+        ] as const) {
+          const d = delta(`dropped:${reason}`, total);
+          if (d > 0) this.inc({ reason }, d);
+        }
+      },
     });
   }
 

@@ -8,6 +8,15 @@
 // DATABASE_URL, since the dir still holds admin.key); the dir is made 0700 and
 // every file in it 0600 on every start; and when any step fails, everything opened so far (store,
 // registry, app, lock) is closed before the error is thrown, so the caller can exit at once.
+//
+// Start-up keeps the grace period across a restart: the runners the store says were live (sessions
+// `starting`/`running` -> `sandbox-{id}`, hosts `online` -> `wolf-{id}`) are expected back for
+// gracePeriodMs, so calls for them wait instead of failing at once. The store is read rather than a
+// snapshot file because it is right after a kill -9 too.
+//
+// close() drains, in this order: new tunnels are refused (503 + Retry-After), every live tunnel gets
+// GOAWAY, calls in flight (tunnel streams, then the HTTP answers carrying them) finish, all within
+// drainTimeoutMs; then what is left is cut, the listener closes and the store closes.
 
 import { access } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
@@ -72,6 +81,12 @@ export interface ServerOptions {
   timings?: Partial<TunnelTimings>;
   /** Tunnels at most. Default 20,000. */
   maxTunnels?: number;
+  /** How long close() lets calls in flight finish before cutting them. Default 15 s. */
+  drainTimeoutMs?: number;
+  /** New tunnel handshakes admitted per second (429 + Retry-After past it). Default 500. */
+  admissionRate?: number;
+  /** Handshakes admitted at once after a quiet period. Default 2 × admissionRate. */
+  admissionBurst?: number;
   /** The URL agents use to reach this server (given to hosts). Default from the listen address. */
   publicUrl?: string;
   https?: { key: Buffer; cert: Buffer } | null;
@@ -97,7 +112,11 @@ const DEFAULTS = Object.freeze({
   callTimeoutMs: 15_000,
   screenshotLimit: 16 * 1024 * 1024,
   storedScreenshotsPerUser: 64 * 1024 * 1024,
+  drainTimeoutMs: 15_000,
 });
+
+/** Most sessions read at start-up to expect their sandboxes back (bounds the start-up query). */
+const MAX_EXPECTED_SESSIONS = 100_000;
 
 export interface RunningServer {
   url: string;
@@ -214,6 +233,7 @@ type ResolvedOptions = ServerOptions &
       | "gracePeriodMs"
       | "bodyLimit"
       | "callTimeoutMs"
+      | "drainTimeoutMs"
       | "screenshotLimit"
       | "storedScreenshotsPerUser"
     >
@@ -260,6 +280,8 @@ async function startLocked(
     logger,
     timings,
     maxTunnels: o.maxTunnels,
+    admissionRate: o.admissionRate,
+    admissionBurst: o.admissionBurst,
     authorize: async (req, runnerId) => {
       try {
         const principal = await auth.authenticate(req.headers);
@@ -271,6 +293,7 @@ async function startLocked(
     },
   });
   undo.push(() => endpoint.destroy());
+  metrics.addEndpointCounters(() => endpoint.counters());
   const publicUrl =
     o.publicUrl ?? `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
   const ctx: ApiContext = {
@@ -301,6 +324,7 @@ async function startLocked(
   const sweeper = new LifecycleSweeper({ ...o.lifecycle, ctx });
   sweeper.start();
   undo.push(() => sweeper.close());
+  await expectKnownRunners(store, registry, o.gracePeriodMs, logger);
   await app.listen({ host, port });
   const actual = (app.server.address() as AddressInfo).port;
   const url = `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${actual}`;
@@ -321,10 +345,24 @@ async function startLocked(
       closing ??= (async () => {
         // The sweep in flight finishes while the tunnels it calls through are still up.
         await sweeper.close();
-        endpoint.destroy();
+        endpoint.stopAccepting();
         await tracker.close();
-        await registry.close();
-        await app.close();
+        // Past the drain, whatever is still in flight is cut.
+        const cut = setTimeout(() => {
+          logger.warn({ drain_timeout_ms: o.drainTimeoutMs }, "drain timeout: cutting calls still in flight");
+          registry.destroy();
+          app.server.closeAllConnections?.();
+        }, o.drainTimeoutMs);
+        try {
+          // The listener stays open while tunnels drain, so agents that redial meanwhile get a 503
+          // with Retry-After rather than a refused connection; then the HTTP answers still being
+          // written finish.
+          await registry.close(o.drainTimeoutMs);
+          await app.close();
+        } finally {
+          clearTimeout(cut);
+        }
+        endpoint.destroy();
         await store.close();
         await secureTree(o.dataDir).catch(() => {});
         lock.release();
@@ -332,4 +370,33 @@ async function startLocked(
       return closing;
     },
   };
+}
+
+/**
+ * Tells the registry which runners were live before this start (from the store), so that calls for
+ * them wait out the grace period. A store error here only costs the grace period: it is logged.
+ */
+async function expectKnownRunners(
+  store: Store,
+  registry: TunnelRegistry,
+  gracePeriodMs: number,
+  logger: Logger,
+): Promise<void> {
+  if (gracePeriodMs <= 0) return;
+  try {
+    const ids: string[] = [];
+    for (const status of ["starting", "running"] as const) {
+      const sessions = await store.sessions.list({ status, limit: MAX_EXPECTED_SESSIONS });
+      for (const session of sessions) ids.push(`sandbox-${session.id}`);
+    }
+    for (const host of await store.wolfInstances.list())
+      if (host.status === "online") ids.push(`wolf-${host.id}`);
+    const expected = registry.expect(ids, Date.now() + gracePeriodMs);
+    if (expected > 0) logger.info({ runners: expected, grace_ms: gracePeriodMs }, "expecting tunnels back");
+  } catch (err) {
+    logger.warn(
+      { err },
+      "could not read the runners to expect back; calls for them fail until they reconnect",
+    );
+  }
 }

@@ -7,6 +7,15 @@
 // called (result "closed") or when the server says a newer agent took the runner id (close code
 // REPLACED, or a GOAWAY saying "replaced" on a raw link: result "replaced"; fighting the newer agent for the id would flap both). Each state
 // change is logged once.
+//
+// Eviction (close code EVICTED, or a GOAWAY whose data starts with "evicted"): the server closed the
+// tunnel because its session was stopped or its keys revoked. The agent does not exit (a host may be
+// allowed back) but must not spin: it waits the `retry-after=SECONDS` hint of the reason (60 s when
+// absent) before dialing again, and from then on the usual backoff applies to the refusals it gets.
+//
+// An upgrade answered by a plain HTTP answer that the tunnel endpoint did not make (no
+// `Revdial-Handshake` header) is reported as a proxy that strips the Upgrade headers
+// (classifyUpgradeAnswer).
 
 import { EventEmitter } from "node:events";
 import http, { type ClientRequest, type IncomingMessage } from "node:http";
@@ -21,13 +30,15 @@ import { Backoff } from "./backoff.ts";
 import {
   CLOSE,
   CONNECTION_WINDOW,
+  EVICTED_RETRY_AFTER_S,
+  HANDSHAKE_HEADER,
   MAX_FRAME_SIZE,
   RAW_UPGRADE,
   STREAM_WINDOW,
   SUBPROTOCOL_H2,
   TUNNEL_PATH,
 } from "./constants.ts";
-import { HandshakeRejectedError } from "./errors.ts";
+import { HandshakeRejectedError, TunnelNotUpgradedError } from "./errors.ts";
 import type { TargetMap } from "./target-map.ts";
 import { TargetProxy } from "./target-proxy.ts";
 import { classifyTlsError, hostOf, INSECURE_WARNING } from "./tls.ts";
@@ -150,9 +161,10 @@ export class AgentClient extends EventEmitter {
     while (!this.#stopping) {
       let floor = 0;
       try {
-        await this.#connectOnce();
+        floor = await this.#connectOnce();
       } catch (err) {
-        floor = err instanceof HandshakeRejectedError ? (err.retryAfterMs ?? 0) : 0;
+        const refused = err instanceof HandshakeRejectedError || err instanceof TunnelNotUpgradedError;
+        floor = refused ? (err.retryAfterMs ?? 0) : 0;
         this.#logFailure(err as Error);
       }
       if (this.#stopping) break;
@@ -169,7 +181,8 @@ export class AgentClient extends EventEmitter {
     // A certificate problem is named as such, not as a generic connection error.
     const err = classifyTlsError(failure, hostOf(this.#url)) ?? failure;
     const fields: Record<string, unknown> = { err: err.message };
-    if (err instanceof HandshakeRejectedError) fields.status = err.status;
+    if (err instanceof HandshakeRejectedError || err instanceof TunnelNotUpgradedError)
+      fields.status = err.status;
     const code = (err as { code?: string }).code;
     if (code) fields.code = code;
     this.#log.warn(fields, "tunnel connect failed");
@@ -201,13 +214,16 @@ export class AgentClient extends EventEmitter {
     });
   }
 
-  /** One connection: resolves when it ends normally, rejects when the handshake fails. */
-  async #connectOnce(): Promise<void> {
+  /**
+   * One connection: resolves when it ends normally, with the least delay before the next dial (the
+   * eviction hint, else 0); rejects when the handshake fails.
+   */
+  async #connectOnce(): Promise<number> {
     this.#setState("connecting");
     if (this.#url.protocol === "wss:" && this.#o.tls?.rejectUnauthorized === false)
       this.#log.warn({ server: this.#url.origin }, INSECURE_WARNING);
     const link = this.#o.transport === "raw" ? await this.#openRaw() : await this.#openWs();
-    await new Promise<void>((resolve) => this.#serve(link, resolve));
+    return new Promise<number>((resolve) => this.#serve(link, resolve));
   }
 
   #openWs(): Promise<TunnelLink> {
@@ -222,7 +238,7 @@ export class AgentClient extends EventEmitter {
       this.#cut = () => ws.terminate();
       let opened = false;
       ws.on("unexpected-response", (_req: ClientRequest, res: IncomingMessage) => {
-        readRejection(res).then((err) => {
+        readUpgradeAnswer(res).then((err) => {
           ws.terminate();
           reject(err);
         });
@@ -274,7 +290,7 @@ export class AgentClient extends EventEmitter {
         resolve(new RawLink(socket));
       });
       req.on("response", (res: IncomingMessage) => {
-        readRejection(res).then(reject);
+        readUpgradeAnswer(res).then(reject);
       });
       req.on("timeout", () =>
         req.destroy(new Error(`handshake timed out after ${this.#o.handshakeTimeoutMs} ms`)),
@@ -284,7 +300,7 @@ export class AgentClient extends EventEmitter {
     });
   }
 
-  #serve(link: TunnelLink, done: () => void): void {
+  #serve(link: TunnelLink, done: (floorMs: number) => void): void {
     this.#link = link;
     this.#cut = () => {
       // HTTP/2 owns a raw socket once the session runs: it must be the one to close it.
@@ -303,6 +319,7 @@ export class AgentClient extends EventEmitter {
       link.terminate();
     }, check);
     let replaced = false;
+    let goawayText = "";
     this.#h2.once("session", (session: ServerHttp2Session) => {
       this.#session = session;
       // Connected means usable: the server's SETTINGS have arrived over the link.
@@ -313,7 +330,8 @@ export class AgentClient extends EventEmitter {
       // The server PINGs every interval: on a raw link that is the only sign of life below streams.
       session.on("ping", alive);
       session.on("goaway", (_code: number, _last: number, data?: Buffer) => {
-        if (data?.toString() === "replaced") replaced = true;
+        goawayText = data?.subarray(0, 200).toString() ?? "";
+        if (goawayText === "replaced") replaced = true;
       });
     });
     link.onClose((reason) => {
@@ -322,14 +340,22 @@ export class AgentClient extends EventEmitter {
       this.#link = null;
       this.#cut = null;
       const closeCode = link instanceof WsLink ? link.closeCode : null;
+      let floorMs = 0;
       if (replaced || closeCode === CLOSE.REPLACED) {
         this.#log.warn("another agent registered this runner id; stopping (replaced)");
         this.#exit = "replaced";
         this.#stopping = true;
+      } else if (closeCode === CLOSE.EVICTED || goawayText.startsWith("evicted")) {
+        const text = closeCode === CLOSE.EVICTED ? reason : goawayText;
+        floorMs = evictionDelayMs(text);
+        this.#log.warn(
+          { reason: text, retry_in_ms: floorMs },
+          "the server evicted this runner (session stopped or key revoked); waiting before dialing again",
+        );
       } else if (!this.#stopping) {
         this.#log.info({ code: closeCode ?? undefined, reason }, "tunnel lost");
       }
-      done();
+      done(floorMs);
     });
     this.#h2.emit("connection", link.stream);
   }
@@ -372,7 +398,10 @@ export class AgentClient extends EventEmitter {
   }
 }
 
-async function readRejection(res: IncomingMessage): Promise<HandshakeRejectedError> {
+/** Reads a non-101 answer to the upgrade (at most 64 KiB of it) and classifies it. */
+async function readUpgradeAnswer(
+  res: IncomingMessage,
+): Promise<HandshakeRejectedError | TunnelNotUpgradedError> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of res) {
@@ -380,14 +409,54 @@ async function readRejection(res: IncomingMessage): Promise<HandshakeRejectedErr
     if (size > 64 * 1024) break;
     chunks.push(chunk);
   }
-  let message = Buffer.concat(chunks).toString("utf8").trim() || res.statusMessage || "";
+  return classifyUpgradeAnswer(
+    res.statusCode ?? 0,
+    res.headers,
+    Buffer.concat(chunks).toString("utf8"),
+    res.statusMessage,
+  );
+}
+
+/** Statuses the tunnel endpoint refuses a handshake with. */
+const REFUSAL_STATUSES = new Set([400, 401, 403, 429, 503]);
+
+/**
+ * What a plain HTTP answer to the agent's upgrade request means. The tunnel endpoint marks its own
+ * refusals with `Revdial-Handshake: refused` (older servers: a JSON body with an RD_ERR_ code and a
+ * refusal status); anything else (a 200, a 400 page, a 404, a 502) means the request never reached
+ * the endpoint as an upgrade: a proxy in front of the server strips the Upgrade and Connection headers.
+ */
+export function classifyUpgradeAnswer(
+  status: number,
+  headers: Record<string, string | string[] | undefined>,
+  body: string,
+  statusMessage = "",
+): HandshakeRejectedError | TunnelNotUpgradedError {
+  const retryAfter = parseRetryAfter(headerText(headers["retry-after"]));
+  let message = body.trim() || statusMessage;
+  let code: string | null = null;
   try {
-    message = JSON.parse(message).error?.message ?? message;
+    const parsed = JSON.parse(message) as { error?: { code?: unknown; message?: unknown } };
+    if (typeof parsed.error?.code === "string") code = parsed.error.code;
+    if (typeof parsed.error?.message === "string") message = parsed.error.message;
   } catch {
     // Not JSON: keep the text.
   }
-  const retryAfter = parseRetryAfter(res.headers["retry-after"]);
-  return new HandshakeRejectedError(res.statusCode ?? 0, message, retryAfter);
+  const marked = headerText(headers[HANDSHAKE_HEADER.toLowerCase()]) === "refused";
+  const legacyRefusal =
+    REFUSAL_STATUSES.has(status) && code?.startsWith("RD_ERR_") && code !== "RD_ERR_NOT_FOUND";
+  if (marked || legacyRefusal) return new HandshakeRejectedError(status, message, retryAfter);
+  return new TunnelNotUpgradedError(status, retryAfter);
+}
+
+function headerText(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The delay an eviction asks for: `retry-after=SECONDS` in its reason, else EVICTED_RETRY_AFTER_S. */
+export function evictionDelayMs(reason: string): number {
+  const match = /retry-after=(\d{1,6})/.exec(reason);
+  return (match ? Number(match[1]) : EVICTED_RETRY_AFTER_S) * 1000;
 }
 
 function parseRetryAfter(value: string | undefined): number | null {

@@ -9,6 +9,12 @@ export const SUBPROTOCOL_H2 = "revdial.h2";
  */
 export const RAW_UPGRADE = "revdial.h2";
 
+/**
+ * Header on every handshake refusal of the tunnel endpoint (`Revdial-Handshake: refused`), so an
+ * agent can tell the server's refusal from an answer made by a proxy that did not pass the upgrade.
+ */
+export const HANDSHAKE_HEADER = "Revdial-Handshake";
+
 /** The one endpoint for tunnels, both protocols. */
 export const TUNNEL_PATH = "/api/v1/revdial";
 
@@ -27,7 +33,16 @@ export const CLOSE = Object.freeze({
   DEAD_LINK: 4002,
   /** The server is shutting down; reconnect (to another replica) with backoff. */
   SHUTDOWN: 4003,
+  /**
+   * The server evicted this runner (its session stopped, its keys revoked). The agent waits the hint
+   * carried in the reason (`retry-after=SECONDS`, EVICTED_RETRY_AFTER_S by default) before dialing
+   * again, where it will most likely be refused: it must not spin.
+   */
+  EVICTED: 4004,
 });
+
+/** How long an evicted agent waits before dialing again, unless the server says otherwise. */
+export const EVICTED_RETRY_AFTER_S = 60;
 
 /** Flow-control windows (PROTOCOL.md: at least 4 MiB per stream, 32 MiB per connection). */
 export const STREAM_WINDOW = 4 * 1024 * 1024;

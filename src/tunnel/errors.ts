@@ -14,6 +14,15 @@ export class TunnelNotConnectedError extends TunnelError {
   }
 }
 
+/** The runner was evicted (its session stopped, its keys revoked): waiting for it is pointless. */
+export class TunnelEvictedError extends TunnelError {
+  readonly runnerId: string;
+  constructor(runnerId: string, reason: string) {
+    super("RD_ERR_TUNNEL_EVICTED", `Sandbox not connected: ${runnerId} was evicted (${reason})`);
+    this.runnerId = runnerId;
+  }
+}
+
 /** Too many calls already wait for this runner's tunnel to come back. */
 export class TunnelQueueFullError extends TunnelError {
   constructor(runnerId: string, limit: number) {
@@ -65,6 +74,25 @@ export class HandshakeRejectedError extends TunnelError {
   readonly retryAfterMs: number | null;
   constructor(status: number, message: string, retryAfterMs: number | null) {
     super("RD_ERR_TUNNEL_HANDSHAKE_REJECTED", `server refused the tunnel (${status}): ${message}`);
+    this.status = status;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/**
+ * The answer to the agent's upgrade request was a plain HTTP answer that did not come from the
+ * tunnel endpoint: most likely a reverse proxy in front of the server stripped the Upgrade and
+ * Connection headers, so the server saw an ordinary GET.
+ */
+export class TunnelNotUpgradedError extends TunnelError {
+  readonly status: number;
+  readonly retryAfterMs: number | null;
+  constructor(status: number, retryAfterMs: number | null) {
+    super(
+      "RD_ERR_TUNNEL_NOT_UPGRADED",
+      `the server answered ${status} without upgrading: a proxy in front of it probably strips the ` +
+        'Upgrade and Connection headers (see the README, section "Behind a reverse proxy")',
+    );
     this.status = status;
     this.retryAfterMs = retryAfterMs;
   }

@@ -4,9 +4,13 @@
 // and any number run at once without crossing.
 //
 // Liveness: every pingInterval the tunnel sends an HTTP/2 PING (its RTT is recorded) and a WebSocket
-// ping (keeps proxies from idling the link out). Any frame from the agent and any PING answer count
-// as life; after deadLinkTimeout without one, the tunnel is destroyed. close() sends GOAWAY and lets calls in flight
-// finish within drainTimeout; destroy() cuts at once. Both are idempotent; `close` is emitted once.
+// ping (keeps proxies from idling the link out). Only HTTP/2 counts as life: the agent's SETTINGS
+// and its PING answers. A WebSocket pong proves only that a WebSocket library is running, so a peer
+// that upgrades and never speaks HTTP/2 would otherwise hold a "live" tunnel forever. A link whose
+// agent has not sent its SETTINGS within prefaceTimeout is closed; after deadLinkTimeout without a
+// PING answer, the tunnel is destroyed. Either failure is reported through `onLinkFailure`.
+// close() sends GOAWAY and lets calls in flight finish within the drain; destroy() cuts at once.
+// Both are idempotent; `close` is emitted once.
 
 import { EventEmitter } from "node:events";
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
@@ -33,9 +37,17 @@ export interface H2TunnelOptions {
   logger: Logger;
   timings: TunnelTimings;
   now?: () => number;
+  /** Told when the link is dropped for want of HTTP/2 (for counters). */
+  onLinkFailure?: (kind: LinkFailure) => void;
 }
 
+/** Why a link was dropped by the liveness rules. */
+export type LinkFailure = "preface_timeout" | "dead_link";
+
 const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
+
+/** Longest a close without a drain waits for its GOAWAY and resets to be written. */
+const FLUSH_MS = 1000;
 
 export class H2Tunnel extends EventEmitter implements Tunnel {
   readonly runnerId: string;
@@ -48,9 +60,12 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
   readonly #link: TunnelLink;
   readonly #session: ClientHttp2Session;
   readonly #timer: NodeJS.Timeout;
+  readonly #prefaceTimer: NodeJS.Timeout;
+  readonly #onLinkFailure: (kind: LinkFailure) => void;
   #lastFrameAt: number;
   #rttMs: number | null = null;
-  #activeStreams = 0;
+  /** Streams in flight (for stats, and so that a close without a drain can reset them). */
+  readonly #streams = new Set<ClientHttp2Stream>();
   #closing = false;
   #closed = false;
 
@@ -63,9 +78,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     this.#now = options.now ?? Date.now;
     this.#lastFrameAt = this.#now();
     this.#link = options.link;
-    this.#link.onActivity(() => {
-      this.#lastFrameAt = this.#now();
-    });
+    this.#onLinkFailure = options.onLinkFailure ?? (() => {});
     this.#link.onClose((reason) => this.#finish(reason));
     this.#session = http2.connect("http://revdial.tunnel", {
       createConnection: () => this.#link.stream,
@@ -77,6 +90,12 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       if (this.#session.destroyed) return;
       this.#session.setLocalWindowSize(CONNECTION_WINDOW);
       this.#ping(); // an RTT from the start, not after the first interval
+    });
+    this.#prefaceTimer = setTimeout(() => this.#prefaceMissing(), this.#timings.prefaceTimeoutMs);
+    this.#prefaceTimer.unref();
+    this.#session.once("remoteSettings", () => {
+      clearTimeout(this.#prefaceTimer);
+      this.#lastFrameAt = this.#now();
     });
     this.#session.on("error", (err) => {
       // The agent broke HTTP/2 (garbage, a bad preface): the tunnel's close reason says so. nghttp2
@@ -118,12 +137,25 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
   }
 
   #checkAlive(): void {
+    if (this.#closed) return;
     const silent = this.#now() - this.#lastFrameAt;
     if (silent <= this.#timings.deadLinkTimeoutMs) return;
-    this.#log.warn({ silent_ms: silent }, "tunnel dead: no frame within the dead-link timeout");
-    this.#link.closeReason = "dead link";
+    this.#log.warn({ silent_ms: silent }, "tunnel dead: no HTTP/2 frame within the dead-link timeout");
+    this.#cutFor("dead_link", "dead link");
+  }
+
+  #prefaceMissing(): void {
+    if (this.#closed) return;
+    const ms = this.#timings.prefaceTimeoutMs;
+    this.#log.warn({ timeout_ms: ms }, "tunnel closed: no HTTP/2 preface from the agent in time");
+    this.#cutFor("preface_timeout", `no HTTP/2 preface within ${ms} ms`);
+  }
+
+  #cutFor(kind: LinkFailure, reason: string): void {
+    this.#link.closeReason = reason;
+    this.#onLinkFailure(kind);
     this.#link.terminate();
-    this.destroy(new Error("dead link"));
+    this.destroy(new Error(reason));
   }
 
   stats(): TunnelStats {
@@ -134,7 +166,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       connected_at: this.connectedAt.toISOString(),
       remote_address: this.remoteAddress,
       rtt_ms: this.#rttMs,
-      active_streams: this.#activeStreams,
+      active_streams: this.#streams.size,
       bytes_in: this.#link.bytesIn,
       bytes_out: this.#link.bytesOut,
     };
@@ -197,10 +229,8 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       reject(new TunnelClosedError(this.runnerId, (err as Error).message, { cause: err }));
       return null;
     }
-    this.#activeStreams++;
-    stream.once("close", () => {
-      this.#activeStreams--;
-    });
+    this.#streams.add(stream);
+    stream.once("close", () => this.#streams.delete(stream));
     return stream;
   }
 
@@ -252,11 +282,17 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
   }
 
   /** Sends GOAWAY, lets calls in flight finish within the drain timeout, then closes the link. */
-  close(code: number = CLOSE.SHUTDOWN, reason = "server shutting down"): Promise<void> {
+  close(
+    code: number = CLOSE.SHUTDOWN,
+    reason = "server shutting down",
+    drainMs = this.#timings.drainTimeoutMs,
+  ): Promise<void> {
     if (this.#closed) return Promise.resolve();
     if (!this.#closing) {
       this.#closing = true;
-      const cut = setTimeout(() => this.#link.close(code, reason), this.#timings.drainTimeoutMs);
+      // Without a drain, the calls in flight are reset below and the link closes once the GOAWAY and
+      // the resets are out; FLUSH_MS bounds that.
+      const cut = setTimeout(() => this.#link.close(code, reason), drainMs > 0 ? drainMs : FLUSH_MS);
       cut.unref();
       // The session ends the link once GOAWAY is out and its last stream is done. A WebSocket cannot
       // half-close, so that is when to close it: the session's own `close` waits for the peer to
@@ -267,7 +303,19 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       });
       // The reason rides in the GOAWAY too: a raw link has no close code to carry "replaced".
       this.#session.goaway(NGHTTP2_NO_ERROR, 0, Buffer.from(reason));
-      this.#session.close();
+      if (drainMs > 0) this.#session.close();
+      else {
+        for (const stream of [...this.#streams]) stream.close(NGHTTP2_CANCEL);
+        // The PING's answer proves the agent has read the GOAWAY (frames arrive in order): on a raw
+        // link it is the only carrier of the reason, and closing first can lose it.
+        let sent = false;
+        try {
+          sent = this.#session.ping(() => this.#session.close());
+        } catch {
+          // The session is already going; close() below is a no-op then.
+        }
+        if (!sent) this.#session.close();
+      }
     }
     return new Promise((resolve) => {
       if (this.#closed) resolve();
@@ -287,6 +335,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#timer);
+    clearTimeout(this.#prefaceTimer);
     if (!this.#session.destroyed) this.#session.destroy();
     this.emit("close", reason);
   }

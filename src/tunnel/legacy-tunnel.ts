@@ -67,9 +67,12 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
     this.#log = options.logger;
     this.#timings = options.timings;
     const ws = this.#ws;
+    // Liveness for v1 is whatever the seed's Go listener can give: its control lines, and the
+    // WebSocket pongs its library (gorilla) sends for our pings. It never answers a keep-alive line
+    // (it only writes pickup-failed), so requiring lines would drop every idle deployed agent. v1
+    // has no HTTP/2 PING; v2 tunnels count only HTTP/2 frames (h2-tunnel.ts).
     ws.on("message", (data: Buffer) => this.#onControl(data));
     ws.on("pong", () => this.#alive());
-    ws.on("ping", () => this.#alive());
     ws.on("error", () => {});
     ws.on("close", (code: number, reason: Buffer) =>
       this.#finish(reason.toString() || `control closed (${code})`),
@@ -90,7 +93,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
 
   #tick(): void {
     if (Date.now() - this.#lastFrameAt > this.#timings.deadLinkTimeoutMs) {
-      this.#log.warn("legacy tunnel dead: no frame within the dead-link timeout");
+      this.#log.warn("legacy tunnel dead: no control line or pong within the dead-link timeout");
       this.destroy(new Error("dead link"));
       return;
     }
@@ -273,11 +276,15 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
   }
 
   /** v1 has no GOAWAY: calls in flight own their data connections and finish on their own. */
-  close(code: number = CLOSE.SHUTDOWN, reason = "server shutting down"): Promise<void> {
+  close(
+    code: number = CLOSE.SHUTDOWN,
+    reason = "server shutting down",
+    drainMs = this.#timings.drainTimeoutMs,
+  ): Promise<void> {
     if (this.#closed) return Promise.resolve();
     const closed = new Promise<void>((resolve) => this.once("close", () => resolve()));
     if (this.#ws.readyState === this.#ws.OPEN) this.#ws.close(code, reason);
-    const hard = setTimeout(() => this.destroy(), this.#timings.drainTimeoutMs);
+    const hard = setTimeout(() => this.destroy(), drainMs);
     hard.unref();
     return closed.finally(() => clearTimeout(hard));
   }

@@ -1,20 +1,37 @@
 // The server's end of `GET /api/v1/revdial?runnerid=ID`: checks the handshake, upgrades (to a
-// WebSocket, or with `Upgrade: revdial.h2` to the raw socket), and registers the tunnel. It knows nothing of users or sessions: the caller passes an
-// `authorize` function that accepts the request or throws an error with a `statusCode`.
+// WebSocket, or with `Upgrade: revdial.h2` to the raw socket), and registers the tunnel. It knows
+// nothing of users or sessions: the caller passes an `authorize` function that accepts the request or
+// throws an error with a `statusCode`.
 //
-// Handshake errors are plain HTTP answers before the upgrade, JSON {"error":{"code","message"}}:
-// 400 runner id, 401 token, 403 not allowed, 429 too many tunnels. The subprotocol picks the
-// protocol: `revdial.h2` is v2; none is the legacy v1 control connection (legacy-tunnel.ts), whose
-// data connections come back with `revdial.dialer` and `revdial.req` instead of a runner id.
+// Handshake errors are plain HTTP answers before the upgrade, JSON {"error":{"code","message"}}, with
+// the header `Revdial-Handshake: refused` (so an agent can tell them from a proxy's answer): 400
+// runner id, 401 token, 403 not allowed, 429 too many tunnels or over the admission rate (with
+// Retry-After), 503 draining (with Retry-After). Each refusal is logged once per runner id and
+// reason per minute (refusal-log.ts). The subprotocol picks the protocol: `revdial.h2` is v2; none is
+// the legacy v1 control connection (legacy-tunnel.ts), whose data connections come back with
+// `revdial.dialer` and `revdial.req` instead of a runner id.
+//
+// Lifecycle: stopAccepting() refuses new tunnels (503) and leaves live ones alone, so the registry
+// can drain them with GOAWAY; destroy() cuts handshakes in progress and v1 data connections. Sockets
+// become the tunnel's once upgraded: the endpoint never cuts a live tunnel.
 
 import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { type WebSocket, WebSocketServer } from "ws";
 import type { Logger } from "../common/logger.ts";
-import { CLOSE, RAW_UPGRADE, RUNNER_ID_PATTERN, SUBPROTOCOL_H2, TUNNEL_PATH } from "./constants.ts";
-import { H2Tunnel } from "./h2-tunnel.ts";
+import { AdmissionLimiter } from "./admission-limiter.ts";
+import {
+  CLOSE,
+  HANDSHAKE_HEADER,
+  RAW_UPGRADE,
+  RUNNER_ID_PATTERN,
+  SUBPROTOCOL_H2,
+  TUNNEL_PATH,
+} from "./constants.ts";
+import { H2Tunnel, type LinkFailure } from "./h2-tunnel.ts";
 import { LegacyTunnel } from "./legacy-tunnel.ts";
+import { RefusalLog } from "./refusal-log.ts";
 import type { TunnelTimings } from "./tunnel.ts";
 import { RawLink, type TunnelLink, WsLink } from "./tunnel-link.ts";
 import type { TunnelRegistry } from "./tunnel-registry.ts";
@@ -38,12 +55,36 @@ export interface TunnelEndpointOptions {
   maxMessageBytes?: number;
   /** Serve the legacy v1 protocol (a WebSocket with no subprotocol). Default true. */
   legacy?: boolean;
+  /** New tunnel handshakes admitted per second; past it, 429 with Retry-After. Default 500. */
+  admissionRate?: number;
+  /** Handshakes admitted at once after a quiet period. Default 2 × admissionRate. */
+  admissionBurst?: number;
+  /** Retry-After (s) of the 503 answered while draining. Default 2. */
+  drainRetryAfterS?: number;
+  /** One log line per (runner id, reason) of refused handshakes per this long. Default 60 s. */
+  refusalLogIntervalMs?: number;
+  now?: () => number;
+}
+
+/** What the endpoint has counted since it started (for /metrics and tests). */
+export interface EndpointCounters {
+  /** Handshakes refused, by HTTP status. */
+  refused: Record<number, number>;
+  /** v2 links closed because the agent sent no HTTP/2 preface in time. */
+  preface_timeouts: number;
+  /** v2 links closed because no HTTP/2 frame (PING answer) arrived within the dead-link timeout. */
+  dead_links: number;
 }
 
 export class TunnelEndpoint {
   readonly #o: TunnelEndpointOptions;
   readonly #wss: WebSocketServer;
+  /** Handshakes in progress (not yet a tunnel's) and v1 data connections: what destroy() cuts. */
   readonly #sockets = new Set<Duplex>();
+  readonly #admission: AdmissionLimiter;
+  readonly #refusals: RefusalLog;
+  readonly #counters: EndpointCounters = { refused: {}, preface_timeouts: 0, dead_links: 0 };
+  #accepting = true;
   /** Live v1 tunnels by dialer id, to route their data connections (one endpoint's, not global). */
   readonly #dialers = new Map<string, LegacyTunnel>();
 
@@ -55,6 +96,25 @@ export class TunnelEndpoint {
       maxPayload: options.maxMessageBytes ?? 4 * 1024 * 1024,
       handleProtocols: (offered) => (offered.has(SUBPROTOCOL_H2) ? SUBPROTOCOL_H2 : false),
     });
+    this.#admission = new AdmissionLimiter({
+      ratePerSecond: options.admissionRate,
+      burst: options.admissionBurst,
+      now: options.now,
+    });
+    this.#refusals = new RefusalLog({
+      logger: options.logger,
+      intervalMs: options.refusalLogIntervalMs,
+      now: options.now,
+    });
+  }
+
+  /** Refuses new tunnels from now on (503 + Retry-After); live tunnels are left to the registry. */
+  stopAccepting(): void {
+    this.#accepting = false;
+  }
+
+  counters(): EndpointCounters {
+    return { ...this.#counters, refused: { ...this.#counters.refused } };
   }
 
   /** True when this upgrade request is for the tunnel endpoint. */
@@ -63,7 +123,7 @@ export class TunnelEndpoint {
     return url === TUNNEL_PATH || url.startsWith(`${TUNNEL_PATH}?`);
   }
 
-  /** Handles one `upgrade` event of the HTTP server. */
+  /** Handles one `upgrade` event of the HTTP server. Never throws. */
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     this.#sockets.add(socket);
     socket.once("close", () => this.#sockets.delete(socket));
@@ -76,32 +136,69 @@ export class TunnelEndpoint {
     }
     const runnerId = url.searchParams.get("runnerid") ?? "";
     try {
-      if (!RUNNER_ID_PATTERN.test(runnerId)) {
-        throw {
-          statusCode: 400,
-          code: "RD_ERR_TUNNEL_INVALID_RUNNER_ID",
-          message: "missing or invalid runnerid",
-        };
-      }
-      await this.#o.authorize(req, runnerId);
-      if (
-        this.#o.registry.size >= (this.#o.maxTunnels ?? 20_000) &&
-        !this.#o.registry.isConnected(runnerId)
-      ) {
-        throw {
-          statusCode: 429,
-          code: "RD_ERR_TUNNEL_LIMIT",
-          message: "too many tunnels on this server",
-          retryAfter: 5,
-        };
-      }
+      await this.#check(req, runnerId);
     } catch (err) {
-      rejectHandshake(socket, err as HandshakeError & { retryAfter?: number });
+      this.#refuse(req, socket, RUNNER_ID_PATTERN.test(runnerId) ? runnerId : "(invalid)", err);
       return;
     }
     if (socket.destroyed) return;
     if (isRawUpgrade(req)) this.#acceptRaw(req, socket as Socket, head, runnerId);
-    else this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, req, runnerId));
+    else
+      this.#wss.handleUpgrade(req, socket, head, (ws) => {
+        this.#sockets.delete(socket);
+        this.#accept(ws, req, runnerId);
+      });
+  }
+
+  /** The handshake's checks, cheapest first; throws a HandshakeError-shaped error. */
+  async #check(req: IncomingMessage, runnerId: string): Promise<void> {
+    if (!this.#accepting) {
+      throw {
+        statusCode: 503,
+        code: "RD_ERR_TUNNEL_DRAINING",
+        message: "server shutting down; reconnect later",
+        retryAfter: this.#o.drainRetryAfterS ?? 2,
+      };
+    }
+    if (!RUNNER_ID_PATTERN.test(runnerId)) {
+      throw {
+        statusCode: 400,
+        code: "RD_ERR_TUNNEL_INVALID_RUNNER_ID",
+        message: "missing or invalid runnerid",
+      };
+    }
+    const admission = this.#admission.admit();
+    if (!admission.admitted) {
+      throw {
+        statusCode: 429,
+        code: "RD_ERR_TUNNEL_ADMISSION_RATE",
+        message: "too many new tunnels right now; retry later",
+        retryAfter: admission.retryAfterS,
+      };
+    }
+    await this.#o.authorize(req, runnerId);
+    if (this.#o.registry.size >= (this.#o.maxTunnels ?? 20_000) && !this.#o.registry.isConnected(runnerId)) {
+      throw {
+        statusCode: 429,
+        code: "RD_ERR_TUNNEL_LIMIT",
+        message: "too many tunnels on this server",
+        retryAfter: 5,
+      };
+    }
+  }
+
+  #refuse(req: IncomingMessage, socket: Duplex, runnerId: string, err: unknown): void {
+    const e = err as HandshakeError & { retryAfter?: number };
+    const status = typeof e?.statusCode === "number" ? e.statusCode : 500;
+    this.#counters.refused[status] = (this.#counters.refused[status] ?? 0) + 1;
+    this.#refusals.record({
+      runnerId,
+      status,
+      code: typeof e?.code === "string" ? e.code : "RD_ERR_INTERNAL",
+      message: status >= 500 && status !== 503 ? String((err as Error)?.message ?? err) : String(e?.message),
+      remoteAddress: req.socket.remoteAddress ?? "?",
+    });
+    rejectHandshake(socket, e);
   }
 
   /**
@@ -113,6 +210,7 @@ export class TunnelEndpoint {
       `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${RAW_UPGRADE}\r\n\r\n`,
       (err) => {
         if (err || socket.destroyed) return;
+        this.#sockets.delete(socket);
         if (head.length > 0) socket.unshift(head);
         this.#register(new RawLink(socket), req, runnerId);
       },
@@ -154,10 +252,11 @@ export class TunnelEndpoint {
       }
       await this.#o.authorize(req, tunnel.runnerId);
     } catch (err) {
-      rejectHandshake(socket, err as HandshakeError);
+      this.#refuse(req, socket, tunnel?.runnerId ?? "(unknown dialer)", err);
       return;
     }
     if (socket.destroyed) return;
+    // A data connection is a call in flight: it stays in #sockets (destroy() cuts it) until it ends.
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
       if (!tunnel.pickup(reqId, ws)) ws.close(CLOSE.NORMAL, "no dial waits for this connection");
     });
@@ -174,11 +273,16 @@ export class TunnelEndpoint {
       remoteAddress: `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`,
       logger: this.#o.logger.child({ runner_id: runnerId }),
       timings: this.#o.timings,
+      onLinkFailure: (kind: LinkFailure) => {
+        if (kind === "preface_timeout") this.#counters.preface_timeouts++;
+        else this.#counters.dead_links++;
+      },
     };
   }
 
-  /** Cuts handshakes still in progress. */
+  /** Refuses new tunnels and cuts handshakes in progress and v1 data connections. Idempotent. */
   destroy(): void {
+    this.#accepting = false;
     for (const s of this.#sockets) s.destroy();
     this.#wss.close();
   }
@@ -210,6 +314,7 @@ function rejectHandshake(socket: Duplex, err: HandshakeError & { retryAfter?: nu
     "Content-Type: application/json",
     `Content-Length: ${Buffer.byteLength(body)}`,
     "Connection: close",
+    `${HANDSHAKE_HEADER}: refused`,
   ];
   if (err?.retryAfter) lines.push(`Retry-After: ${err.retryAfter}`);
   if (socket.writable) socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);

@@ -21,7 +21,10 @@ export interface TunnelLink {
   readonly bytesOut: number;
   /** Why the link ended (or is ending), once known. */
   closeReason: string | null;
-  /** Calls `fn` whenever the peer shows life below HTTP/2 (WebSocket frames; raw links never do). */
+  /**
+   * Calls `fn` whenever the peer shows life below HTTP/2 (WebSocket frames; raw links never do). Only
+   * the agent uses it, for a server it trusts; the API counts HTTP/2 frames alone (h2-tunnel.ts).
+   */
   onActivity(fn: () => void): void;
   /** Calls `fn` once, when the link is gone. */
   onClose(fn: (reason: string) => void): void;

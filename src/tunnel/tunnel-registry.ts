@@ -8,15 +8,21 @@
 //   (at most maxWaitersPerRunner of them, each bounded by its own deadline) instead of failing.
 //   After the grace period, and for ids never seen, calls fail at once with "no connection".
 // - Every call has a deadline and honours its AbortSignal.
+// - evict() closes the runner's live tunnel at once (close code EVICTED, GOAWAY "evicted") and fails
+//   its waiters with RD_ERR_TUNNEL_EVICTED; no grace period follows an eviction.
+// - expect() opens a grace period for runners that are not connected yet but should come back (the
+//   ones live before a restart of the API), so their calls wait instead of failing at once.
+// - close(drainMs) sends GOAWAY to every tunnel and resolves once all have drained (bounded).
 // No state outside the instance: two registries in one process do not see each other.
 
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { CLOSE } from "./constants.ts";
+import { CLOSE, EVICTED_RETRY_AFTER_S } from "./constants.ts";
 import {
   TunnelAbortedError,
+  TunnelEvictedError,
   TunnelNotConnectedError,
   TunnelQueueFullError,
   TunnelTimeoutError,
@@ -75,6 +81,8 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
   readonly #grace = new Map<string, Grace>();
   /** Bytes carried by tunnels that have closed, so totals survive reconnects. */
   readonly #closedBytes = { in: 0, out: 0 };
+  /** Tunnels closed by evict(): their close starts no grace period. */
+  readonly #evicted = new WeakSet<Tunnel>();
   #closed = false;
 
   constructor(options: TunnelRegistryOptions) {
@@ -127,19 +135,54 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
     this.#live.delete(runnerId);
     this.#log.info({ runner_id: runnerId, reason }, "tunnel disconnected");
     this.#observer.unregistered?.(runnerId);
-    if (this.#graceMs > 0 && !this.#closed) this.#startGrace(runnerId);
+    if (this.#graceMs > 0 && !this.#closed && !this.#evicted.has(tunnel))
+      this.#startGrace(runnerId, this.#now() + this.#graceMs);
     this.emit("disconnected", runnerId, reason);
   }
 
-  #startGrace(runnerId: string): void {
+  #startGrace(runnerId: string, until: number): void {
     const timer = setTimeout(() => {
       this.#endGrace(runnerId, (w) => {
         this.#observer.graceWait?.("expired");
         w.reject(new TunnelNotConnectedError(runnerId));
       });
-    }, this.#graceMs);
+    }, until - this.#now());
     timer.unref();
-    this.#grace.set(runnerId, { until: this.#now() + this.#graceMs, timer, waiters: new Set() });
+    this.#grace.set(runnerId, { until, timer, waiters: new Set() });
+  }
+
+  /**
+   * Runner ids expected to (re)connect before `untilMs` (epoch ms): calls for them wait like in a
+   * grace period instead of failing at once. The API calls it at start-up with the runners that were
+   * live before it restarted. Ids already live or already in a grace period are left as they are.
+   * Returns how many ids entered a grace period.
+   */
+  expect(runnerIds: Iterable<string>, untilMs: number): number {
+    if (this.#closed || untilMs <= this.#now()) return 0;
+    let added = 0;
+    for (const id of runnerIds) {
+      if (this.#live.has(id) || this.#grace.has(id)) continue;
+      this.#startGrace(id, untilMs);
+      added++;
+    }
+    return added;
+  }
+
+  /**
+   * Closes the runner's live tunnel at once (close code EVICTED, GOAWAY "evicted: REASON") and fails
+   * every call waiting for it with RD_ERR_TUNNEL_EVICTED. Calls in flight on that tunnel are cut.
+   * Called when a session is stopped or its keys revoked. Never throws; true if there was something
+   * to evict.
+   */
+  evict(runnerId: string, reason: string): boolean {
+    const live = this.#live.get(runnerId);
+    const hadGrace = this.#grace.has(runnerId);
+    this.#endGrace(runnerId, (w) => w.reject(new TunnelEvictedError(runnerId, reason)));
+    if (!live) return hadGrace;
+    this.#evicted.add(live);
+    this.#log.info({ runner_id: runnerId, reason }, "tunnel evicted");
+    void live.close(CLOSE.EVICTED, `evicted: ${reason}; retry-after=${EVICTED_RETRY_AFTER_S}`, 0);
+    return true;
   }
 
   #endGrace(runnerId: string, settle: (w: Waiter) => void): void {
@@ -246,12 +289,17 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
     });
   }
 
-  /** Drains every tunnel (GOAWAY, bounded) and fails waiting calls. Idempotent. */
-  async close(): Promise<void> {
+  /**
+   * Drains every tunnel: GOAWAY, calls in flight finish within `drainMs` (each tunnel's own drain
+   * timeout by default), then the links close. Waiting calls fail. Idempotent.
+   */
+  async close(drainMs?: number): Promise<void> {
     this.#closed = true;
     for (const id of [...this.#grace.keys()])
       this.#endGrace(id, (w) => w.reject(new TunnelNotConnectedError(id)));
-    await Promise.all([...this.#live.values()].map((t) => t.close(CLOSE.SHUTDOWN, "server shutting down")));
+    await Promise.all(
+      [...this.#live.values()].map((t) => t.close(CLOSE.SHUTDOWN, "server shutting down", drainMs)),
+    );
   }
 
   /** Cuts every tunnel at once. Idempotent. */

@@ -9,12 +9,20 @@ import type { OpenOptions, TunnelProtocol, TunnelRequest, TunnelResponse, Tunnel
 export interface TunnelTimings {
   /** How often the API pings each tunnel (HTTP/2 PING + WebSocket ping). Default 15 s. */
   pingIntervalMs: number;
-  /** A tunnel with no frame from the agent for this long is dropped. Default 45 s. */
+  /**
+   * A tunnel with no sign of life for this long is dropped. Default 45 s. On v2 only HTTP/2 frames
+   * count (PING answers), never WebSocket pings or pongs; on v1 the agent's JSON control lines.
+   */
   deadLinkTimeoutMs: number;
   /** How long close() lets calls in flight finish before cutting the link. Default 10 s. */
   drainTimeoutMs: number;
   /** Default deadline for a call's response headers. Default 30 s. */
   callTimeoutMs: number;
+  /**
+   * A v2 link whose agent has not sent the HTTP/2 preface (its SETTINGS) within this long is closed.
+   * Default 10 s.
+   */
+  prefaceTimeoutMs: number;
 }
 
 export const DEFAULT_TIMINGS: Readonly<TunnelTimings> = Object.freeze({
@@ -22,6 +30,7 @@ export const DEFAULT_TIMINGS: Readonly<TunnelTimings> = Object.freeze({
   deadLinkTimeoutMs: 45_000,
   drainTimeoutMs: 10_000,
   callTimeoutMs: 30_000,
+  prefaceTimeoutMs: 10_000,
 });
 
 /**
@@ -35,6 +44,7 @@ export interface Tunnel extends EventEmitter {
   request(req: TunnelRequest): Promise<TunnelResponse>;
   open(target: string, options?: OpenOptions): Promise<Duplex>;
   stats(): TunnelStats;
-  close(code?: number, reason?: string): Promise<void>;
+  /** Drains within `drainMs` (the timings' drainTimeoutMs by default; 0 cuts calls in flight). */
+  close(code?: number, reason?: string, drainMs?: number): Promise<void>;
   destroy(err?: Error): void;
 }

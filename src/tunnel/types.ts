@@ -57,6 +57,11 @@ export interface TunnelDialer {
   isConnected(runnerId: string): boolean;
   /** Figures for every live tunnel. */
   list(): TunnelStats[];
+  /**
+   * Closes the runner's live tunnel at once and fails calls waiting for it (RD_ERR_TUNNEL_EVICTED);
+   * for a session that was stopped or whose keys were revoked. Never throws.
+   */
+  evict(runnerId: string, reason: string): boolean;
 }
 
 /** Events the registry emits, for the API to follow sandboxes and hosts coming and going. */

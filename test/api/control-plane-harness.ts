@@ -134,6 +134,10 @@ export class LocalDialer implements TunnelDialer {
     this.#targets.delete(runnerId);
   }
 
+  evict(runnerId: string): boolean {
+    return this.#targets.delete(runnerId);
+  }
+
   isConnected(runnerId: string): boolean {
     return this.#targets.has(runnerId);
   }

@@ -2,14 +2,17 @@
 // server with the tunnel endpoint and a registry, no control plane), and agents dialing into it.
 
 import { type ChildProcess, spawn } from "node:child_process";
+import { readdirSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
+import { type Logger, pino } from "pino";
 import { silentLogger } from "../../src/common/logger.ts";
 import { AgentClient, type AgentClientOptions } from "../../src/tunnel/agent-client.ts";
 import { TargetMap } from "../../src/tunnel/target-map.ts";
 import { DEFAULT_TIMINGS, type TunnelTimings } from "../../src/tunnel/tunnel.ts";
-import { TunnelEndpoint } from "../../src/tunnel/tunnel-endpoint.ts";
+import { TunnelEndpoint, type TunnelEndpointOptions } from "../../src/tunnel/tunnel-endpoint.ts";
 import { TunnelRegistry, type TunnelRegistryOptions } from "../../src/tunnel/tunnel-registry.ts";
 
 export const TOKEN = "test-runner-token";
@@ -64,11 +67,15 @@ export async function startTunnelServer(
     timings?: Partial<TunnelTimings>;
     registry?: Partial<TunnelRegistryOptions>;
     maxTunnels?: number;
+    /** Endpoint options beyond the ones above (admission rate, clock, ...). */
+    endpoint?: Partial<Omit<TunnelEndpointOptions, "registry" | "logger" | "timings" | "authorize">>;
+    logger?: Logger;
   } = {},
 ): Promise<TunnelServer> {
-  const logger = silentLogger();
+  const logger = options.logger ?? silentLogger();
   const registry = new TunnelRegistry({ logger, ...options.registry });
   const endpoint = new TunnelEndpoint({
+    ...options.endpoint,
     registry,
     logger,
     timings: { ...DEFAULT_TIMINGS, ...options.timings },
@@ -266,4 +273,33 @@ export function waitAgentState(agent: AgentClient, state: string, timeoutMs = 50
     };
     agent.on("state", on);
   });
+}
+
+/** A logger whose JSON lines are kept in `lines` (parsed), for tests that assert what was logged. */
+export function captureLogger(level = "debug"): { logger: Logger; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString("utf8").split("\n")) if (line) lines.push(JSON.parse(line));
+      callback();
+    },
+  });
+  return { logger: pino({ level }, sink), lines };
+}
+
+/** File descriptors this process holds now (Linux). */
+export function openFds(): number {
+  return readdirSync("/proc/self/fd").length;
+}
+
+/**
+ * Waits until this process holds no more descriptors than `baseline` (sockets close a tick or more
+ * after their last event), failing with the difference.
+ */
+export async function fdsBackTo(baseline: number, timeoutMs = 5000): Promise<void> {
+  await pollUntil(
+    () => openFds() <= baseline,
+    `descriptors back to ${baseline} (now ${openFds()})`,
+    timeoutMs,
+  );
 }

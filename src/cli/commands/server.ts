@@ -1,4 +1,5 @@
-// `revdial server`: runs the control plane until SIGTERM/SIGINT, then drains and exits 0. With
+// `revdial server`: runs the control plane until SIGTERM/SIGINT, then drains (new tunnels refused,
+// GOAWAY to every tunnel, calls in flight finish within --drain-timeout) and exits 0. With
 // --tls-cert/--tls-key it serves HTTPS and WSS on the same listener and reloads the pair on SIGHUP.
 // With --with-local-host it also runs the sandbox host `local` in this process: the host record is
 // created if missing and a fresh host key is minted for it on every start (the previous ones are
@@ -37,7 +38,13 @@ interface ServerFlags {
   tlsCert?: string;
   tlsKey?: string;
   withLocalHost?: boolean;
+  drainTimeout: string;
+  admissionRate: string;
+  admissionBurst?: string;
 }
+
+/** Longer than the drain by this much, a shutdown is stuck: the process exits 1. */
+const SHUTDOWN_SLACK_MS = 10_000;
 
 export function register(program: Command): void {
   program
@@ -82,6 +89,21 @@ export function register(program: Command): void {
       "--grace-period <duration>",
       "how long calls wait for a dropped tunnel (env REVDIAL_GRACE_PERIOD)",
       env("REVDIAL_GRACE_PERIOD") ?? "30s",
+    )
+    .option(
+      "--drain-timeout <duration>",
+      "on SIGTERM, how long calls in flight may finish before they are cut (env REVDIAL_DRAIN_TIMEOUT)",
+      env("REVDIAL_DRAIN_TIMEOUT") ?? "15s",
+    )
+    .option(
+      "--admission-rate <per-second>",
+      "new tunnel handshakes admitted per second; past it agents get 429 + Retry-After (env REVDIAL_ADMISSION_RATE)",
+      env("REVDIAL_ADMISSION_RATE") ?? "500",
+    )
+    .option(
+      "--admission-burst <count>",
+      "handshakes admitted at once after a quiet period; default 2 x the rate (env REVDIAL_ADMISSION_BURST)",
+      env("REVDIAL_ADMISSION_BURST"),
     )
     .option(
       "--database-url <url>",
@@ -197,6 +219,12 @@ async function runServer(flags: ServerFlags): Promise<void> {
       statementTimeoutMs: durationOption("--db-statement-timeout", flags.dbStatementTimeout),
     },
     gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
+    drainTimeoutMs: durationOption("--drain-timeout", flags.drainTimeout),
+    admissionRate: positiveNumber("--admission-rate", flags.admissionRate, false),
+    admissionBurst:
+      flags.admissionBurst === undefined
+        ? undefined
+        : positiveNumber("--admission-burst", flags.admissionBurst, true),
     bodyLimit: sizeOption("--body-limit", flags.bodyLimit),
     screenshotLimit: sizeOption("--screenshot-limit", flags.screenshotLimit),
     storedScreenshotsPerUser: sizeOption("--stored-screenshots-per-user", flags.storedScreenshotsPerUser),
@@ -207,13 +235,19 @@ async function runServer(flags: ServerFlags): Promise<void> {
   // The signal handler goes in before "listening on" is printed: a supervisor that stops the
   // server as soon as it reads that line gets a clean drain, not the default SIGTERM death.
   let localHost: Awaited<ReturnType<typeof startLocalHost>> | null = null;
-  onShutdownSignal(logger, async () => {
-    // The local host's sandboxes end with this process: stop their sessions first (final
-    // screenshot, lobby stopped, task back to backlog) so none is left running or planning.
-    if (localHost) await server.stopSessionsOnHost(localHost.id);
-    await localHost?.close();
-    await server.close();
-  });
+  const drainMs = durationOption("--drain-timeout", flags.drainTimeout);
+  onShutdownSignal(
+    logger,
+    async () => {
+      // The local host's sandboxes end with this process: stop their sessions first (final
+      // screenshot, lobby stopped, task back to backlog) so none is left running or planning.
+      if (localHost) await server.stopSessionsOnHost(localHost.id);
+      await localHost?.close();
+      await server.close();
+    },
+    () => 0,
+    { deadlineMs: drainMs + SHUTDOWN_SLACK_MS },
+  );
   try {
     // With https set, the listener is an https.Server.
     if (https) await reloadOnSighup(server.app.server as unknown as SecureContextTarget, flags, logger);
@@ -315,4 +349,11 @@ async function reloadOnSighup(
     logger,
   });
   process.on("SIGHUP", () => void reloader.reload());
+}
+
+function positiveNumber(name: string, text: string, integer: boolean): number {
+  const value = Number(text.trim().replace(/\/s$/, ""));
+  if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value)))
+    throw new CliUsageError(`${name}: expected a ${integer ? "whole " : ""}number > 0, got "${text}"`);
+  return value;
 }
