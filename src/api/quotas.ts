@@ -79,6 +79,7 @@ export class QuotaExceededError extends ApiError {
       429,
       QUOTA_ERROR_CODES[quota],
       `quota exceeded: at most ${limit} ${WHAT[quota]} per user; try again later`,
+      { retryAfterSeconds: QUOTA_RETRY_AFTER_SECONDS[quota] },
     );
     this.quota = quota;
     this.retryAfter = QUOTA_RETRY_AFTER_SECONDS[quota];

@@ -119,7 +119,7 @@ export async function runAgent(
     tls,
     transport,
   });
-  const bridge = syncSessionId ? await startSyncBridge(flags, syncSessionId, tls, logger) : null;
+  const bridge = syncSessionId ? await startSyncBridge(flags, token, syncSessionId, tls, logger) : null;
   onShutdownSignal(logger, async () => {
     await bridge?.close();
     await agent.close();
@@ -157,6 +157,7 @@ function sessionOfRunner(runnerId: string): string {
 /** The agent program and its sync socket, for the session this agent's runner id names. */
 async function startSyncBridge(
   flags: AgentFlags,
+  token: string,
   sessionId: string,
   tls: AgentClientOptions["tls"],
   logger: Logger,
@@ -165,7 +166,7 @@ async function startSyncBridge(
   const bridge = new SyncBridge({
     serverUrl: flags.server as string,
     sessionId,
-    token: flags.token as string,
+    token,
     command: flags.agentCommand as string,
     tls,
     logger,
