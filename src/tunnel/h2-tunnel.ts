@@ -288,7 +288,10 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
     drainMs = this.#timings.drainTimeoutMs,
   ): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    if (!this.#closing) {
+    // A session already destroyed under us (its link died first) has nothing to drain: GOAWAY on
+    // it would throw ERR_HTTP2_INVALID_SESSION out of a graceful close.
+    if (!this.#closing && this.#session.destroyed) this.destroy(new Error(reason));
+    if (!this.#closing && !this.#closed) {
       this.#closing = true;
       // Without a drain, the calls in flight are reset below and the link closes once the GOAWAY and
       // the resets are out; FLUSH_MS bounds that.

@@ -180,7 +180,12 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
     this.#endGrace(runnerId, (w) => w.reject(new TunnelEvictedError(runnerId, reason)));
     if (!live) return hadGrace;
     this.#evicted.add(live);
+    // Gone from the registry at once: no call reaches it while its link closes (its late close
+    // finds another entry, or none, and evicts nothing).
+    this.#live.delete(runnerId);
     this.#log.info({ runner_id: runnerId, reason }, "tunnel evicted");
+    this.#observer.unregistered?.(runnerId);
+    this.emit("disconnected", runnerId, `evicted: ${reason}`);
     void live.close(CLOSE.EVICTED, `evicted: ${reason}; retry-after=${EVICTED_RETRY_AFTER_S}`, 0);
     return true;
   }

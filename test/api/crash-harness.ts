@@ -21,6 +21,8 @@ export class AgentDriver implements SandboxDriver {
   readonly agents = new Map<string, AgentClient>();
   /** Statuses of refused handshakes, per session id (a revoked key shows up here as 401). */
   readonly refusals = new Map<string, number[]>();
+  /** The sandbox key each session's agent was given, by session id. */
+  readonly keys = new Map<string, string>();
   leak = false;
   /** When set, create() makes the lobby but starts no agent: a sandbox that never dials in. */
   refuseAgents = false;
@@ -46,6 +48,7 @@ export class AgentDriver implements SandboxDriver {
       startedAt: new Date(),
     };
     this.lobbies.set(info.lobbyId, info);
+    this.keys.set(spec.sessionId, spec.sandboxToken);
     if (this.refuseAgents) return info;
     const agent = new AgentClient({
       serverUrl: spec.serverUrl,

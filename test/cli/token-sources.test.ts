@@ -172,6 +172,9 @@ describe("where the CLI reads keys from", () => {
         server.url,
         "--id",
         "env-host",
+        // The weakest isolation, where the app shares the host's user and could write its
+        // environment to this test's folder: even there, nothing of the host's reaches it.
+        "--unsafe-shared-user",
         "--app",
         `env > ${envFile}.tmp && mv ${envFile}.tmp ${envFile}`,
       ],
