@@ -101,10 +101,14 @@ describe("kill -9 of the API during start-planning", { skip: missingTools("Xvfb"
     api = await startApi("127.0.0.1:0");
     url = api.url;
     admin = (await readFile(join(dir, "data", "admin.key"), "utf8")).trim();
-    const token = (await readFile(join(dir, "data", "runner.token"), "utf8")).trim();
+    const created = await call<{ key: string }>("POST", "/api/v1/wolf-instances", {
+      id: "h",
+      max_sandboxes: 4,
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
     host = await spawnRevdial(
       ["wolf", "run", "--id", "h", "--max-sandboxes", "4", "--heartbeat", "500ms"],
-      { REVDIAL_URL: url, REVDIAL_RUNNER_TOKEN: token },
+      { REVDIAL_URL: url, REVDIAL_TOKEN: created.body.key },
       /^Wolf instance h running/,
     );
     const fork = await call<{ tasks: { id: string }[] }>("POST", "/api/v1/sample-projects/simple/fork", {
