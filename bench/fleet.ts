@@ -89,7 +89,7 @@ export function startServer(
   createInterface({ input: child.stderr! }).on("line", (line) => {
     const m = /Debugger listening on (ws:\/\/\S+)/.exec(line);
     if (m) inspectorUrl = m[1];
-    else stderr = (stderr + line + "\n").slice(-4000);
+    else stderr = `${stderr}${line}\n`.slice(-4000);
   });
   const stop = () =>
     new Promise<void>((resolve) => {
@@ -307,6 +307,37 @@ async function reportPings(serverUrl: string, key: string, waitMs: number, n: nu
   );
 }
 
+/**
+ * Idle tunnels that have carried one call each: what a fleet costs once used (HPACK tables hold
+ * the call's headers, buffers have been touched). Printed beside the idle figure; the bar is idle.
+ */
+async function reportUsedMemory(
+  serverUrl: string,
+  key: string,
+  o: Options,
+  inspector: Inspector,
+  before: { rss: number; heap: number },
+): Promise<void> {
+  let next = 0;
+  let failed = 0;
+  const started = Date.now();
+  const workers = Array.from({ length: 16 }, async () => {
+    while (next < o.agents) {
+      const [status] = await callThrough(serverUrl, key, runnerIdOf(next++, o.perProcess));
+      if (status !== 200) failed++;
+    }
+  });
+  await Promise.all(workers);
+  const seconds = ((Date.now() - started) / 1000).toFixed(1);
+  const after = await inspector.measure();
+  const rss = (after.rss - before.rss) / o.agents;
+  const heap = (after.heap - before.heap) / o.agents;
+  console.log(
+    `memory after one call through every tunnel (${seconds} s, ${failed} failed): ${(rss / 1024).toFixed(1)} KB per tunnel ` +
+      `(JS heap + external ${(heap / 1024).toFixed(1)} KB)`,
+  );
+}
+
 async function reportMetrics(serverUrl: string, n: number): Promise<void> {
   const text = await (await fetch(`${serverUrl}/metrics`)).text();
   const value = Number(/^revdial_tunnels_connected (\d+)/m.exec(text)?.[1] ?? Number.NaN);
@@ -373,6 +404,7 @@ export async function main(args: string[]): Promise<void> {
         `${(rss / 1024).toFixed(1)} KB per tunnel (JS heap + external ${(heap / 1024).toFixed(1)} KB) ` +
         `(bar <= ${BAR_BYTES_PER_TUNNEL / 1024} KB: ${rss <= BAR_BYTES_PER_TUNNEL ? "met" : "NOT met"})`,
     );
+    await reportUsedMemory(server.url, key, o, inspector, before);
     await reportMetrics(server.url, o.agents);
     await reportPings(server.url, key, o.pingWaitMs, o.agents);
     await reportCalls(server.url, key, o);

@@ -12,7 +12,14 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { type WebSocket, WebSocketServer } from "ws";
 import type { Logger } from "../common/logger.ts";
-import { CLOSE, RAW_UPGRADE, RUNNER_ID_PATTERN, SUBPROTOCOL_H2, TUNNEL_PATH } from "./constants.ts";
+import {
+  CLOSE,
+  RAW_UPGRADE,
+  RUNNER_ID_PATTERN,
+  SUBPROTOCOL_H2,
+  TUNNEL_PATH,
+  WS_CLOSE_TIMEOUT_MS,
+} from "./constants.ts";
 import { H2Tunnel } from "./h2-tunnel.ts";
 import { LegacyTunnel } from "./legacy-tunnel.ts";
 import type { TunnelTimings } from "./tunnel.ts";
@@ -53,6 +60,11 @@ export class TunnelEndpoint {
       noServer: true,
       perMessageDeflate: false,
       maxPayload: options.maxMessageBytes ?? 4 * 1024 * 1024,
+      // The registry tracks tunnels; ws's own Set of clients would be a second entry per tunnel.
+      clientTracking: false,
+      // A peer that never answers our close frame holds its socket this long (ws's default: 30 s).
+      // ws 8.23 takes it; @types/ws does not list it yet.
+      ...({ closeTimeout: WS_CLOSE_TIMEOUT_MS } as object),
       handleProtocols: (offered) => (offered.has(SUBPROTOCOL_H2) ? SUBPROTOCOL_H2 : false),
     });
   }

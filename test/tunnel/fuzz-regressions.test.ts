@@ -7,7 +7,6 @@ import net from "node:net";
 import { afterEach, beforeEach, test } from "node:test";
 import WebSocket from "ws";
 import { SUBPROTOCOL_H2, TUNNEL_PATH } from "../../src/tunnel/constants.ts";
-import { pollUntil } from "../helpers/tunnel-harness.ts";
 import { FUZZ_TOKEN, type FuzzTarget, startFuzzTarget } from "./fixtures/fuzz-harness.ts";
 
 // A server per case, so that each case proves its own fault.
