@@ -265,6 +265,8 @@ export async function main(args: string[]): Promise<void> {
         `retries sooner than drawn: ${b.early} (${b.outOfBounds + b.early === 0 ? "no agent retried faster than its backoff allows" : "VIOLATIONS"})`,
     );
     for (const e of b.examples) console.log(`  ${e}`);
+    if (b.waits === 0)
+      console.log("  NO WAITS RECORDED: did AgentClient's log lines change? (bench/fixtures/idle-agents.ts)");
   } finally {
     await Promise.all(procs.reverse().map((p) => p.stop()));
     await server?.stop();
