@@ -132,6 +132,8 @@ interface BackoffCheck {
   early: number;
   outOfBounds: number;
   got429: number;
+  /** Failed connects by cause (HTTP status or error), over the whole run. */
+  causes: Map<string, number>;
   examples: string[];
 }
 
@@ -148,6 +150,7 @@ function checkBackoff(dir: string): BackoffCheck {
     early: 0,
     outOfBounds: 0,
     got429: 0,
+    causes: new Map(),
     examples: [],
   };
   for (const file of readdirSync(dir).filter((f) => f.startsWith("attempts-"))) {
@@ -160,8 +163,11 @@ function checkBackoff(dir: string): BackoffCheck {
       let waitsHere = 0;
       for (const [t, kind, value] of events) {
         if (kind === "connected") n = 0;
-        else if (kind === "failed" && value === 429) r.got429++;
-        else if (kind === "retry-after") floor = value as number;
+        else if (kind === "failed") {
+          if (value === 429) r.got429++;
+          const cause = String(value).slice(0, 60);
+          r.causes.set(cause, (r.causes.get(cause) ?? 0) + 1);
+        } else if (kind === "retry-after") floor = value as number;
         else if (kind === "waiting") {
           const ms = value as number;
           const ceiling = Math.min(BACKOFF.capMs, BACKOFF.baseMs * 2 ** n);
@@ -265,6 +271,8 @@ export async function main(args: string[]): Promise<void> {
         `retries sooner than drawn: ${b.early} (${b.outOfBounds + b.early === 0 ? "no agent retried faster than its backoff allows" : "VIOLATIONS"})`,
     );
     for (const e of b.examples) console.log(`  ${e}`);
+    const causes = [...b.causes].sort((x, y) => y[1] - x[1]).slice(0, 6);
+    console.log(`failed connects by cause: ${causes.map(([c, n]) => `${n} x ${c}`).join("; ") || "none"}`);
     if (b.waits === 0)
       console.log("  NO WAITS RECORDED: did AgentClient's log lines change? (bench/fixtures/idle-agents.ts)");
   } finally {
