@@ -134,6 +134,8 @@ interface BackoffCheck {
   got429: number;
   /** Failed connects by cause (HTTP status or error), over the whole run. */
   causes: Map<string, number>;
+  /** Each agent's own state when the run ended, and its last event before that. */
+  finals: Map<string, number>;
   examples: string[];
 }
 
@@ -151,6 +153,7 @@ function checkBackoff(dir: string): BackoffCheck {
     outOfBounds: 0,
     got429: 0,
     causes: new Map(),
+    finals: new Map(),
     examples: [],
   };
   for (const file of readdirSync(dir).filter((f) => f.startsWith("attempts-"))) {
@@ -162,7 +165,11 @@ function checkBackoff(dir: string): BackoffCheck {
       let waiting: { at: number; ms: number } | null = null;
       let waitsHere = 0;
       for (const [t, kind, value] of events) {
-        if (kind === "connected") n = 0;
+        if (kind === "final") {
+          const before = events.at(-2);
+          const key = `${value} (last event: ${before ? `${before[1]} ${before[2] ?? ""}`.trim() : "none"})`;
+          r.finals.set(key, (r.finals.get(key) ?? 0) + 1);
+        } else if (kind === "connected") n = 0;
         else if (kind === "failed") {
           if (value === 429) r.got429++;
           const cause = String(value).slice(0, 60);
@@ -272,6 +279,8 @@ export async function main(args: string[]): Promise<void> {
     );
     for (const e of b.examples) console.log(`  ${e}`);
     const causes = [...b.causes].sort((x, y) => y[1] - x[1]).slice(0, 6);
+    const finals = [...b.finals].sort((x, y) => y[1] - x[1]).slice(0, 6);
+    console.log(`agents' own state at the end: ${finals.map(([c, n]) => `${n} x ${c}`).join("; ")}`);
     console.log(`failed connects by cause: ${causes.map(([c, n]) => `${n} x ${c}`).join("; ") || "none"}`);
     if (b.waits === 0)
       console.log("  NO WAITS RECORDED: did AgentClient's log lines change? (bench/fixtures/idle-agents.ts)");
