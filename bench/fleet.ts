@@ -194,6 +194,20 @@ export async function throwawayDatabase(): Promise<{ url: string; drop(): Promis
   };
 }
 
+/**
+ * The server holds a descriptor per tunnel, so it needs `ulimit -n` above the fleet (children inherit
+ * the limit; Node cannot raise it). Says so before starting rather than failing with EMFILE midway.
+ */
+export function checkDescriptorLimit(agents: number): void {
+  const text = readFileSync("/proc/self/limits", "utf8");
+  const soft = Number(/^Max open files\s+(\d+)/m.exec(text)?.[1] ?? Number.POSITIVE_INFINITY);
+  if (soft < agents + 1024) {
+    throw new Error(
+      `ulimit -n is ${soft}: the server needs about ${agents + 1024}; raise it (ulimit -n ${agents + 4096})`,
+    );
+  }
+}
+
 // ---- the fleet ---------------------------------------------------------------------------------
 
 /** Starts `count` agents in processes of `perProcess`; resolves once each process has them connected. */
@@ -298,6 +312,7 @@ async function reportPings(serverUrl: string, key: string, waitMs: number, n: nu
   }
   rtts.sort((x, y) => x - y);
   const ok = pinged === n && answered === n;
+  if (waitMs <= PING_INTERVAL_MS) console.log("(--ping-wait is not longer than the ping interval: no check)");
   console.log(
     `pings (interval ${PING_INTERVAL_MS / 1000} s), link counters read ${(waitMs / 1000).toFixed(0)} s apart`,
   );
@@ -366,6 +381,7 @@ async function reportCalls(serverUrl: string, key: string, o: Options): Promise<
 
 export async function main(args: string[]): Promise<void> {
   const o = parseArgs(args);
+  checkDescriptorLimit(o.agents);
   const dataDir = mkdtempSync(join(tmpdir(), "revdial-fleet-"));
   const procs: Proc[] = [];
   let server: ServerProc | null = null;

@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { parseDuration } from "../src/common/duration.ts";
 import {
   callThrough,
+  checkDescriptorLimit,
   healthzTunnels,
   pct,
   runnerIdOf,
@@ -225,6 +226,7 @@ async function reconnectCurve(url: string, n: number, killedAt: number) {
 
 export async function main(args: string[]): Promise<void> {
   const o = parseArgs(args);
+  checkDescriptorLimit(o.agents);
   const dataDir = mkdtempSync(join(tmpdir(), "revdial-storm-"));
   const logDir = mkdtempSync(join(tmpdir(), "revdial-storm-attempts-"));
   const procs: Proc[] = [];
