@@ -48,6 +48,12 @@ export const EVICTED_RETRY_AFTER_S = 60;
 export const STREAM_WINDOW = 4 * 1024 * 1024;
 export const CONNECTION_WINDOW = 32 * 1024 * 1024;
 
+/**
+ * How long a WebSocket close handshake may take before the socket is cut (the peer never answered
+ * our close frame). Bounds what a silent or hostile peer holds after its tunnel ended.
+ */
+export const WS_CLOSE_TIMEOUT_MS = 5000;
+
 /** HTTP/2 frame size: small enough that a PING or a small request never waits behind a large body. */
 export const MAX_FRAME_SIZE = 16 * 1024;
 

@@ -132,7 +132,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
 
   /** Handles one control line; false when it closed the tunnel. */
   #onLine(line: string): boolean {
-    let message: { command?: unknown; connPath?: unknown; err?: unknown };
+    let message: { command?: unknown; connPath?: unknown; err?: unknown } | null;
     try {
       message = JSON.parse(line);
     } catch {
@@ -140,8 +140,9 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
       this.destroy(new Error("control line is not JSON"));
       return false;
     }
-    if (message.command === "pickup-failed" && typeof message.connPath === "string") {
-      const reqId = new URL(message.connPath, "http://x").searchParams.get("revdial.req") ?? "";
+    // Any JSON may come (`null` included), and any connPath: an unparsable one matches no dial.
+    if (message?.command === "pickup-failed" && typeof message.connPath === "string") {
+      const reqId = URL.parse(message.connPath, "http://x")?.searchParams.get("revdial.req") ?? "";
       const dial = this.#dials.get(reqId);
       dial?.reject(
         new TunnelStreamError(

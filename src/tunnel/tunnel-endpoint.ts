@@ -28,6 +28,7 @@ import {
   RUNNER_ID_PATTERN,
   SUBPROTOCOL_H2,
   TUNNEL_PATH,
+  WS_CLOSE_TIMEOUT_MS,
 } from "./constants.ts";
 import { H2Tunnel, type LinkFailure } from "./h2-tunnel.ts";
 import { LegacyTunnel } from "./legacy-tunnel.ts";
@@ -94,6 +95,11 @@ export class TunnelEndpoint {
       noServer: true,
       perMessageDeflate: false,
       maxPayload: options.maxMessageBytes ?? 4 * 1024 * 1024,
+      // The registry tracks tunnels; ws's own Set of clients would be a second entry per tunnel.
+      clientTracking: false,
+      // A peer that never answers our close frame holds its socket this long (ws's default: 30 s).
+      // ws 8.23 takes it; @types/ws does not list it yet.
+      ...({ closeTimeout: WS_CLOSE_TIMEOUT_MS } as object),
       handleProtocols: (offered) => (offered.has(SUBPROTOCOL_H2) ? SUBPROTOCOL_H2 : false),
     });
     this.#admission = new AdmissionLimiter({
@@ -125,9 +131,7 @@ export class TunnelEndpoint {
 
   /** Handles one `upgrade` event of the HTTP server. Never throws. */
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    this.#sockets.add(socket);
-    socket.once("close", () => this.#sockets.delete(socket));
-    socket.on("error", () => {});
+    this.#track(socket);
     const url = new URL(req.url ?? "/", "http://x");
     const dialer = url.searchParams.get("revdial.dialer");
     if (dialer !== null) {
@@ -199,6 +203,17 @@ export class TunnelEndpoint {
       remoteAddress: req.socket.remoteAddress ?? "?",
     });
     rejectHandshake(socket, e);
+  }
+
+  /**
+   * Follows a socket until it closes. Its own method so the listeners' closures hold the socket
+   * only: made in handleUpgrade they kept its whole scope (the request, its headers, the URL) alive
+   * for the tunnel's life, about 2 KB per tunnel.
+   */
+  #track(socket: Duplex): void {
+    this.#sockets.add(socket);
+    socket.once("close", () => this.#sockets.delete(socket));
+    socket.on("error", () => {});
   }
 
   /**

@@ -49,6 +49,10 @@ export class WebSocketStream extends Duplex {
   }
 
   #onMessage(data: Buffer, isBinary: boolean): void {
+    // Once HTTP/2 is gone, bytes have no reader: drop them. Pushing would return false and pause the
+    // socket, which then never reads the peer's close or FIN and holds its descriptor until ws's
+    // 30 s close timeout.
+    if (this.destroyed) return;
     if (!isBinary) {
       this.closeReason = "text message on a binary tunnel";
       this.ws.close(CLOSE.UNSUPPORTED_DATA, "text messages are not allowed");
@@ -127,6 +131,10 @@ export class WebSocketStream extends Duplex {
 
   override _destroy(err: Error | null, callback: Callback): void {
     this.#releaseDrain(err ?? new Error("WebSocket closed"));
+    if (this.#paused) {
+      this.#paused = false;
+      this.ws.resume(); // read on to the peer's close frame or FIN (see #onMessage)
+    }
     if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
       if (err) this.ws.terminate();
       else this.ws.close(CLOSE.NORMAL);
