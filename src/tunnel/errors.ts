@@ -2,6 +2,7 @@
 // src/api/http-errors.ts; callers match on `code`, never on the message.
 
 import { RevdialError } from "../common/errors.ts";
+import { UPGRADE_FIX } from "./upgrade-diagnosis.ts";
 
 export class TunnelError extends RevdialError {}
 
@@ -91,7 +92,7 @@ export class TunnelNotUpgradedError extends TunnelError {
     super(
       "RD_ERR_TUNNEL_NOT_UPGRADED",
       `the server answered ${status} without upgrading: a proxy in front of it probably strips the ` +
-        'Upgrade and Connection headers (see the README, section "Behind a reverse proxy")',
+        `Upgrade and Connection headers; ${UPGRADE_FIX}`,
     );
     this.status = status;
     this.retryAfterMs = retryAfterMs;
