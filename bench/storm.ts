@@ -15,6 +15,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseDuration } from "../src/common/duration.ts";
+import { AGENT_CLIENT_DEFAULTS } from "../src/tunnel/agent-client.ts";
 import {
   callThrough,
   checkDescriptorLimit,
@@ -30,8 +31,11 @@ import { type Proc, startNode } from "./procs.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const BAR_ALL_BACK_MS = 10_000;
-/** AgentClient's defaults (src/tunnel/agent-client.ts), the bounds every retry is checked against. */
-const BACKOFF = Object.freeze({ baseMs: 500, capMs: 30_000 });
+/** AgentClient's defaults, the bounds every retry is checked against. */
+const BACKOFF = Object.freeze({
+  baseMs: AGENT_CLIENT_DEFAULTS.backoffBaseMs,
+  capMs: AGENT_CLIENT_DEFAULTS.backoffCapMs,
+});
 /** How late a retry may start after its drawn delay before it counts as a timer being late, not early. */
 const EARLY_SLACK_MS = 2;
 

@@ -8,7 +8,7 @@
 import { InvalidOptionError } from "../common/errors.ts";
 
 export interface AdmissionLimiterOptions {
-  /** Handshakes admitted per second, sustained. Default 500. */
+  /** Handshakes admitted per second, sustained. Default 1000. */
   ratePerSecond?: number;
   /** Handshakes admitted at once after a quiet period. Default 2 × the rate. */
   burst?: number;
@@ -16,7 +16,7 @@ export interface AdmissionLimiterOptions {
   random?: () => number;
 }
 
-const DEFAULTS = Object.freeze({ ratePerSecond: 500 });
+const DEFAULTS = Object.freeze({ ratePerSecond: 1000 });
 
 export type Admission = { admitted: true } | { admitted: false; retryAfterS: number };
 

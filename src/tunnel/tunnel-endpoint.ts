@@ -56,7 +56,7 @@ export interface TunnelEndpointOptions {
   maxMessageBytes?: number;
   /** Serve the legacy v1 protocol (a WebSocket with no subprotocol). Default true. */
   legacy?: boolean;
-  /** New tunnel handshakes admitted per second; past it, 429 with Retry-After. Default 500. */
+  /** New tunnel handshakes admitted per second; past it, 429 with Retry-After. Default 1000. */
   admissionRate?: number;
   /** Handshakes admitted at once after a quiet period. Default 2 × admissionRate. */
   admissionBurst?: number;

@@ -98,7 +98,7 @@ export function register(program: Command): void {
     .option(
       "--admission-rate <per-second>",
       "new tunnel handshakes admitted per second; past it agents get 429 + Retry-After (env REVDIAL_ADMISSION_RATE)",
-      env("REVDIAL_ADMISSION_RATE") ?? "500",
+      env("REVDIAL_ADMISSION_RATE") ?? "1000",
     )
     .option(
       "--admission-burst <count>",
