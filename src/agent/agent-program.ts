@@ -16,6 +16,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
+import { positiveIntegerOptions } from "../common/options.ts";
 import { Backoff } from "../tunnel/backoff.ts";
 
 export interface AgentProgramOptions {
@@ -129,14 +130,7 @@ export class AgentProgram {
       throw new InvalidOptionError("command", "is required");
     if (!options.logger) throw new InvalidOptionError("logger", "is required");
     if (typeof options.onLine !== "function") throw new InvalidOptionError("onLine", "is required");
-    const o = { ...AGENT_PROGRAM_DEFAULTS };
-    for (const name of Object.keys(AGENT_PROGRAM_DEFAULTS) as (keyof Limits)[]) {
-      const value = options[name];
-      if (value === undefined) continue;
-      if (!Number.isInteger(value) || value < 1)
-        throw new InvalidOptionError(name, "must be a positive integer");
-      (o as Record<keyof Limits, number>)[name] = value;
-    }
+    const o: Limits = positiveIntegerOptions(AGENT_PROGRAM_DEFAULTS, options);
     this.#o = o;
     this.#command = options.command;
     this.#log = options.logger.child({ agent_program: true });

@@ -21,7 +21,8 @@ import WebSocket from "ws";
 import { SYNC_CLOSE, SYNC_MAX_FRAME_BYTES, SYNC_PATH } from "../common/agent-sync-wire.ts";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { Backoff } from "../tunnel/backoff.ts";
+import { positiveIntegerOptions } from "../common/options.ts";
+import { Backoff, waitOrAbort } from "../tunnel/backoff.ts";
 import { AgentProgram, type AgentProgramOptions } from "./agent-program.ts";
 
 export interface SyncBridgeOptions {
@@ -95,14 +96,7 @@ export class SyncBridge {
     if (!options?.logger) throw new InvalidOptionError("logger", "is required");
     if (!options.sessionId) throw new InvalidOptionError("sessionId", "is required");
     if (!options.token) throw new InvalidOptionError("token", "is required");
-    const o = { ...SYNC_BRIDGE_DEFAULTS };
-    for (const name of Object.keys(SYNC_BRIDGE_DEFAULTS) as (keyof Limits)[]) {
-      const value = options[name];
-      if (value === undefined) continue;
-      if (!Number.isInteger(value) || value < 1)
-        throw new InvalidOptionError(name, "must be a positive integer");
-      (o as Record<keyof Limits, number>)[name] = value;
-    }
+    const o: Limits = positiveIntegerOptions(SYNC_BRIDGE_DEFAULTS, options);
     this.#o = o;
     this.#url = syncUrl(options.serverUrl, options.sessionId);
     this.#token = options.token;
@@ -144,7 +138,7 @@ export class SyncBridge {
       if (signal.aborted) return;
       const wait = this.#backoff.next();
       this.#log.info({ retry_in_ms: wait }, "sync socket down: reconnecting");
-      await sleep(wait, signal);
+      await waitOrAbort(wait, signal);
     }
   }
 
@@ -260,17 +254,4 @@ function chatInteractionId(text: string): string | null {
   } catch {
     return null;
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { AgentClient, type AgentClientOptions, type AgentExit } from "../tunnel/agent-client.ts";
-import { Backoff } from "../tunnel/backoff.ts";
+import { Backoff, waitOrAbort } from "../tunnel/backoff.ts";
 import { TargetMap } from "../tunnel/target-map.ts";
 import { ControlPlaneCallError, ControlPlaneClient } from "./control-plane-client.ts";
 import { DockerDriver } from "./docker-driver.ts";
@@ -228,7 +228,7 @@ export class WolfHost {
         if (status >= 400 && status < 500) throw err;
         const wait = backoff.next();
         this.#log.warn({ err: (err as Error).message, retry_in_ms: wait }, "registration failed; retrying");
-        await sleep(wait, this.#stop.signal);
+        await waitOrAbort(wait, this.#stop.signal);
       }
     }
   }
@@ -290,16 +290,4 @@ export class WolfHost {
     })();
     return this.#closing;
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

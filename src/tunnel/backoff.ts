@@ -36,3 +36,20 @@ export class Backoff {
     return this.#attempt;
   }
 }
+
+/**
+ * Waits out a backoff delay, or less when `signal` aborts (a stopping client must not sit out its
+ * delay). Never rejects: the caller checks `signal.aborted` after it.
+ */
+export function waitOrAbort(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
