@@ -22,6 +22,7 @@ import { SYNC_CLOSE, SYNC_MAX_FRAME_BYTES, SYNC_PATH } from "../common/agent-syn
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { positiveIntegerOptions } from "../common/options.ts";
+import { webSocketBase } from "../tunnel/agent-client.ts";
 import { Backoff, waitOrAbort } from "../tunnel/backoff.ts";
 import { AgentProgram, type AgentProgramOptions } from "./agent-program.ts";
 
@@ -57,19 +58,9 @@ type Limits = typeof SYNC_BRIDGE_DEFAULTS;
 
 /** The sync socket's URL for a server URL as users give it. */
 export function syncUrl(serverUrl: string, sessionId: string): URL {
-  let url: URL;
-  try {
-    url = new URL(serverUrl);
-  } catch {
-    throw new InvalidOptionError("serverUrl", `not a URL: "${serverUrl}"`);
-  }
-  if (url.protocol === "http:") url.protocol = "ws:";
-  else if (url.protocol === "https:") url.protocol = "wss:";
-  else if (url.protocol !== "ws:" && url.protocol !== "wss:")
-    throw new InvalidOptionError("serverUrl", `unsupported scheme ${url.protocol}`);
+  const url = webSocketBase(serverUrl);
   // A server URL given as the tunnel's (…/api/v1/revdial) still names the same API.
   url.pathname = url.pathname.replace(/\/+$/, "").replace(/\/api\/v1\/revdial$/, "") + SYNC_PATH;
-  url.search = "";
   url.searchParams.set("session_id", sessionId);
   return url;
 }

@@ -82,8 +82,11 @@ export const AGENT_CLIENT_DEFAULTS = Object.freeze({
   transport: "ws" as TransportName,
 });
 
-/** Builds the tunnel URL from what a user passes as the server. */
-export function tunnelUrl(serverUrl: string, runnerId: string): URL {
+/**
+ * The server URL a user gives, as a WebSocket URL (http -> ws, https -> wss) with no query: the
+ * base of the tunnel URL and of the agent sync socket's. Throws InvalidOptionError.
+ */
+export function webSocketBase(serverUrl: string): URL {
   let url: URL;
   try {
     url = new URL(serverUrl);
@@ -97,9 +100,15 @@ export function tunnelUrl(serverUrl: string, runnerId: string): URL {
       "serverUrl",
       `unsupported scheme ${url.protocol} (use http, https, ws or wss)`,
     );
+  url.search = "";
+  return url;
+}
+
+/** Builds the tunnel URL from what a user passes as the server. */
+export function tunnelUrl(serverUrl: string, runnerId: string): URL {
+  const url = webSocketBase(serverUrl);
   const base = url.pathname.replace(/\/+$/, "");
   url.pathname = base.endsWith(TUNNEL_PATH) ? base : `${base}${TUNNEL_PATH}`;
-  url.search = "";
   url.searchParams.set("runnerid", runnerId);
   return url;
 }
