@@ -14,8 +14,8 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { AGENT_CLIENT_DEFAULTS } from "../src/agent/tunnel-client.ts";
 import { parseDuration } from "../src/common/duration.ts";
-import { AGENT_CLIENT_DEFAULTS } from "../src/tunnel/agent-client.ts";
 import {
   callThrough,
   checkDescriptorLimit,

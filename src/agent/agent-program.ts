@@ -14,10 +14,10 @@
 // on its stdin gets no more lines until it reads (they are dropped and logged).
 
 import { type ChildProcess, spawn } from "node:child_process";
+import { Backoff } from "../common/backoff.ts";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { positiveIntegerOptions } from "../common/options.ts";
-import { Backoff } from "../tunnel/backoff.ts";
 
 export interface AgentProgramOptions {
   /** The command, run as `sh -c COMMAND`. */

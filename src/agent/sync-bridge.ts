@@ -12,19 +12,19 @@
 //   `session_id` and `timestamp` added. A line that is not such an object is logged and skipped.
 //   Events printed while the socket is down wait (at most maxPendingEvents, default 1000, the
 //   oldest dropped) and go out in order once it is back.
-// - The socket reconnects with backoff and jitter (src/tunnel/backoff.ts), except after close code
+// - The socket reconnects with backoff and jitter (src/common/backoff.ts), except after close code
 //   4001: a newer socket took the session, and fighting it would flap both.
 
 import { once } from "node:events";
 import type { SecureContextOptions } from "node:tls";
 import WebSocket from "ws";
 import { SYNC_CLOSE, SYNC_MAX_FRAME_BYTES, SYNC_PATH } from "../common/agent-sync-wire.ts";
+import { Backoff, waitOrAbort } from "../common/backoff.ts";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { positiveIntegerOptions } from "../common/options.ts";
-import { webSocketBase } from "../tunnel/agent-client.ts";
-import { Backoff, waitOrAbort } from "../tunnel/backoff.ts";
 import { AgentProgram, type AgentProgramOptions } from "./agent-program.ts";
+import { webSocketBase } from "./tunnel-client.ts";
 
 export interface SyncBridgeOptions {
   /** API base URL (http, https, ws or wss). */

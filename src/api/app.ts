@@ -5,7 +5,6 @@
 
 import Fastify, { type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "../common/logger.ts";
-import type { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
 import { authenticateBeforeBody } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
 import {
@@ -17,6 +16,7 @@ import {
 import type { ApiMetrics } from "./metrics.ts";
 import { controlPlaneRoutes } from "./routes/control-plane.ts";
 import { revdialRoutes } from "./routes/revdial.ts";
+import type { TunnelEndpoint } from "./tunnel/tunnel-endpoint.ts";
 
 /** How long /readyz waits for the store's answer. */
 const READY_PING_TIMEOUT_MS = 2000;

@@ -3,8 +3,8 @@
 // through the RegistryObserver hooks; HTTP requests through an onResponse hook.
 
 import client from "prom-client";
-import type { EndpointCounters } from "../tunnel/tunnel-endpoint.ts";
-import type { RegistryObserver } from "../tunnel/tunnel-registry.ts";
+import type { EndpointCounters } from "./tunnel/tunnel-endpoint.ts";
+import type { RegistryObserver } from "./tunnel/tunnel-registry.ts";
 
 export class ApiMetrics {
   readonly registry = new client.Registry();

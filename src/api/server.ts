@@ -35,8 +35,6 @@ import {
   secureTree,
 } from "../store/index.ts";
 import { DEFAULT_TIMINGS, type TunnelTimings } from "../tunnel/tunnel.ts";
-import { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
-import { TunnelRegistry } from "../tunnel/tunnel-registry.ts";
 import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
@@ -46,6 +44,8 @@ import { ApiMetrics } from "./metrics.ts";
 import { type QuotaLimits, Quotas } from "./quotas.ts";
 import { stopHostSessions } from "./routes/lifecycle.ts";
 import { SandboxTracker } from "./sandbox-tracker.ts";
+import { TunnelEndpoint } from "./tunnel/tunnel-endpoint.ts";
+import { TunnelRegistry } from "./tunnel/tunnel-registry.ts";
 
 export interface ServerOptions {
   /** HOST:PORT to listen on. Default 127.0.0.1:8080; port 0 picks a free one. */

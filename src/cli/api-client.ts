@@ -8,8 +8,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { RevdialError } from "../common/errors.ts";
+import { type ClientTls, classifyTlsError, clientTls, hostOf } from "../common/tls.ts";
 import { fetchWithTls } from "../common/tls-fetch.ts";
-import { type ClientTls, classifyTlsError, clientTls, hostOf } from "../tunnel/tls.ts";
 import { CliUsageError } from "./env.ts";
 import { insecureFromEnv } from "./tls-options.ts";
 

@@ -10,8 +10,8 @@ import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 import net from "node:net";
 import tls from "node:tls";
+import { type ClientTls, classifyTlsError, hostOf, type TlsFailureReason } from "../common/tls.ts";
 import { RAW_UPGRADE, TUNNEL_PATH } from "../tunnel/constants.ts";
-import { type ClientTls, classifyTlsError, hostOf, type TlsFailureReason } from "../tunnel/tls.ts";
 import { diagnoseUpgradeAnswer } from "../tunnel/upgrade-diagnosis.ts";
 import type { ApiClient } from "./api-client.ts";
 

@@ -13,9 +13,9 @@
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { TargetMap } from "../agent/target-map.ts";
+import { AgentClient } from "../agent/tunnel-client.ts";
 import { silentLogger } from "../common/logger.ts";
-import { AgentClient } from "../tunnel/agent-client.ts";
-import { TargetMap } from "../tunnel/target-map.ts";
 import { ApiRequestError } from "./api-client.ts";
 import { type DoctorTarget, fail, ok, type StepOutcome, skip } from "./doctor-checks.ts";
 

@@ -4,7 +4,7 @@
 // with addTlsOptions(command) and passes tlsFromFlags(flags) as AgentClient's `tls`.
 
 import type { Command } from "commander";
-import { type ClientTls, clientTls } from "../tunnel/tls.ts";
+import { type ClientTls, clientTls } from "../common/tls.ts";
 import { CliUsageError, env } from "./env.ts";
 
 export interface TlsFlags {

@@ -5,7 +5,7 @@
 
 import https from "node:https";
 import { Readable } from "node:stream";
-import type { ClientTls } from "../tunnel/tls.ts";
+import type { ClientTls } from "./tls.ts";
 
 export interface TlsFetchInit {
   method: string;

@@ -4,8 +4,8 @@
 // the host go through the host's tunnel instead.
 
 import { RevdialError } from "../common/errors.ts";
+import type { ClientTls } from "../common/tls.ts";
 import { fetchWithTls } from "../common/tls-fetch.ts";
-import type { ClientTls } from "../tunnel/tls.ts";
 import { HOST_ERROR_CODES } from "./host-errors.ts";
 import type { LobbyExit } from "./sandbox-driver.ts";
 

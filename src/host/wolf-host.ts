@@ -13,11 +13,11 @@
 
 import { rmSync } from "node:fs";
 import { join } from "node:path";
+import { TargetMap } from "../agent/target-map.ts";
+import { AgentClient, type AgentClientOptions, type AgentExit } from "../agent/tunnel-client.ts";
+import { Backoff, waitOrAbort } from "../common/backoff.ts";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { AgentClient, type AgentClientOptions, type AgentExit } from "../tunnel/agent-client.ts";
-import { Backoff, waitOrAbort } from "../tunnel/backoff.ts";
-import { TargetMap } from "../tunnel/target-map.ts";
 import { ControlPlaneCallError, ControlPlaneClient } from "./control-plane-client.ts";
 import { DockerDriver } from "./docker-driver.ts";
 import { defaultStateDir } from "./host-state.ts";

@@ -11,7 +11,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { type Listening, pollUntil, startAgent, startTarget } from "../helpers/tunnel-harness.ts";
 import { type CliProcess, startCli } from "../tls/cli-process.ts";
 

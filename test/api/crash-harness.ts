@@ -8,11 +8,11 @@
 // stopped session's tunnel itself and that a host returning with leftovers is reconciled.
 
 import { randomUUID } from "node:crypto";
+import { TargetMap } from "../../src/agent/target-map.ts";
+import { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { silentLogger } from "../../src/common/logger.ts";
 import { LobbyNotFoundError } from "../../src/host/host-errors.ts";
 import type { LobbyInfo, LobbySpec, SandboxDriver } from "../../src/host/sandbox-driver.ts";
-import { AgentClient } from "../../src/tunnel/agent-client.ts";
-import { TargetMap } from "../../src/tunnel/target-map.ts";
 
 export class AgentDriver implements SandboxDriver {
   readonly name = "process" as const;

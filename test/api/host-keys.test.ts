@@ -6,9 +6,9 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { TargetMap } from "../../src/agent/target-map.ts";
+import { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { silentLogger } from "../../src/common/logger.ts";
-import { AgentClient } from "../../src/tunnel/agent-client.ts";
-import { TargetMap } from "../../src/tunnel/target-map.ts";
 import { MemoryDriver, World } from "../host/host-harness.ts";
 import { handshake } from "./tunnel-handshake.ts";
 

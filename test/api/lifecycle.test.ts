@@ -7,10 +7,10 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { TargetMap } from "../../src/agent/target-map.ts";
+import { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { silentLogger } from "../../src/common/logger.ts";
 import { groupAlive } from "../../src/host/process-driver.ts";
-import { AgentClient } from "../../src/tunnel/agent-client.ts";
-import { TargetMap } from "../../src/tunnel/target-map.ts";
 import { missingTools } from "../agent/desktop/xvfb.ts";
 import { MemoryDriver, World } from "../host/host-harness.ts";
 

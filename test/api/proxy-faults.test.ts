@@ -14,9 +14,9 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { type RunningServer, startServer } from "../../src/api/server.ts";
 import { silentLogger } from "../../src/common/logger.ts";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
 import { pollUntil, startAgent, startTarget, waitConnected } from "../helpers/tunnel-harness.ts";
 
 interface Seen {

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import { after, before, describe, it } from "node:test";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import {
   type Listening,
   listen,

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import type { IncomingMessage } from "node:http";
 import { after, before, describe, it } from "node:test";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { type Listening, startAgent, startTarget, waitConnected } from "../helpers/tunnel-harness.ts";
 import { MemoryDriver, World } from "../host/host-harness.ts";
 import { handshake } from "./tunnel-handshake.ts";

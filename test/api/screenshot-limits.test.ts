@@ -11,9 +11,9 @@ import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, beforeEach, test } from "node:test";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { type RunningServer, startServer } from "../../src/api/server.ts";
 import { silentLogger } from "../../src/common/logger.ts";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
 import { pollUntil, startAgent, startTarget, waitConnected } from "../helpers/tunnel-harness.ts";
 
 const LIMIT = 6 * 1024 * 1024;

@@ -12,7 +12,7 @@ import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { pollUntil, startAgent, startTarget } from "../helpers/tunnel-harness.ts";
 import { type CliProcess, startCli } from "../tls/cli-process.ts";
 

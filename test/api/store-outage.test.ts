@@ -21,9 +21,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { type RunningServer, startServer } from "../../src/api/server.ts";
 import { silentLogger } from "../../src/common/logger.ts";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
 import {
   type Listening,
   pollUntil,

@@ -11,9 +11,9 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import sharp from "sharp";
 import { type DesktopService, startDesktopService } from "../../src/agent/desktop/desktop-service.ts";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { type RunningServer, startServer } from "../../src/api/server.ts";
 import { silentLogger } from "../../src/common/logger.ts";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
 import { missingTools, startXvfb, type Xvfb } from "../agent/desktop/xvfb.ts";
 import { startAgent, waitConnected } from "../helpers/tunnel-harness.ts";
 

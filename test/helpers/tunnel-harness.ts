@@ -8,12 +8,12 @@ import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { type Logger, pino } from "pino";
+import { TargetMap } from "../../src/agent/target-map.ts";
+import { AgentClient, type AgentClientOptions } from "../../src/agent/tunnel-client.ts";
+import { TunnelEndpoint, type TunnelEndpointOptions } from "../../src/api/tunnel/tunnel-endpoint.ts";
+import { TunnelRegistry, type TunnelRegistryOptions } from "../../src/api/tunnel/tunnel-registry.ts";
 import { silentLogger } from "../../src/common/logger.ts";
-import { AgentClient, type AgentClientOptions } from "../../src/tunnel/agent-client.ts";
-import { TargetMap } from "../../src/tunnel/target-map.ts";
 import { DEFAULT_TIMINGS, type TunnelTimings } from "../../src/tunnel/tunnel.ts";
-import { TunnelEndpoint, type TunnelEndpointOptions } from "../../src/tunnel/tunnel-endpoint.ts";
-import { TunnelRegistry, type TunnelRegistryOptions } from "../../src/tunnel/tunnel-registry.ts";
 
 export const TOKEN = "test-runner-token";
 

@@ -6,7 +6,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import tls from "node:tls";
-import { classifyTlsError, clientTls, hostOf, TlsVerificationError } from "../../src/tunnel/tls.ts";
+import { classifyTlsError, clientTls, hostOf, TlsVerificationError } from "../../src/common/tls.ts";
 import { createTestPki, type TestPki } from "./certs.ts";
 
 const tlsFailure = (code: string) => Object.assign(new Error(`boom ${code}`), { code });

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import { test } from "node:test";
-import { AdmissionLimiter } from "../../src/tunnel/admission-limiter.ts";
+import { AdmissionLimiter } from "../../src/api/tunnel/admission-limiter.ts";
 import { HANDSHAKE_HEADER, RAW_UPGRADE } from "../../src/tunnel/constants.ts";
 import {
   captureLogger,

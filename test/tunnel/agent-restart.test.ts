@@ -4,8 +4,8 @@
 
 import assert from "node:assert/strict";
 import { type TestContext, test } from "node:test";
+import { TunnelRegistry } from "../../src/api/tunnel/tunnel-registry.ts";
 import { silentLogger } from "../../src/common/logger.ts";
-import { TunnelRegistry } from "../../src/tunnel/tunnel-registry.ts";
 import {
   type Listening,
   pollUntil,

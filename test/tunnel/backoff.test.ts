@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import { test } from "node:test";
-import { Backoff } from "../../src/tunnel/backoff.ts";
+import { Backoff } from "../../src/common/backoff.ts";
 import type { HandshakeRejectedError } from "../../src/tunnel/errors.ts";
 import { listen, pollUntil, startAgent } from "../helpers/tunnel-harness.ts";
 

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import type http from "node:http";
 import { PassThrough } from "node:stream";
 import { after, before, test } from "node:test";
-import type { AgentClient } from "../../src/tunnel/agent-client.ts";
+import type { AgentClient } from "../../src/agent/tunnel-client.ts";
 import {
   pollUntil,
   readAll,

@@ -8,7 +8,7 @@ import http from "node:http";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { after, before, test } from "node:test";
-import { TargetMap } from "../../src/tunnel/target-map.ts";
+import { TargetMap } from "../../src/agent/target-map.ts";
 import {
   listen,
   readAll,

@@ -6,10 +6,10 @@ import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
 import { type TestContext, test } from "node:test";
 import WebSocket from "ws";
+import { TunnelRegistry } from "../../src/api/tunnel/tunnel-registry.ts";
 import { silentLogger } from "../../src/common/logger.ts";
 import { CLOSE, SUBPROTOCOL_H2 } from "../../src/tunnel/constants.ts";
 import type { Tunnel } from "../../src/tunnel/tunnel.ts";
-import { TunnelRegistry } from "../../src/tunnel/tunnel-registry.ts";
 import type { TunnelStats } from "../../src/tunnel/types.ts";
 import {
   readAll,

@@ -8,7 +8,7 @@ import http from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
-import { formatTargetAddress, parseTargetAddress, TargetMap } from "../../src/tunnel/target-map.ts";
+import { formatTargetAddress, parseTargetAddress, TargetMap } from "../../src/agent/target-map.ts";
 import {
   listen,
   readAll,

@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { tunnelUrl } from "../../src/tunnel/agent-client.ts";
+import { tunnelUrl } from "../../src/agent/tunnel-client.ts";
 
 const url = (server: string, id = "sandbox-1") => tunnelUrl(server, id).toString();
 

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import { test } from "node:test";
-import { classifyUpgradeAnswer } from "../../src/tunnel/agent-client.ts";
+import { classifyUpgradeAnswer } from "../../src/agent/tunnel-client.ts";
 import {
   captureLogger,
   listen,

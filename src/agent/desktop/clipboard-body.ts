@@ -2,9 +2,9 @@
 // {"type":"image","data":"<base64 PNG>"}. Parsing is strict about what it uses (an image must be
 // valid base64 of a PNG) and ignores fields it does not know.
 
+import type { ClipboardContent } from "./desktop-types.ts";
 import { BadRequestError, InvalidJsonError } from "./errors.ts";
 import { sniffImageFormat } from "./image-encode.ts";
-import type { ClipboardContent } from "./providers.ts";
 
 export interface ClipboardJson {
   type: "text" | "image";

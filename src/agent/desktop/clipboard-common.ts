@@ -5,9 +5,9 @@
 // reading it back, retrying with jittered backoff until a deadline, instead of trusting the exit code.
 
 import { setTimeout as delay } from "node:timers/promises";
+import type { ClipboardContent } from "./desktop-types.ts";
 import { ClipboardFailedError } from "./errors.ts";
 import { toPng } from "./image-encode.ts";
-import type { ClipboardContent } from "./providers.ts";
 import type { ToolResult } from "./run-tool.ts";
 
 export interface ToolClipboardOptions {

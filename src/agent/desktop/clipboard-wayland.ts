@@ -11,8 +11,8 @@ import {
   type ToolClipboardOptions,
   toolFailure,
 } from "./clipboard-common.ts";
+import type { Clipboard, ClipboardContent } from "./desktop-types.ts";
 import { ClipboardFailedError } from "./errors.ts";
-import type { Clipboard, ClipboardContent } from "./providers.ts";
 import { runTool, type ToolResult } from "./run-tool.ts";
 
 const TEXT_TYPE = "text/plain;charset=utf-8";

@@ -11,8 +11,8 @@ import {
   type ToolClipboardOptions,
   toolFailure,
 } from "./clipboard-common.ts";
+import type { Clipboard, ClipboardContent } from "./desktop-types.ts";
 import { ClipboardFailedError, NoDisplayError } from "./errors.ts";
-import type { Clipboard, ClipboardContent } from "./providers.ts";
 import { runTool, type ToolResult } from "./run-tool.ts";
 
 const SELECTION = ["-selection", "clipboard"];

@@ -3,7 +3,7 @@
 
 import { InvalidOptionError } from "../../common/errors.ts";
 import { type Logger, silentLogger } from "../../common/logger.ts";
-import type { DesktopProviders } from "./providers.ts";
+import type { DesktopProviders } from "./desktop-types.ts";
 
 export interface DesktopServiceOptions {
   /**

@@ -10,10 +10,10 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "../../common/logger.ts";
 import { clipboardToJson, parseClipboardBody } from "./clipboard-body.ts";
 import type { ConcurrencyLimit } from "./concurrency-limit.ts";
+import type { DesktopProviders } from "./desktop-types.ts";
 import { CaptureFailedError, desktopStatusOf, MethodNotAllowedError, RouteNotFoundError } from "./errors.ts";
 import { readBody, send, sendError, sendJson, sendText } from "./http-io.ts";
 import { CONTENT_TYPES, sniffImageFormat } from "./image-encode.ts";
-import type { DesktopProviders } from "./providers.ts";
 import { parseScreenshotQuery } from "./screenshot-query.ts";
 
 export interface DesktopRoutesOptions {

@@ -17,7 +17,8 @@ import {
   resolveDesktopOptions,
 } from "./desktop-options.ts";
 import { createDesktopHandler } from "./desktop-routes.ts";
-import { chooseProviders, type DesktopProviders } from "./providers.ts";
+import type { DesktopProviders } from "./desktop-types.ts";
+import { chooseProviders } from "./providers.ts";
 
 export type { DesktopServiceOptions } from "./desktop-options.ts";
 export { DESKTOP_SERVICE_DEFAULTS } from "./desktop-options.ts";

@@ -5,7 +5,7 @@
 // well even at level 1, and the higher levels cost several times the time for a few percent of size.
 
 import sharp from "sharp";
-import type { CaptureRequest, ImageFormat, Screenshot } from "./providers.ts";
+import type { CaptureRequest, ImageFormat, Screenshot } from "./desktop-types.ts";
 
 export interface RawImage {
   /** Tightly packed pixels, `channels` bytes each, rows top to bottom. */

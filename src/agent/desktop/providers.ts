@@ -1,5 +1,5 @@
-// The two things the desktop service needs from a display server — a screen capture and a clipboard —
-// as interfaces, and the choice of implementation from the environment: Wayland (grim, wl-clipboard)
+// The choice of the desktop service's screen capture and clipboard (their interfaces are in
+// desktop-types.ts) from the environment from the environment: Wayland (grim, wl-clipboard)
 // when WAYLAND_DISPLAY is set, X11 (the x11 protocol library, xclip) when DISPLAY is set, and a
 // "none" pair that fails every call with NoDisplayError when neither is. The choice is made once, at
 // construction; a sandbox does not change display server while its agent runs.
@@ -7,50 +7,10 @@
 import type { Logger } from "../../common/logger.ts";
 import { WaylandClipboard } from "./clipboard-wayland.ts";
 import { X11Clipboard } from "./clipboard-x11.ts";
+import type { Clipboard, DesktopProviders, ScreenCapture } from "./desktop-types.ts";
 import { NoDisplayError } from "./errors.ts";
 import { WaylandCapture } from "./wayland-capture.ts";
 import { X11Capture } from "./x11-capture.ts";
-
-export type ImageFormat = "png" | "jpeg";
-
-export interface CaptureRequest {
-  format: ImageFormat;
-  /** JPEG quality 1-100; PNG ignores it (it is lossless). */
-  quality: number;
-  includeCursor: boolean;
-}
-
-export interface Screenshot {
-  /** The encoded image; `format` is what the bytes are, checked by their signature. */
-  data: Buffer;
-  format: ImageFormat;
-  width: number;
-  height: number;
-}
-
-export interface ScreenCapture {
-  /** Short name shown by /health: "x11", "wayland" or "none". */
-  readonly name: string;
-  capture(request: CaptureRequest): Promise<Screenshot>;
-  /** Releases connections; idempotent. */
-  close(): Promise<void>;
-}
-
-export type ClipboardContent = { type: "text"; data: string } | { type: "image"; data: Buffer };
-
-export interface Clipboard {
-  /** Short name shown by /health: "xclip", "wl-clipboard" or "none". */
-  readonly name: string;
-  /** The clipboard's content; an empty clipboard is empty text. Images are PNG bytes. */
-  read(): Promise<ClipboardContent>;
-  /** Replaces the clipboard's content; resolves once the new content is being served. */
-  write(content: ClipboardContent): Promise<void>;
-}
-
-export interface DesktopProviders {
-  capture: ScreenCapture;
-  clipboard: Clipboard;
-}
 
 export interface ProviderOptions {
   /** X11 display (":N"); overrides DISPLAY. */

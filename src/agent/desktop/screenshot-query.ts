@@ -2,8 +2,8 @@
 // default 80), include_cursor=true|false (default false). Anything else given for these is a 400 that
 // names the parameter; unknown parameters are ignored.
 
+import type { CaptureRequest, ImageFormat } from "./desktop-types.ts";
 import { BadRequestError } from "./errors.ts";
-import type { CaptureRequest, ImageFormat } from "./providers.ts";
 
 export const SCREENSHOT_DEFAULTS: Readonly<CaptureRequest> = Object.freeze({
   format: "png",

@@ -2,9 +2,9 @@
 // or JPEG itself and can draw the cursor (-c), so its bytes are served as they come; they are only
 // re-encoded when their signature shows another format than the one asked for.
 
+import type { CaptureRequest, ScreenCapture, Screenshot } from "./desktop-types.ts";
 import { CaptureFailedError } from "./errors.ts";
 import { convertImage } from "./image-encode.ts";
-import type { CaptureRequest, ScreenCapture, Screenshot } from "./providers.ts";
 import { runTool } from "./run-tool.ts";
 
 export interface WaylandCaptureOptions {

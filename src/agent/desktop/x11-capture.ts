@@ -4,9 +4,9 @@
 // (the X server restarted, or a request missed its deadline), so a passing fault costs one screenshot.
 
 import type { Logger } from "../../common/logger.ts";
+import type { CaptureRequest, ScreenCapture, Screenshot } from "./desktop-types.ts";
 import { CaptureFailedError, NoDisplayError } from "./errors.ts";
 import { encodeRaw } from "./image-encode.ts";
-import type { CaptureRequest, ScreenCapture, Screenshot } from "./providers.ts";
 import { drawCursor, zpixmapToRgb } from "./x11-pixels.ts";
 import { type RootImage, X11Session } from "./x11-session.ts";
 

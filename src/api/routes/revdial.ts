@@ -7,11 +7,11 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { RUNNER_ID_PATTERN, TUNNEL_PATH } from "../../tunnel/constants.ts";
 import { BodyTooLargeError, TunnelAbortedError, TunnelStreamError } from "../../tunnel/errors.ts";
 import { copyEndToEnd } from "../../tunnel/headers.ts";
-import type { TunnelEndpoint } from "../../tunnel/tunnel-endpoint.ts";
 import { UPGRADE_STRIPPED_CODE, UPGRADE_STRIPPED_SERVER_MESSAGE } from "../../tunnel/upgrade-diagnosis.ts";
 import { principalOf, requireAdmin, requireWrite } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError, errorBody, statusOf } from "../http-errors.ts";
+import type { TunnelEndpoint } from "../tunnel/tunnel-endpoint.ts";
 import { readBounded } from "./sandbox-call.ts";
 
 export interface RevdialRouteOptions {

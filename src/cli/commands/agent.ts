@@ -7,10 +7,10 @@
 // works but warns, since every local user can read a command line.
 
 import type { Command } from "commander";
+import { TargetMap } from "../../agent/target-map.ts";
+import { AgentClient, type AgentClientOptions } from "../../agent/tunnel-client.ts";
 import { createLogger, type Logger } from "../../common/logger.ts";
 import { isSessionId } from "../../store/ids.ts";
-import { AgentClient, type AgentClientOptions } from "../../tunnel/agent-client.ts";
-import { TargetMap } from "../../tunnel/target-map.ts";
 import { CliUsageError, env, logLevelOption, TRANSPORT_OPTION, transportOption } from "../env.ts";
 import { readSecret } from "../secret-source.ts";
 import { onShutdownSignal } from "../signals.ts";

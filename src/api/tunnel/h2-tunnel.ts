@@ -15,7 +15,7 @@
 import { EventEmitter } from "node:events";
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from "node:http2";
 import { type Duplex, PassThrough, type Readable } from "node:stream";
-import type { Logger } from "../common/logger.ts";
+import type { Logger } from "../../common/logger.ts";
 import {
   BODY_END_HEADER,
   CLOSE,
@@ -23,12 +23,17 @@ import {
   DEFAULT_TARGET,
   MAX_FRAME_SIZE,
   STREAM_WINDOW,
-} from "./constants.ts";
-import { TunnelAbortedError, TunnelClosedError, TunnelStreamError, TunnelTimeoutError } from "./errors.ts";
-import { copyEndToEnd } from "./headers.ts";
-import type { Tunnel, TunnelTimings } from "./tunnel.ts";
-import type { TunnelLink } from "./tunnel-link.ts";
-import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "./types.ts";
+} from "../../tunnel/constants.ts";
+import {
+  TunnelAbortedError,
+  TunnelClosedError,
+  TunnelStreamError,
+  TunnelTimeoutError,
+} from "../../tunnel/errors.ts";
+import { copyEndToEnd } from "../../tunnel/headers.ts";
+import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
+import type { TunnelLink } from "../../tunnel/tunnel-link.ts";
+import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
 
 export interface H2TunnelOptions {
   runnerId: string;

@@ -15,13 +15,18 @@ import { EventEmitter } from "node:events";
 import http from "node:http";
 import type { Duplex } from "node:stream";
 import type { WebSocket } from "ws";
-import type { Logger } from "../common/logger.ts";
-import { CLOSE } from "./constants.ts";
-import { TunnelAbortedError, TunnelClosedError, TunnelStreamError, TunnelTimeoutError } from "./errors.ts";
-import { copyEndToEnd } from "./headers.ts";
-import type { Tunnel, TunnelTimings } from "./tunnel.ts";
-import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "./types.ts";
-import { WebSocketStream } from "./ws-stream.ts";
+import type { Logger } from "../../common/logger.ts";
+import { CLOSE } from "../../tunnel/constants.ts";
+import {
+  TunnelAbortedError,
+  TunnelClosedError,
+  TunnelStreamError,
+  TunnelTimeoutError,
+} from "../../tunnel/errors.ts";
+import { copyEndToEnd } from "../../tunnel/headers.ts";
+import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
+import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
+import { WebSocketStream } from "../../tunnel/ws-stream.ts";
 
 /** The Go agent gives up after 60 s without a line; keep-alives go out well inside that. */
 const KEEPALIVE_MS = 15_000;

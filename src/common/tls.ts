@@ -9,7 +9,7 @@
 
 import { readFileSync } from "node:fs";
 import tls from "node:tls";
-import { InvalidOptionError, RevdialError } from "../common/errors.ts";
+import { InvalidOptionError, RevdialError } from "./errors.ts";
 
 /** The TLS options a client passes to `tls.connect` / `https.request` / `ws`. */
 export interface ClientTls {

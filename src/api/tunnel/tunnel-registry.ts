@@ -17,17 +17,17 @@
 
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
-import { InvalidOptionError } from "../common/errors.ts";
-import type { Logger } from "../common/logger.ts";
-import { CLOSE, EVICTED_RETRY_AFTER_S } from "./constants.ts";
+import { InvalidOptionError } from "../../common/errors.ts";
+import type { Logger } from "../../common/logger.ts";
+import { CLOSE, EVICTED_RETRY_AFTER_S } from "../../tunnel/constants.ts";
 import {
   TunnelAbortedError,
   TunnelEvictedError,
   TunnelNotConnectedError,
   TunnelQueueFullError,
   TunnelTimeoutError,
-} from "./errors.ts";
-import type { Tunnel } from "./tunnel.ts";
+} from "../../tunnel/errors.ts";
+import type { Tunnel } from "../../tunnel/tunnel.ts";
 import type {
   OpenOptions,
   TunnelDialer,
@@ -35,7 +35,7 @@ import type {
   TunnelRequest,
   TunnelResponse,
   TunnelStats,
-} from "./types.ts";
+} from "../../tunnel/types.ts";
 
 /** Hooks for metrics; all optional. */
 export interface RegistryObserver {

@@ -19,8 +19,7 @@ import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { type WebSocket, WebSocketServer } from "ws";
-import type { Logger } from "../common/logger.ts";
-import { AdmissionLimiter } from "./admission-limiter.ts";
+import type { Logger } from "../../common/logger.ts";
 import {
   CLOSE,
   HANDSHAKE_HEADER,
@@ -29,14 +28,15 @@ import {
   SUBPROTOCOL_H2,
   TUNNEL_PATH,
   WS_CLOSE_TIMEOUT_MS,
-} from "./constants.ts";
+} from "../../tunnel/constants.ts";
+import type { TunnelTimings } from "../../tunnel/tunnel.ts";
+import { RawLink, type TunnelLink, WsLink } from "../../tunnel/tunnel-link.ts";
+import { WebSocketStream } from "../../tunnel/ws-stream.ts";
+import { AdmissionLimiter } from "./admission-limiter.ts";
 import { H2Tunnel, type LinkFailure } from "./h2-tunnel.ts";
 import { LegacyTunnel } from "./legacy-tunnel.ts";
 import { RefusalLog } from "./refusal-log.ts";
-import type { TunnelTimings } from "./tunnel.ts";
-import { RawLink, type TunnelLink, WsLink } from "./tunnel-link.ts";
 import type { TunnelRegistry } from "./tunnel-registry.ts";
-import { WebSocketStream } from "./ws-stream.ts";
 
 export interface HandshakeError {
   statusCode: number;

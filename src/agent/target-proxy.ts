@@ -7,8 +7,8 @@ import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Logger } from "../common/logger.ts";
-import { BODY_END_HEADER } from "./constants.ts";
-import { copyEndToEnd } from "./headers.ts";
+import { BODY_END_HEADER } from "../tunnel/constants.ts";
+import { copyEndToEnd } from "../tunnel/headers.ts";
 import { formatTargetAddress, type TargetAddress, type TargetMap } from "./target-map.ts";
 
 export interface TargetProxyOptions {

@@ -24,9 +24,10 @@ import https from "node:https";
 import type { Socket } from "node:net";
 import type { SecureContextOptions } from "node:tls";
 import WebSocket from "ws";
+import { Backoff } from "../common/backoff.ts";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
-import { Backoff } from "./backoff.ts";
+import { classifyTlsError, hostOf, INSECURE_WARNING } from "../common/tls.ts";
 import {
   CLOSE,
   CONNECTION_WINDOW,
@@ -37,13 +38,12 @@ import {
   STREAM_WINDOW,
   SUBPROTOCOL_H2,
   TUNNEL_PATH,
-} from "./constants.ts";
-import { HandshakeRejectedError, TunnelNotUpgradedError } from "./errors.ts";
+} from "../tunnel/constants.ts";
+import { HandshakeRejectedError, TunnelNotUpgradedError } from "../tunnel/errors.ts";
+import { RawLink, type TransportName, type TunnelLink, WsLink } from "../tunnel/tunnel-link.ts";
+import { WebSocketStream } from "../tunnel/ws-stream.ts";
 import type { TargetMap } from "./target-map.ts";
 import { TargetProxy } from "./target-proxy.ts";
-import { classifyTlsError, hostOf, INSECURE_WARNING } from "./tls.ts";
-import { RawLink, type TransportName, type TunnelLink, WsLink } from "./tunnel-link.ts";
-import { WebSocketStream } from "./ws-stream.ts";
 
 const { NGHTTP2_NO_ERROR } = http2.constants;
 

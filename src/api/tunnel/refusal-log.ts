@@ -6,8 +6,8 @@
 // Bounds: at most maxKeys (runner, reason) pairs are remembered; past it the oldest is forgotten
 // (it may then be logged once more than the rate allows).
 
-import { InvalidOptionError } from "../common/errors.ts";
-import type { Logger } from "../common/logger.ts";
+import { InvalidOptionError } from "../../common/errors.ts";
+import type { Logger } from "../../common/logger.ts";
 
 export interface RefusalLogOptions {
   logger: Logger;

@@ -5,7 +5,7 @@
 // Contract: admit() never blocks and never throws. When it refuses it says how long to wait, spread
 // at random over the time the bucket needs to refill, so refused agents do not all return together.
 
-import { InvalidOptionError } from "../common/errors.ts";
+import { InvalidOptionError } from "../../common/errors.ts";
 
 export interface AdmissionLimiterOptions {
   /** Handshakes admitted per second, sustained. Default 1000. */
