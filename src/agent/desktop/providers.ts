@@ -1,5 +1,5 @@
 // The choice of the desktop service's screen capture and clipboard (their interfaces are in
-// desktop-types.ts) from the environment from the environment: Wayland (grim, wl-clipboard)
+// desktop-types.ts) from the environment: Wayland (grim, wl-clipboard)
 // when WAYLAND_DISPLAY is set, X11 (the x11 protocol library, xclip) when DISPLAY is set, and a
 // "none" pair that fails every call with NoDisplayError when neither is. The choice is made once, at
 // construction; a sandbox does not change display server while its agent runs.
