@@ -17,6 +17,7 @@
 // `Revdial-Handshake` header) is reported as a proxy that strips the Upgrade headers
 // (classifyUpgradeAnswer).
 
+import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import http2, { type Http2Server, type ServerHttp2Session } from "node:http2";
@@ -35,19 +36,27 @@ import {
   HANDSHAKE_HEADER,
   MAX_FRAME_SIZE,
   RAW_UPGRADE,
+  RAW_UPGRADE_MUX,
   STREAM_WINDOW,
   SUBPROTOCOL_H2,
+  SUBPROTOCOL_MUX,
   TUNNEL_PATH,
 } from "../tunnel/constants.ts";
 import { HandshakeRejectedError, TunnelNotUpgradedError } from "../tunnel/errors.ts";
+import { MUX_CODE } from "../tunnel/mux-frames.ts";
+import { type MuxLink, RawMuxLink, WsMuxLink } from "../tunnel/mux-link.ts";
+import { MuxSession } from "../tunnel/mux-session.ts";
 import { RawLink, type TransportName, type TunnelLink, WsLink } from "../tunnel/tunnel-link.ts";
+import { acceptKey } from "../tunnel/ws-codec.ts";
 import { WebSocketStream } from "../tunnel/ws-stream.ts";
+import { MuxPump } from "./mux-pump.ts";
 import type { TargetMap } from "./target-map.ts";
 import { TargetProxy } from "./target-proxy.ts";
 
 const { NGHTTP2_NO_ERROR } = http2.constants;
 
 export type AgentState = "connecting" | "connected" | "waiting" | "closed";
+export type AgentProtocol = "v2" | "v3";
 export type AgentExit = "closed" | "replaced";
 
 export interface AgentClientOptions {
@@ -65,8 +74,13 @@ export interface AgentClientOptions {
   deadLinkTimeoutMs?: number;
   /** Handshake deadline. Default 15 s. */
   handshakeTimeoutMs?: number;
-  /** `ws` (default; crosses WebSocket proxies) or `raw` (HTTP/2 on the upgraded socket; faster). */
+  /** `ws` (default; crosses WebSocket proxies) or `raw` (the upgraded socket itself; faster). */
   transport?: TransportName;
+  /**
+   * `v3` (default: the revdial multiplexer; over `ws` an older server's choice of v2 is followed)
+   * or `v2` (HTTP/2 over the link).
+   */
+  protocol?: AgentProtocol;
   /** Extra headers for the handshake (e.g. a host's labels). */
   headers?: Record<string, string>;
   signal?: AbortSignal;
@@ -80,6 +94,7 @@ export const AGENT_CLIENT_DEFAULTS = Object.freeze({
   deadLinkTimeoutMs: 45_000,
   handshakeTimeoutMs: 15_000,
   transport: "ws" as TransportName,
+  protocol: "v3" as AgentProtocol,
 });
 
 /**
@@ -123,6 +138,11 @@ export class AgentClient extends EventEmitter {
   #state: AgentState | null = null;
   #session: ServerHttp2Session | null = null;
   #link: TunnelLink | null = null;
+  readonly #pump: MuxPump;
+  /** The live v3 session, when the link speaks v3. */
+  #mux: MuxSession | null = null;
+  /** The protocol dialed next: v3 until a server answers v3's offer with v2. */
+  #protocol: AgentProtocol;
   /** Cuts whatever is open now: the handshake in progress or the live link. */
   #cut: (() => void) | null = null;
   #sleep: { timer: NodeJS.Timeout; wake: () => void } | null = null;
@@ -138,7 +158,11 @@ export class AgentClient extends EventEmitter {
     this.#url = tunnelUrl(options.serverUrl, options.runnerId);
     this.#log = options.logger.child({ runner_id: options.runnerId });
     this.#backoff = new Backoff({ baseMs: this.#o.backoffBaseMs, capMs: this.#o.backoffCapMs });
+    if (this.#o.protocol !== "v2" && this.#o.protocol !== "v3")
+      throw new InvalidOptionError("protocol", `must be v2 or v3, not "${this.#o.protocol}"`);
+    this.#protocol = this.#o.protocol;
     this.#proxy = new TargetProxy({ targets: options.targets, logger: this.#log });
+    this.#pump = new MuxPump({ targets: options.targets, logger: this.#log });
     this.#h2 = http2.createServer({
       settings: {
         initialWindowSize: STREAM_WINDOW,
@@ -185,6 +209,7 @@ export class AgentClient extends EventEmitter {
     }
     this.#setState("closed", { exit: this.#exit });
     this.#proxy.close();
+    this.#pump.close();
     return this.#exit;
   }
 
@@ -233,8 +258,152 @@ export class AgentClient extends EventEmitter {
     this.#setState("connecting");
     if (this.#url.protocol === "wss:" && this.#o.tls?.rejectUnauthorized === false)
       this.#log.warn({ server: this.#url.origin }, INSECURE_WARNING);
+    if (this.#protocol === "v3") {
+      const mux = this.#o.transport === "raw" ? await this.#openRawMux() : await this.#openWsMux();
+      if (mux !== "v2") return new Promise<number>((resolve) => this.#serveMux(mux, resolve));
+      this.#protocol = "v2";
+      this.#log.info("the server does not speak protocol v3; using v2");
+    }
     const link = this.#o.transport === "raw" ? await this.#openRaw() : await this.#openWs();
     return new Promise<number>((resolve) => this.#serve(link, resolve));
+  }
+
+  /** The handshake headers every upgrade carries. */
+  #handshakeHeaders(extra: Record<string, string>): Record<string, string> {
+    return { ...extra, authorization: `Bearer ${this.#o.token}`, ...this.#o.headers };
+  }
+
+  /**
+   * One upgrade request: resolves with the 101's socket, rejects with the classified refusal (a
+   * plain answer), a timeout or a connection error.
+   */
+  #upgrade(headers: Record<string, string>): Promise<{ res: IncomingMessage; socket: Socket }> {
+    const secure = this.#url.protocol === "wss:";
+    const request = (secure ? https : http).request;
+    return new Promise((resolve, reject) => {
+      const req = request({
+        host: this.#url.hostname.replace(/^\[|\]$/g, ""),
+        port: this.#url.port || (secure ? 443 : 80),
+        path: `${this.#url.pathname}${this.#url.search}`,
+        headers: this.#handshakeHeaders(headers),
+        agent: false,
+        timeout: this.#o.handshakeTimeoutMs,
+        ...(secure ? (this.#o.tls ?? {}) : {}),
+      });
+      this.#cut = () => req.destroy();
+      req.on("upgrade", (res: IncomingMessage, socket: Socket, head: Buffer) => {
+        socket.setTimeout(0);
+        if (head.length > 0) socket.unshift(head);
+        resolve({ res, socket });
+      });
+      req.on("response", (res: IncomingMessage) => {
+        readUpgradeAnswer(res).then(reject);
+      });
+      req.on("timeout", () =>
+        req.destroy(new Error(`handshake timed out after ${this.#o.handshakeTimeoutMs} ms`)),
+      );
+      req.on("error", reject);
+      req.end();
+    });
+  }
+
+  /** v3 over a WebSocket; "v2" when the server chose the v2 subprotocol instead. */
+  async #openWsMux(): Promise<MuxLink | "v2"> {
+    const key = randomBytes(16).toString("base64");
+    const { res, socket } = await this.#upgrade({
+      connection: "Upgrade",
+      upgrade: "websocket",
+      "sec-websocket-version": "13",
+      "sec-websocket-key": key,
+      "sec-websocket-protocol": `${SUBPROTOCOL_MUX}, ${SUBPROTOCOL_H2}`,
+    });
+    const chosen = res.headers["sec-websocket-protocol"];
+    if (res.headers["sec-websocket-accept"] !== acceptKey(key)) {
+      socket.destroy();
+      throw new Error("the server's WebSocket answer has a wrong Sec-WebSocket-Accept");
+    }
+    if (chosen === SUBPROTOCOL_H2) {
+      socket.destroy();
+      return "v2";
+    }
+    if (chosen !== SUBPROTOCOL_MUX) {
+      socket.destroy();
+      throw new Error(`server did not accept subprotocol ${SUBPROTOCOL_MUX}`);
+    }
+    return new WsMuxLink(socket, { role: "client", maxFrameBytes: 64 * 1024 * 1024 });
+  }
+
+  /** v3 on the raw transport: `Upgrade: revdial.mux`, then the socket itself. */
+  async #openRawMux(): Promise<MuxLink> {
+    const { res, socket } = await this.#upgrade({ connection: "Upgrade", upgrade: RAW_UPGRADE_MUX });
+    if ((res.headers.upgrade ?? "").toLowerCase() !== RAW_UPGRADE_MUX) {
+      socket.destroy();
+      throw new Error(`server upgraded to "${res.headers.upgrade}", not ${RAW_UPGRADE_MUX}`);
+    }
+    return new RawMuxLink(socket);
+  }
+
+  #serveMux(link: MuxLink, done: (floorMs: number) => void): void {
+    let replaced = false;
+    let goawayText = "";
+    let activityAt = Date.now();
+    const session = new MuxSession({
+      link,
+      role: "agent",
+      onOpen: (stream, target) => this.#pump.open(session, stream, target),
+      // Connected means usable: the server's HELLO has arrived over the link.
+      onHello: () => {
+        this.#backoff.reset();
+        this.#setState("connected", { transport: link.transport, protocol: "v3" });
+      },
+      onGoaway: (_code, reason) => {
+        goawayText = reason.slice(0, 200);
+        if (goawayText === "replaced") replaced = true;
+      },
+      onProtocolError: (message) => this.#log.warn({ err: message }, "tunnel protocol error"),
+    });
+    this.#mux = session;
+    this.#cut = () => session.destroy("agent stopping");
+    link.onActivity(() => {
+      activityAt = Date.now();
+    });
+    const check = Math.max(5, Math.floor(this.#o.deadLinkTimeoutMs / 5));
+    const watchdog = setInterval(() => {
+      const last = Math.max(activityAt, session.lastFrameAt);
+      if (Date.now() - last <= this.#o.deadLinkTimeoutMs) return;
+      this.#log.warn("no frame from the server within the dead-link timeout; reconnecting");
+      session.destroy("dead link");
+    }, check);
+    link.onClose((reason) => {
+      clearInterval(watchdog);
+      this.#mux = null;
+      this.#cut = null;
+      done(this.#afterClose(replaced, link.closeCode, reason, goawayText));
+    });
+  }
+
+  /**
+   * What a closed link means for the next dial: stop (replaced), wait the eviction's hint, or
+   * reconnect with backoff. Returns the least delay before the next dial.
+   */
+  #afterClose(replaced: boolean, closeCode: number | null, reason: string, goawayText: string): number {
+    if (replaced || closeCode === CLOSE.REPLACED) {
+      this.#log.warn("another agent registered this runner id; stopping (replaced)");
+      this.#exit = "replaced";
+      this.#stopping = true;
+      return 0;
+    }
+    if (closeCode === CLOSE.EVICTED || goawayText.startsWith("evicted")) {
+      const text = closeCode === CLOSE.EVICTED ? reason : goawayText;
+      const floorMs = evictionDelayMs(text);
+      this.#log.warn(
+        { reason: text, retry_in_ms: floorMs },
+        "the server evicted this runner (session stopped or key revoked); waiting before dialing again",
+      );
+      return floorMs;
+    }
+    if (!this.#stopping) this.#log.info({ code: closeCode ?? undefined, reason }, "tunnel lost");
+    return 0;
   }
 
   #openWs(): Promise<TunnelLink> {
@@ -271,44 +440,13 @@ export class AgentClient extends EventEmitter {
   }
 
   /** The raw transport: `Upgrade: revdial.h2`, then HTTP/2 on the socket itself. */
-  #openRaw(): Promise<TunnelLink> {
-    const secure = this.#url.protocol === "wss:";
-    const request = (secure ? https : http).request;
-    return new Promise((resolve, reject) => {
-      const req = request({
-        host: this.#url.hostname.replace(/^\[|\]$/g, ""),
-        port: this.#url.port || (secure ? 443 : 80),
-        path: `${this.#url.pathname}${this.#url.search}`,
-        headers: {
-          connection: "Upgrade",
-          upgrade: RAW_UPGRADE,
-          authorization: `Bearer ${this.#o.token}`,
-          ...this.#o.headers,
-        },
-        agent: false,
-        timeout: this.#o.handshakeTimeoutMs,
-        ...(secure ? (this.#o.tls ?? {}) : {}),
-      });
-      this.#cut = () => req.destroy();
-      req.on("upgrade", (res: IncomingMessage, socket: Socket, head: Buffer) => {
-        if ((res.headers.upgrade ?? "").toLowerCase() !== RAW_UPGRADE) {
-          socket.destroy();
-          reject(new Error(`server upgraded to "${res.headers.upgrade}", not ${RAW_UPGRADE}`));
-          return;
-        }
-        socket.setTimeout(0);
-        if (head.length > 0) socket.unshift(head);
-        resolve(new RawLink(socket));
-      });
-      req.on("response", (res: IncomingMessage) => {
-        readUpgradeAnswer(res).then(reject);
-      });
-      req.on("timeout", () =>
-        req.destroy(new Error(`handshake timed out after ${this.#o.handshakeTimeoutMs} ms`)),
-      );
-      req.on("error", reject);
-      req.end();
-    });
+  async #openRaw(): Promise<TunnelLink> {
+    const { res, socket } = await this.#upgrade({ connection: "Upgrade", upgrade: RAW_UPGRADE });
+    if ((res.headers.upgrade ?? "").toLowerCase() !== RAW_UPGRADE) {
+      socket.destroy();
+      throw new Error(`server upgraded to "${res.headers.upgrade}", not ${RAW_UPGRADE}`);
+    }
+    return new RawLink(socket);
   }
 
   #serve(link: TunnelLink, done: (floorMs: number) => void): void {
@@ -351,22 +489,7 @@ export class AgentClient extends EventEmitter {
       this.#link = null;
       this.#cut = null;
       const closeCode = link instanceof WsLink ? link.closeCode : null;
-      let floorMs = 0;
-      if (replaced || closeCode === CLOSE.REPLACED) {
-        this.#log.warn("another agent registered this runner id; stopping (replaced)");
-        this.#exit = "replaced";
-        this.#stopping = true;
-      } else if (closeCode === CLOSE.EVICTED || goawayText.startsWith("evicted")) {
-        const text = closeCode === CLOSE.EVICTED ? reason : goawayText;
-        floorMs = evictionDelayMs(text);
-        this.#log.warn(
-          { reason: text, retry_in_ms: floorMs },
-          "the server evicted this runner (session stopped or key revoked); waiting before dialing again",
-        );
-      } else if (!this.#stopping) {
-        this.#log.info({ code: closeCode ?? undefined, reason }, "tunnel lost");
-      }
-      done(floorMs);
+      done(this.#afterClose(replaced, closeCode, reason, goawayText));
     });
     this.#h2.emit("connection", link.stream);
   }
@@ -375,6 +498,12 @@ export class AgentClient extends EventEmitter {
   async close(drainMs = 5000): Promise<AgentExit> {
     this.#stopping = true;
     this.#sleep?.wake();
+    const mux = this.#mux;
+    if (mux) {
+      await drainMux(mux, drainMs);
+      mux.close(CLOSE.GOING_AWAY, "agent stopping");
+      return this.#running ?? "closed";
+    }
     const link = this.#link;
     if (link) {
       const session = this.#session;
@@ -406,6 +535,19 @@ export class AgentClient extends EventEmitter {
     this.#stopping = true;
     this.#sleep?.wake();
     this.#cut?.();
+  }
+}
+
+/**
+ * Tells the server the agent is stopping (GOAWAY: no new calls) and waits, at most `drainMs`, for
+ * the calls in flight to finish.
+ */
+async function drainMux(session: MuxSession, drainMs: number): Promise<void> {
+  if (!session.helloSeen) return;
+  session.goaway(MUX_CODE.NONE, "agent stopping");
+  const until = Date.now() + drainMs;
+  while (session.streamCount > 0 && Date.now() < until && !session.closed) {
+    await new Promise((r) => setTimeout(r, 20));
   }
 }
 

@@ -47,7 +47,7 @@ export function sizeOption(name: string, text: string): number {
 /** The `--transport` option of every command that runs an agent (commander's .option arguments). */
 export const TRANSPORT_OPTION = [
   "--transport <ws|raw>",
-  "ws: WebSocket, crosses any proxy that passes WebSockets; raw: HTTP/2 on the upgraded socket, faster (env REVDIAL_TRANSPORT)",
+  "ws: WebSocket, crosses any proxy that passes WebSockets; raw: the upgraded socket itself, faster (env REVDIAL_TRANSPORT)",
   env("REVDIAL_TRANSPORT") ?? "ws",
 ] as const;
 
@@ -56,6 +56,19 @@ export function transportOption(text: string | undefined): "ws" | "raw" {
   const value = (text ?? "ws").toLowerCase();
   if (value !== "ws" && value !== "raw")
     throw new CliUsageError(`--transport must be ws or raw, got "${text}"`);
+  return value;
+}
+
+export const PROTOCOL_OPTION = [
+  "--protocol <v3|v2>",
+  "v3: the revdial multiplexer (default; over ws an older server's v2 is followed); v2: HTTP/2 over the link (env REVDIAL_PROTOCOL)",
+  env("REVDIAL_PROTOCOL") ?? "v3",
+] as const;
+
+/** The tunnel protocol of an agent: `v3` (default) or `v2` (docs/protocol.md). */
+export function protocolOption(text: string | undefined): "v2" | "v3" {
+  const value = (text ?? "v3").toLowerCase();
+  if (value !== "v2" && value !== "v3") throw new CliUsageError(`--protocol must be v3 or v2, got "${text}"`);
   return value;
 }
 

@@ -19,12 +19,13 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
   "desktop-listen": "desktopListen",
   "ca-file": "caFile",
   transport: "transport",
+  protocol: "protocol",
 };
 
 const USAGE =
   "usage: revdial-client -server URL -runner-id ID (-token T | -token-file F | env REVDIAL_TOKEN)\n" +
   "                      [-local ADDR] [-target NAME=ADDR ...]\n" +
-  "                      [-ca-file FILE] [-insecure] [-transport ws|raw]";
+  "                      [-ca-file FILE] [-insecure] [-transport ws|raw] [-protocol v3|v2]";
 
 /** Parses Go-style flags: `-name value`, `-name=value`, `--name value`; booleans `-desktop`, `-insecure`. */
 export function parseClientFlags(args: string[]): AgentFlags {

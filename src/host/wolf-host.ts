@@ -138,6 +138,7 @@ export class WolfHost {
     const agent = this.#o.agent;
     const agentEnv: Record<string, string> = {};
     if (agent?.transport) agentEnv.REVDIAL_TRANSPORT = agent.transport;
+    if (agent?.protocol) agentEnv.REVDIAL_PROTOCOL = agent.protocol;
     if (agent?.tls?.rejectUnauthorized === false) agentEnv.REVDIAL_INSECURE = "1";
     const ca = agent?.tls?.ca as string[] | undefined;
     return new ProcessDriver({

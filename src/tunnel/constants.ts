@@ -4,6 +4,15 @@
 export const SUBPROTOCOL_H2 = "revdial.h2";
 
 /**
+ * WebSocket subprotocol that selects protocol v3 (the revdial multiplexer, mux-frames.ts). Agents
+ * offer it before SUBPROTOCOL_H2, so a server that knows v3 picks it and an older one v2.
+ */
+export const SUBPROTOCOL_MUX = "revdial.mux";
+
+/** HTTP/1.1 upgrade token of protocol v3 on the raw transport. */
+export const RAW_UPGRADE_MUX = "revdial.mux";
+
+/**
  * HTTP/1.1 upgrade token of the raw transport: after `101 Switching Protocols` the socket itself
  * carries protocol v2's HTTP/2 (no WebSocket framing). Same endpoint, same authentication.
  */

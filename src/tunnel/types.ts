@@ -4,7 +4,8 @@
 
 import type { Duplex, Readable } from "node:stream";
 
-export type TunnelProtocol = "h2" | "v1";
+/** v1: the seed's Go protocol; h2: v2, HTTP/2 over the link; mux: v3, the revdial multiplexer. */
+export type TunnelProtocol = "h2" | "v1" | "mux";
 
 /** An HTTP request to send through a tunnel. */
 export interface TunnelRequest {

@@ -113,6 +113,12 @@ export async function startTunnelServer(
  */
 export const TEST_TRANSPORT: "ws" | "raw" = process.env.REVDIAL_TEST_TRANSPORT === "raw" ? "raw" : "ws";
 
+/**
+ * The protocol agents use in tunnel tests: `v3` (the agent's default); REVDIAL_TEST_PROTOCOL=v2 runs
+ * the same suite over HTTP/2 (CI runs both).
+ */
+export const TEST_PROTOCOL: "v2" | "v3" = process.env.REVDIAL_TEST_PROTOCOL === "v2" ? "v2" : "v3";
+
 export function startAgent(
   serverUrl: string,
   runnerId: string,
@@ -128,6 +134,7 @@ export function startAgent(
     backoffBaseMs: 20,
     backoffCapMs: 200,
     transport: TEST_TRANSPORT,
+    protocol: TEST_PROTOCOL,
     ...extra,
   });
   void agent.start();

@@ -7,7 +7,8 @@ import http from "node:http";
 import type { Duplex } from "node:stream";
 import { test } from "node:test";
 import { WebSocketServer } from "ws";
-import { RAW_UPGRADE, SUBPROTOCOL_H2 } from "../../src/tunnel/constants.ts";
+import { RAW_UPGRADE, RAW_UPGRADE_MUX, SUBPROTOCOL_H2, SUBPROTOCOL_MUX } from "../../src/tunnel/constants.ts";
+import { acceptKey } from "../../src/tunnel/ws-codec.ts";
 import {
   listen,
   pollUntil,
@@ -16,6 +17,7 @@ import {
   startAgent,
   startTarget,
   startTunnelServer,
+  TEST_PROTOCOL,
   TEST_TRANSPORT,
   waitConnected,
   waitDisconnected,
@@ -64,12 +66,26 @@ test("server side: a stopped agent is dropped within the dead-link timeout; it r
 });
 
 test("agent side: a server that goes silent is dropped after the agent's dead-link timeout, then redialed", async (t) => {
-  // Accepts tunnels, never sends a byte (not even HTTP/2 SETTINGS), never pings.
+  // Accepts tunnels, never sends a byte (not even HTTP/2 SETTINGS or a v3 HELLO), never pings.
   const wss = new WebSocketServer({ noServer: true, handleProtocols: () => SUBPROTOCOL_H2 });
   const accepted: number[] = [];
   const rawSockets: Duplex[] = [];
   const server = await listen(http.createServer());
   server.server.on("upgrade", (req, socket, head) => {
+    if (TEST_PROTOCOL === "v3") {
+      // v3 on either transport: the 101 the agent asked for, then silence.
+      rawSockets.push(socket);
+      socket.on("error", () => {});
+      socket.write(
+        TEST_TRANSPORT === "raw"
+          ? `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${RAW_UPGRADE_MUX}\r\n\r\n`
+          : "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+              `Sec-WebSocket-Accept: ${acceptKey(String(req.headers["sec-websocket-key"]))}\r\n` +
+              `Sec-WebSocket-Protocol: ${SUBPROTOCOL_MUX}\r\n\r\n`,
+      );
+      accepted.push(Date.now());
+      return;
+    }
     if (TEST_TRANSPORT === "raw") {
       // The raw transport: a 101, then silence.
       rawSockets.push(socket);

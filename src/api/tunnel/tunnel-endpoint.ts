@@ -24,17 +24,22 @@ import {
   CLOSE,
   HANDSHAKE_HEADER,
   RAW_UPGRADE,
+  RAW_UPGRADE_MUX,
   RUNNER_ID_PATTERN,
   SUBPROTOCOL_H2,
+  SUBPROTOCOL_MUX,
   TUNNEL_PATH,
   WS_CLOSE_TIMEOUT_MS,
 } from "../../tunnel/constants.ts";
+import { RawMuxLink, WsMuxLink } from "../../tunnel/mux-link.ts";
 import type { TunnelTimings } from "../../tunnel/tunnel.ts";
 import { RawLink, type TunnelLink, WsLink } from "../../tunnel/tunnel-link.ts";
+import { acceptKey, isValidKey } from "../../tunnel/ws-codec.ts";
 import { WebSocketStream } from "../../tunnel/ws-stream.ts";
 import { AdmissionLimiter } from "./admission-limiter.ts";
 import { H2Tunnel, type LinkFailure } from "./h2-tunnel.ts";
 import { LegacyTunnel } from "./legacy-tunnel.ts";
+import { MuxTunnel } from "./mux-tunnel.ts";
 import { RefusalLog } from "./refusal-log.ts";
 import type { TunnelRegistry } from "./tunnel-registry.ts";
 
@@ -146,7 +151,10 @@ export class TunnelEndpoint {
       return;
     }
     if (socket.destroyed) return;
-    if (isRawUpgrade(req)) this.#acceptRaw(req, socket as Socket, head, runnerId);
+    const mux = muxTransport(req);
+    if (mux === "raw") this.#acceptMux(req, socket as Socket, head, runnerId, "raw", RAW_MUX_101);
+    else if (mux === "ws") this.#acceptWsMux(req, socket as Socket, head, runnerId);
+    else if (isRawUpgrade(req)) this.#acceptRaw(req, socket as Socket, head, runnerId);
     else
       this.#wss.handleUpgrade(req, socket, head, (ws) => {
         this.#sockets.delete(socket);
@@ -232,6 +240,49 @@ export class TunnelEndpoint {
     );
   }
 
+  /** v3 over a WebSocket: the handshake is answered here, and ws-codec.ts carries the frames. */
+  #acceptWsMux(req: IncomingMessage, socket: Socket, head: Buffer, runnerId: string): void {
+    const key = req.headers["sec-websocket-key"];
+    if (req.headers["sec-websocket-version"] !== "13" || !isValidKey(key)) {
+      this.#refuse(req, socket, runnerId, {
+        statusCode: 400,
+        code: "RD_ERR_TUNNEL_BAD_HANDSHAKE",
+        message: "invalid WebSocket handshake (Sec-WebSocket-Key or Sec-WebSocket-Version 13 missing)",
+      });
+      return;
+    }
+    this.#acceptMux(req, socket, head, runnerId, "ws", wsMuxAnswer(key));
+  }
+
+  /**
+   * Protocol v3 on either transport: answer 101, then the tunnel runs on the socket. The session
+   * starts once the 101 is written, so its HELLO cannot overtake it.
+   */
+  #acceptMux(
+    req: IncomingMessage,
+    socket: Socket,
+    head: Buffer,
+    runnerId: string,
+    transport: "ws" | "raw",
+    answer: string,
+  ): void {
+    socket.setTimeout(0);
+    socket.write(answer, (err) => {
+      if (err || socket.destroyed) return;
+      this.#sockets.delete(socket);
+      const link =
+        transport === "raw"
+          ? new RawMuxLink(socket)
+          : new WsMuxLink(socket, {
+              role: "server",
+              maxFrameBytes: this.#o.maxMessageBytes ?? 4 * 1024 * 1024,
+            });
+      const tunnel = new MuxTunnel({ link, ...this.#tunnelParts(req, runnerId) });
+      if (head.length > 0) socket.unshift(head);
+      this.#o.registry.register(tunnel);
+    });
+  }
+
   #accept(ws: WebSocket, req: IncomingMessage, runnerId: string): void {
     if (ws.protocol !== SUBPROTOCOL_H2) {
       if (this.#o.legacy === false) ws.close(CLOSE.PROTOCOL_ERROR, `subprotocol ${SUBPROTOCOL_H2} required`);
@@ -301,6 +352,30 @@ export class TunnelEndpoint {
     for (const s of this.#sockets) s.destroy();
     this.#wss.close();
   }
+}
+
+/**
+ * Which transport a v3 handshake asks for: `raw` for `Upgrade: revdial.mux`, `ws` for a WebSocket
+ * offering the `revdial.mux` subprotocol (agents offer it before `revdial.h2`, so a v3 server picks
+ * v3 and an older one v2), null for anything else.
+ */
+function muxTransport(req: IncomingMessage): "ws" | "raw" | null {
+  const upgrade = (req.headers.upgrade ?? "").trim().toLowerCase();
+  if (upgrade === RAW_UPGRADE_MUX) return "raw";
+  if (upgrade !== "websocket") return null;
+  const offered = String(req.headers["sec-websocket-protocol"] ?? "")
+    .split(",")
+    .map((p) => p.trim());
+  return offered.includes(SUBPROTOCOL_MUX) ? "ws" : null;
+}
+
+const RAW_MUX_101 = `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${RAW_UPGRADE_MUX}\r\n\r\n`;
+
+function wsMuxAnswer(key: string): string {
+  return (
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+    `Sec-WebSocket-Accept: ${acceptKey(key)}\r\nSec-WebSocket-Protocol: ${SUBPROTOCOL_MUX}\r\n\r\n`
+  );
 }
 
 /** True for `Connection: Upgrade` + `Upgrade: revdial.h2` (the raw transport), not a WebSocket. */

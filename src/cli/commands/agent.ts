@@ -11,7 +11,15 @@ import { TargetMap } from "../../agent/target-map.ts";
 import { AgentClient, type AgentClientOptions } from "../../agent/tunnel-client.ts";
 import { createLogger, type Logger } from "../../common/logger.ts";
 import { isSessionId } from "../../store/ids.ts";
-import { CliUsageError, env, logLevelOption, TRANSPORT_OPTION, transportOption } from "../env.ts";
+import {
+  CliUsageError,
+  env,
+  logLevelOption,
+  PROTOCOL_OPTION,
+  protocolOption,
+  TRANSPORT_OPTION,
+  transportOption,
+} from "../env.ts";
 import { readSecret } from "../secret-source.ts";
 import { onShutdownSignal } from "../signals.ts";
 import { addTlsOptions, type TlsFlags, tlsFromFlags } from "../tls-options.ts";
@@ -30,6 +38,7 @@ export interface AgentFlags extends TlsFlags {
   display?: string;
   desktopListen: string;
   transport?: string;
+  protocol?: string;
   agentCommand?: string;
 }
 
@@ -65,6 +74,7 @@ export function register(program: Command): void {
       "127.0.0.1:9876",
     )
     .option(...TRANSPORT_OPTION)
+    .option(...PROTOCOL_OPTION)
     .option(
       "--agent-command <cmd>",
       "run this agent program (sh -c) and bridge it to the session's sync socket (env REVDIAL_AGENT_COMMAND)",
@@ -100,6 +110,7 @@ export async function runAgent(
   const syncSessionId = flags.agentCommand ? sessionOfRunner(flags.runnerId) : null;
   const tls = tlsFromFlags(flags);
   const transport = transportOption(flags.transport);
+  const protocol = protocolOption(flags.protocol);
   const desktop = flags.desktop ? await startDesktop(flags, logger) : null;
   const stopDesktop = desktop?.close ?? null;
   // The desktop's bound address, so `--desktop-listen 127.0.0.1:0` serves the port it was given.
@@ -118,6 +129,7 @@ export async function runAgent(
     logger,
     tls,
     transport,
+    protocol,
   });
   const bridge = syncSessionId ? await startSyncBridge(flags, token, syncSessionId, tls, logger) : null;
   onShutdownSignal(logger, async () => {

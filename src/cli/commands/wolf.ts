@@ -24,6 +24,8 @@ import {
   durationOption,
   env,
   logLevelOption,
+  PROTOCOL_OPTION,
+  protocolOption,
   TRANSPORT_OPTION,
   transportOption,
 } from "../env.ts";
@@ -49,6 +51,7 @@ interface RunFlags extends TlsFlags {
   heartbeat: string;
   logLevel: string;
   transport?: string;
+  protocol?: string;
   isolation: string;
   unsafeSharedUser?: boolean;
   sandboxUids: string;
@@ -110,7 +113,11 @@ async function run(flags: RunFlags): Promise<void> {
       agentCommand: flags.agentCommand ?? null,
       labels: parseLabels(flags.label),
       heartbeatIntervalMs: durationOption("--heartbeat", flags.heartbeat),
-      agent: { tls: tlsFromFlags(flags), transport: transportOption(flags.transport) },
+      agent: {
+        tls: tlsFromFlags(flags),
+        transport: transportOption(flags.transport),
+        protocol: protocolOption(flags.protocol),
+      },
       ...isolation,
       stateDir: flags.stateDir,
       logger,
@@ -163,6 +170,7 @@ export function register(program: Command): void {
     .option("--label <key=value>", "a label (repeatable)", collect, [])
     .option("--heartbeat <duration>", "heartbeat interval", "30s")
     .option(...TRANSPORT_OPTION)
+    .option(...PROTOCOL_OPTION)
     .option(
       "--isolation <mode>",
       "sandbox isolation (process driver): auto, users (root: a uid per sandbox + namespaces), " +

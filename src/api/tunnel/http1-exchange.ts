@@ -1,0 +1,307 @@
+// One HTTP/1.1 request and its answer over a v3 stream that the agent pipes to the target: the
+// API's lean HTTP client. It writes the request head itself, parses only the answer's head
+// (http1-parser.ts), and passes body slices through; the connection goes back to the tunnel's pool
+// when both the request and the answer are complete and the target keeps it alive.
+//
+// Why not http.request over the stream: per call that costs an agent, a socket object, a parser and
+// several stream layers: most of a small call's CPU. Rules it keeps:
+// - `Expect` is never sent (the body follows at once, so a 100 Continue would only be skipped).
+// - A body given whole goes with a Content-Length; a streamed one keeps the caller's
+//   Content-Length (and must deliver exactly that many bytes) or is sent chunked.
+// - A body that fails or is destroyed before its end resets the stream: the agent cuts the target's
+//   socket, so the target sees an aborted request, never a short complete one.
+// - Credit for the answer's bytes goes back only as the caller reads them (a slow reader holds at
+//   most one stream window).
+
+import { Readable } from "node:stream";
+import { TunnelStreamError } from "../../tunnel/errors.ts";
+import { copyEndToEnd } from "../../tunnel/headers.ts";
+import { MUX_CODE } from "../../tunnel/mux-frames.ts";
+import type { MuxStream } from "../../tunnel/mux-session.ts";
+import type { TunnelRequest, TunnelResponse } from "../../tunnel/types.ts";
+import { Http1ResponseParser, type ResponseHead } from "./http1-parser.ts";
+
+/** A body given whole up to this size leaves in the same write as the head. */
+const COALESCE_BODY = 16 * 1024;
+
+/** What the response body buffers before it holds back the stream's credit. */
+const BODY_HIGH_WATER = 256 * 1024;
+
+/** The stream failed before any byte of an answer: the tunnel may retry a reused connection. */
+export class StaleConnectionError extends Error {}
+
+export interface ExchangeOptions {
+  runnerId: string;
+  /** The Host header (the agent's name for the target's address). */
+  host: string;
+  /** The connection carried an earlier request (a failure before any answer may be its staleness). */
+  reused: boolean;
+  /** The answer is complete and the stream may carry another request. */
+  release(): void;
+  /** The stream must not be reused (reset or ended here). */
+  discard(): void;
+  /** The stream failed: how to name it (TunnelClosedError when the link went, else a stream error). */
+  failure(code: number, message: string): Error;
+}
+
+export class Http1Exchange {
+  readonly #stream: MuxStream;
+  readonly #o: ExchangeOptions;
+  readonly #parser: Http1ResponseParser;
+  #resolve: ((res: TunnelResponse) => void) | null = null;
+  #reject: ((err: Error) => void) | null = null;
+  #body: ResponseBody | null = null;
+  #head: ResponseHead | null = null;
+  #source: Readable | null = null;
+  #requestDone = false;
+  #answered = false;
+  #finished = false;
+  /** Stream bytes passed to the body but not yet credited back (the reader is behind). */
+  #owed = 0;
+
+  constructor(stream: MuxStream, options: ExchangeOptions, isHead: boolean) {
+    this.#stream = stream;
+    this.#o = options;
+    this.#parser = new Http1ResponseParser(
+      {
+        head: (h) => this.#onHead(h),
+        body: (chunk) => this.#body?.push(chunk),
+        complete: () => this.#onComplete(),
+        error: (message) => this.#fail(new TunnelStreamError(options.runnerId, `bad answer: ${message}`)),
+      },
+      isHead,
+    );
+    stream.onData = (chunk) => this.#onData(chunk);
+    stream.onEnd = () => this.#parser.end();
+    stream.onReset = (code, message) => this.#onReset(code, message);
+    stream.onDrain = () => this.#source?.resume();
+  }
+
+  /** Writes the request; resolves with the answer's head, its body streamed. */
+  start(req: TunnelRequest): Promise<TunnelResponse> {
+    return new Promise((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+      try {
+        this.#write(req);
+      } catch (err) {
+        this.#fail(err as Error);
+      }
+    });
+  }
+
+  /** Gives up on the call (deadline, abort): before the head the promise rejects with `err`. */
+  abort(err: Error): void {
+    this.#fail(err);
+  }
+
+  #write(req: TunnelRequest): void {
+    const body = req.body;
+    const headers = copyEndToEnd(req.headers);
+    delete headers.expect;
+    let head = `${req.method.toUpperCase()} ${req.path.startsWith("/") ? req.path : `/${req.path}`} HTTP/1.1\r\nhost: ${this.#o.host}\r\n`;
+    checkToken(req.method, req.path);
+    let chunked = false;
+    let whole: Buffer | null = null;
+    if (body == null) delete headers["content-length"];
+    else if (typeof body === "string" || Buffer.isBuffer(body)) {
+      whole = typeof body === "string" ? Buffer.from(body) : body;
+      headers["content-length"] = String(whole.length);
+    } else if (headers["content-length"] === undefined) chunked = true;
+    for (const name in headers) {
+      const value = headers[name];
+      if (Array.isArray(value)) for (const v of value) head += headerLine(name, v);
+      else head += headerLine(name, value);
+    }
+    if (chunked) head += "transfer-encoding: chunked\r\n";
+    head += "\r\n";
+    if (whole === null || whole.length === 0) {
+      this.#stream.write(Buffer.from(head, "latin1"));
+      if (body == null || whole !== null) this.#requestDone = true;
+      else this.#pipeBody(body as Readable, chunked, Number(headers["content-length"] ?? -1));
+      return;
+    }
+    if (whole.length <= COALESCE_BODY) {
+      const h = Buffer.byteLength(head, "latin1");
+      const out = Buffer.allocUnsafe(h + whole.length);
+      out.write(head, 0, "latin1");
+      whole.copy(out, h);
+      this.#stream.write(out);
+    } else {
+      this.#stream.write(Buffer.from(head, "latin1"));
+      this.#stream.write(whole);
+    }
+    this.#requestDone = true;
+  }
+
+  /** Streams a request body; `length` >= 0 is the caller's Content-Length, which must be met exactly. */
+  #pipeBody(source: Readable, chunked: boolean, length: number): void {
+    this.#source = source;
+    let sent = 0;
+    const stream = this.#stream;
+    source.on("data", (chunk: Buffer | string) => {
+      const b = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+      if (b.length === 0) return;
+      sent += b.length;
+      if (!chunked && sent > length) return this.#cutBody("the body is longer than its Content-Length");
+      if (chunked) {
+        // Every part is written (and queued when over credit): a short-circuit would drop bytes.
+        stream.write(Buffer.from(`${b.length.toString(16)}\r\n`, "latin1"));
+        stream.write(b);
+        if (!stream.write(CRLF)) source.pause();
+      } else if (!stream.write(b)) source.pause();
+    });
+    source.once("end", () => {
+      if (!chunked && sent !== length) return this.#cutBody("the body ended before its Content-Length");
+      if (chunked) stream.write(LAST_CHUNK);
+      this.#requestDone = true;
+      if (this.#parser.done) this.#settle();
+    });
+    const cut = () => {
+      if (!this.#requestDone) this.#cutBody("the request body was cut off");
+    };
+    source.once("error", cut);
+    source.once("close", cut);
+  }
+
+  /** The request body failed: the target must see an aborted request. */
+  #cutBody(why: string): void {
+    if (this.#finished) return;
+    this.#source?.destroy();
+    this.#fail(new TunnelStreamError(this.#o.runnerId, why));
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#finished && this.#parser.done) {
+      // Bytes after a complete answer: the target broke HTTP/1.1; the stream is not reused.
+      return;
+    }
+    this.#parser.push(chunk);
+    if (this.#body && this.#body.readableLength >= BODY_HIGH_WATER) this.#owed += chunk.length;
+    else this.#stream.consumed(chunk.length);
+  }
+
+  /** The reader wants more: credit back what it has taken. */
+  resume(): void {
+    if (this.#owed === 0) return;
+    const n = this.#owed;
+    this.#owed = 0;
+    this.#stream.consumed(n);
+  }
+
+  #onHead(head: ResponseHead): void {
+    this.#head = head;
+    this.#answered = true;
+    this.#body = new ResponseBody(this);
+    const resolve = this.#resolve;
+    this.#resolve = null;
+    this.#reject = null;
+    resolve?.({ status: head.status, headers: copyEndToEnd(head.headers), body: this.#body });
+  }
+
+  #onComplete(): void {
+    this.#body?.push(null);
+    this.#settle();
+  }
+
+  /** Both halves done (or the answer done with the request still going): release or discard. */
+  #settle(): void {
+    if (this.#finished) return;
+    if (!this.#parser.done) return;
+    if (!this.#requestDone) {
+      // The target answered before the whole body was sent: the connection's state is unknown.
+      this.#finished = true;
+      this.#source?.destroy();
+      this.#discard();
+      return;
+    }
+    this.#finished = true;
+    if (this.#head?.keepAlive && !this.#stream.remoteEnded && !this.#stream.closed) this.#o.release();
+    else this.#discard();
+  }
+
+  /** Called by the body when its reader destroys it before the end. */
+  bodyDestroyed(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#source?.destroy();
+    this.#discard();
+  }
+
+  #onReset(code: number, message: string): void {
+    if (this.#finished) return;
+    const untouched = this.#parser.untouched;
+    const err =
+      untouched && this.#o.reused
+        ? new StaleConnectionError(message)
+        : this.#o.failure(code, message || `stream reset (${code})`);
+    this.#finished = true;
+    this.#source?.destroy();
+    this.#o.discard();
+    this.#reject?.(err);
+    this.#reject = null;
+    this.#resolve = null;
+    this.#body?.destroy(err);
+  }
+
+  #fail(err: Error): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#source?.destroy();
+    this.#discard();
+    if (this.#reject) {
+      const reject = this.#reject;
+      this.#reject = null;
+      this.#resolve = null;
+      // A reused connection the target closed before answering: a fresh one may well succeed.
+      reject(
+        this.#o.reused && this.#parser.untouched && this.#stream.remoteEnded
+          ? new StaleConnectionError(err.message)
+          : err,
+      );
+    } else this.#body?.destroy(err);
+  }
+
+  #discard(): void {
+    if (!this.#stream.closed) this.#stream.reset(MUX_CODE.CANCEL, "");
+    this.#o.discard();
+  }
+
+  /** True once the answer's head has come. */
+  get answered(): boolean {
+    return this.#answered;
+  }
+}
+
+class ResponseBody extends Readable {
+  readonly #x: Http1Exchange;
+
+  constructor(exchange: Http1Exchange) {
+    super({ highWaterMark: BODY_HIGH_WATER });
+    this.#x = exchange;
+  }
+
+  override _read(): void {
+    this.#x.resume();
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (!this.readableEnded) this.#x.bodyDestroyed();
+    cb(err);
+  }
+}
+
+const CRLF = Buffer.from("\r\n");
+const LAST_CHUNK = Buffer.from("0\r\n\r\n");
+
+function headerLine(name: string, value: string): string {
+  const v = String(value);
+  if (/[\r\n\0]/.test(v) || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name))
+    throw new TypeError(`invalid header ${JSON.stringify(name)}`);
+  return `${name}: ${v}\r\n`;
+}
+
+function checkToken(method: string, path: string): void {
+  if (!/^[A-Za-z]+$/.test(method)) throw new TypeError(`invalid method ${JSON.stringify(method)}`);
+  if (/[\s\0]/.test(path)) throw new TypeError("invalid request path");
+}
