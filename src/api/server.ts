@@ -9,12 +9,15 @@
 // every file in it 0600 on every start; and when any step fails, everything opened so far (store,
 // registry, app, lock) is closed before the error is thrown, so the caller can exit at once.
 //
-// Start-up keeps the grace period across a restart: the runners the store says were live (sessions
-// `starting`/`running` -> `sandbox-{id}`, hosts `online` -> `wolf-{id}`) are expected back for
-// gracePeriodMs, so calls for them wait instead of failing at once. The store is read rather than a
-// snapshot file because it is right after a kill -9 too.
+// Start-up keeps the grace period across a restart: the runners that were live before it are
+// expected back for gracePeriodMs, so calls for them wait instead of failing at once. They come from
+// two sources, unioned: the store (sessions `starting`/`running` -> `sandbox-{id}`, hosts `online` ->
+// `wolf-{id}`), which is right after a kill -9 too, and the registry snapshot
+// (DATA_DIR/tunnels.snapshot, tunnel/registry-snapshot.ts), which also knows the runners registered
+// ad hoc with an admin key, at most a second old.
 //
-// close() drains, in this order: new tunnels are refused (503 + Retry-After), every live tunnel gets
+// close() drains, in this order: new tunnels are refused (503 + Retry-After), the registry snapshot
+// is saved as it is then (so a clean restart expects what a crash would), every live tunnel gets
 // GOAWAY, calls in flight (tunnel streams, then the HTTP answers carrying them) finish, all within
 // drainTimeoutMs; then what is left is cut, the listener closes and the store closes.
 
@@ -44,6 +47,8 @@ import { ApiMetrics } from "./metrics.ts";
 import { type QuotaLimits, Quotas } from "./quotas.ts";
 import { stopHostSessions } from "./routes/lifecycle.ts";
 import { SandboxTracker } from "./sandbox-tracker.ts";
+import { RegistrySnapshot } from "./tunnel/registry-snapshot.ts";
+import { SNAPSHOT_FILE_NAME, SnapshotFile } from "./tunnel/snapshot-file.ts";
 import { TunnelEndpoint } from "./tunnel/tunnel-endpoint.ts";
 import { TunnelRegistry } from "./tunnel/tunnel-registry.ts";
 
@@ -324,7 +329,16 @@ async function startLocked(
   const sweeper = new LifecycleSweeper({ ...o.lifecycle, ctx });
   sweeper.start();
   undo.push(() => sweeper.close());
-  await expectKnownRunners(store, registry, o.gracePeriodMs, logger);
+  const snapshotFile = new SnapshotFile({ path: join(o.dataDir, SNAPSHOT_FILE_NAME), logger });
+  const snapshotted = await snapshotFile.load();
+  await expectKnownRunners(store, registry, o.gracePeriodMs, logger, snapshotted);
+  const snapshot = new RegistrySnapshot({
+    source: registry,
+    backend: snapshotFile,
+    logger,
+    saved: snapshotted,
+  });
+  undo.push(() => snapshot.close());
   await app.listen({ host, port });
   const actual = (app.server.address() as AddressInfo).port;
   const url = `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${actual}`;
@@ -346,6 +360,7 @@ async function startLocked(
         // The sweep in flight finishes while the tunnels it calls through are still up.
         await sweeper.close();
         endpoint.stopAccepting();
+        await snapshot.close();
         await tracker.close();
         // Past the drain, whatever is still in flight is cut.
         const cut = setTimeout(() => {
@@ -373,16 +388,36 @@ async function startLocked(
 }
 
 /**
- * Tells the registry which runners were live before this start (from the store), so that calls for
- * them wait out the grace period. A store error here only costs the grace period: it is logged.
+ * Tells the registry which runners were live before this start, from the store and from the registry
+ * snapshot, so that calls for them wait out the grace period. A store error here costs the store's
+ * share of the grace period only: it is logged.
  */
 async function expectKnownRunners(
   store: Store,
   registry: TunnelRegistry,
   gracePeriodMs: number,
   logger: Logger,
+  snapshotted: readonly string[],
 ): Promise<void> {
   if (gracePeriodMs <= 0) return;
+  const fromStore = new Set(await storeKnownRunners(store, logger));
+  const ids = new Set([...fromStore, ...snapshotted]);
+  const expected = registry.expect(ids, Date.now() + gracePeriodMs);
+  if (ids.size === 0) return;
+  logger.info(
+    {
+      runners: expected,
+      from_store: fromStore.size,
+      from_snapshot: snapshotted.length,
+      in_both: fromStore.size + snapshotted.length - ids.size,
+      grace_ms: gracePeriodMs,
+    },
+    "expecting tunnels back",
+  );
+}
+
+/** The runner ids the store says were live: sandboxes of starting/running sessions, online hosts. */
+async function storeKnownRunners(store: Store, logger: Logger): Promise<string[]> {
   try {
     const ids: string[] = [];
     for (const status of ["starting", "running"] as const) {
@@ -391,12 +426,12 @@ async function expectKnownRunners(
     }
     for (const host of await store.wolfInstances.list())
       if (host.status === "online") ids.push(`wolf-${host.id}`);
-    const expected = registry.expect(ids, Date.now() + gracePeriodMs);
-    if (expected > 0) logger.info({ runners: expected, grace_ms: gracePeriodMs }, "expecting tunnels back");
+    return ids;
   } catch (err) {
     logger.warn(
       { err },
-      "could not read the runners to expect back; calls for them fail until they reconnect",
+      "could not read the runners to expect back from the store; calls for those not in the registry snapshot fail until they reconnect",
     );
+    return [];
   }
 }

@@ -71,4 +71,9 @@ export interface TunnelEvents {
   connected: [runnerId: string, stats: TunnelStats];
   /** The live tunnel for a runner id went away (not emitted for a replaced tunnel). */
   disconnected: [runnerId: string, reason: string];
+  /**
+   * A runner's grace period ended without it coming back (it expired, or the runner was evicted
+   * while away): calls for it fail at once from now on. Not emitted when the registry closes.
+   */
+  "grace-ended": [runnerId: string];
 }

@@ -213,15 +213,26 @@ export interface AgentProcess {
 
 const AGENT_FIXTURE = fileURLToPath(new URL("../tunnel/fixtures/agent-process.ts", import.meta.url));
 
+export interface AgentProcessOptions {
+  /** How long `connected` waits. Default 10 s. */
+  timeoutMs?: number;
+  /** The token the agent registers with (an admin key for an ad-hoc runner id). Default TOKEN. */
+  token?: string;
+}
+
 /** Runs an agent in a child process (test/tunnel/fixtures/agent-process.ts). */
 export function spawnAgentProcess(
   serverUrl: string,
   runnerId: string,
   local: string,
-  timeoutMs = 10_000,
+  options: AgentProcessOptions = {},
 ): AgentProcess {
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  // The token goes by the environment, not argv, where every local user could read it.
+  const env = { ...process.env, REVDIAL_TEST_AGENT_TOKEN: options.token ?? "" };
   const child = spawn(process.execPath, [AGENT_FIXTURE, serverUrl, runnerId, local], {
     stdio: ["ignore", "pipe", "inherit"],
+    env,
   });
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve();

@@ -12,6 +12,9 @@
 //   its waiters with RD_ERR_TUNNEL_EVICTED; no grace period follows an eviction.
 // - expect() opens a grace period for runners that are not connected yet but should come back (the
 //   ones live before a restart of the API), so their calls wait instead of failing at once.
+// - knownRunnerIds() is every id a call would reach or wait for (live, or in a grace period); it
+//   changes only on "connected", "disconnected" and "grace-ended", so a follower (the registry
+//   snapshot) needs no polling.
 // - close(drainMs) sends GOAWAY to every tunnel and resolves once all have drained (bounded).
 // No state outside the instance: two registries in one process do not see each other.
 
@@ -146,6 +149,7 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
         this.#observer.graceWait?.("expired");
         w.reject(new TunnelNotConnectedError(runnerId));
       });
+      this.emit("grace-ended", runnerId);
     }, until - this.#now());
     timer.unref();
     this.#grace.set(runnerId, { until, timer, waiters: new Set() });
@@ -178,7 +182,10 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
     const live = this.#live.get(runnerId);
     const hadGrace = this.#grace.has(runnerId);
     this.#endGrace(runnerId, (w) => w.reject(new TunnelEvictedError(runnerId, reason)));
-    if (!live) return hadGrace;
+    if (!live) {
+      if (hadGrace) this.emit("grace-ended", runnerId);
+      return hadGrace;
+    }
     this.#evicted.add(live);
     // Gone from the registry at once: no call reaches it while its link closes (its late close
     // finds another entry, or none, and evicts nothing).
@@ -205,6 +212,11 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
   /** True while a dropped runner may still come back and calls would wait for it. */
   inGracePeriod(runnerId: string): boolean {
     return this.#grace.has(runnerId);
+  }
+
+  /** Every runner id a call would reach or wait for: the live ones first, then those in a grace period. */
+  knownRunnerIds(): string[] {
+    return [...this.#live.keys(), ...this.#grace.keys()];
   }
 
   get(runnerId: string): Tunnel | undefined {
