@@ -62,7 +62,7 @@ export function makePlan(o: Options): Plan {
     const manifest = readGoManifest(ROOT);
     if ("skip" in manifest) notes.push(manifest.skip);
     else go = manifest;
-  } else {
+  } else if (o.only.has("req")) {
     notes.push("v1 figure (v1 client vs the Go server): not run (add --protocol v1, or all)");
   }
   return { agentProtocols, protocolFlag: choices !== null, v1Agent, go, notes };

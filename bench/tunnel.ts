@@ -53,6 +53,7 @@ async function startPaths(
     if (go.paths.length === 0) goWhy = "the Go reference did not run";
   }
   for (const n of notes) report.skip(n);
+  if (notes.length > 0) console.log("");
   return { paths, goWhy };
 }
 
@@ -102,7 +103,6 @@ export async function main(args: string[]): Promise<void> {
   try {
     if (needsMain && plan.agentProtocols.length + (plan.v1Agent ? 1 : 0) > 0) {
       const { paths, goWhy } = await startPaths(rig, plan, report);
-      console.log("");
       await measureMain(paths, goWhy, plan, o, report);
     }
   } finally {
