@@ -24,17 +24,38 @@ function stopper(child: ChildProcess): () => Promise<void> {
 
 /** Starts `node args…` and resolves once stdout prints a line matching `ready` (at once for null). */
 export function startNode(args: string[], ready: RegExp | null, timeoutMs = 30_000): Promise<Proc> {
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+  return startProcess(process.execPath, args, ready, { timeoutMs });
+}
+
+/**
+ * Starts `command args…` directly (no shell, so the child's pid is the program's own, the one whose
+ * CPU time a benchmark reads) and resolves as startNode does.
+ */
+export function startProcess(
+  command: string,
+  args: string[],
+  ready: RegExp | null,
+  options: { timeoutMs?: number; cwd?: string } = {},
+): Promise<Proc> {
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], cwd: options.cwd });
   let stderr = "";
   child.stderr?.on("data", (c: Buffer) => {
     stderr = (stderr + c.toString()).slice(-4000);
   });
   const stop = stopper(child);
-  if (!ready) return Promise.resolve({ child, line: "", stop });
-  return new Promise((resolve, reject) => {
+  if (!ready) {
+    // Nobody reads its output: drain it, or a chatty child blocks once the pipe is full.
+    child.stdout?.resume();
+    return Promise.resolve({ child, line: "", stop });
+  }
+  // A program that cannot start at all (ENOENT, EACCES) reports it here, not as an exit.
+  const failed = new Promise<never>((_resolve, reject) => child.once("error", reject));
+  failed.catch(() => {}); // an error after the start is not this promise's business
+  const started = new Promise<Proc>((resolve, reject) => {
     const timer = setTimeout(() => {
       void stop();
-      reject(new Error(`${args.join(" ")} not ready in ${timeoutMs} ms\n${stderr}`));
+      reject(new Error(`${command} ${args.join(" ")} not ready in ${timeoutMs} ms\n${stderr}`));
     }, timeoutMs);
     const lines = createInterface({ input: child.stdout! });
     lines.on("line", (line) => {
@@ -44,9 +65,10 @@ export function startNode(args: string[], ready: RegExp | null, timeoutMs = 30_0
     });
     child.once("exit", (code) => {
       clearTimeout(timer);
-      reject(new Error(`${args.join(" ")} exited with ${code}\n${stderr}`));
+      reject(new Error(`${command} ${args.join(" ")} exited with ${code}\n${stderr}`));
     });
   });
+  return Promise.race([started, failed]);
 }
 
 export interface ProcWithStdin extends Proc {
@@ -88,4 +110,12 @@ export async function startNodeWithStdin(
       return reply;
     },
   };
+}
+
+/** Why a start failed, in one line: "exited with 1: <the child's last stderr line>". */
+export function startFailure(err: unknown): string {
+  const [first, ...rest] = String((err as Error)?.message ?? err).split("\n");
+  const cause = / ((?:exited with|not ready in) .*)$/.exec(first)?.[1] ?? first;
+  const last = rest.filter((l) => l.trim()).at(-1);
+  return last ? `${cause}: ${last.trim()}` : cause;
 }
