@@ -41,10 +41,10 @@ export interface Connection {
   bytes_out: number;
 }
 
-/** How the server names each protocol in /connections (v2 is HTTP/2: "h2"). */
+/** How the server names each protocol in /connections (v2 is HTTP/2: "h2"; v3 the multiplexer: "mux"). */
 export const SERVER_PROTOCOL_NAMES: Readonly<Record<string, readonly string[]>> = Object.freeze({
   v2: ["h2", "v2"],
-  v3: ["v3"],
+  v3: ["mux"],
   v1: ["v1"],
 });
 
