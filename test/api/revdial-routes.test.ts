@@ -15,6 +15,7 @@ import { silentLogger } from "../../src/common/logger.ts";
 import {
   startAgent,
   startTarget,
+  TEST_PROTOCOL_NAME,
   TEST_TRANSPORT,
   waitConnected,
   waitDisconnected,
@@ -132,7 +133,7 @@ test("the connections list shows each live tunnel's figures", async () => {
   const rows = (await res.json()) as Array<Record<string, unknown>>;
   const row = rows.find((r) => r.runner_id === "wolf-routes");
   assert.ok(row, "wolf-routes is listed");
-  assert.equal(row.protocol, "h2");
+  assert.equal(row.protocol, TEST_PROTOCOL_NAME);
   assert.equal(row.transport, TEST_TRANSPORT);
   assert.match(String(row.connected_at), /^\d{4}-\d\d-\d\dT/);
   assert.match(String(row.remote_address), /^127\.0\.0\.1:\d+$/);
@@ -149,7 +150,10 @@ test("health and metrics count tunnels and calls by outcome", async () => {
   assert.match(metrics, /^revdial_tunnels_connected \d+/m);
   assert.match(metrics, /^revdial_tunnel_calls_total\{outcome="ok"\} [1-9]/m);
   assert.match(metrics, /^revdial_tunnel_calls_total\{outcome="not_connected"\} [1-9]/m);
-  assert.match(metrics, /^revdial_tunnel_registrations_total\{protocol="h2"\} [1-9]/m);
+  assert.match(
+    metrics,
+    new RegExp(`^revdial_tunnel_registrations_total\\{protocol="${TEST_PROTOCOL_NAME}"\\} [1-9]`, "m"),
+  );
   assert.match(metrics, /^revdial_tunnel_bytes_total\{direction="in"\} [1-9]/m);
 });
 

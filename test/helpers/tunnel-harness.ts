@@ -119,6 +119,9 @@ export const TEST_TRANSPORT: "ws" | "raw" = process.env.REVDIAL_TEST_TRANSPORT =
  */
 export const TEST_PROTOCOL: "v2" | "v3" = process.env.REVDIAL_TEST_PROTOCOL === "v2" ? "v2" : "v3";
 
+/** How the server names TEST_PROTOCOL in its tunnel list and metrics. */
+export const TEST_PROTOCOL_NAME: "h2" | "mux" = TEST_PROTOCOL === "v2" ? "h2" : "mux";
+
 export function startAgent(
   serverUrl: string,
   runnerId: string,

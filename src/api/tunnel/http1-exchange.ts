@@ -137,6 +137,10 @@ export class Http1Exchange {
   /** Streams a request body; `length` >= 0 is the caller's Content-Length, which must be met exactly. */
   #pipeBody(source: Readable, chunked: boolean, length: number): void {
     this.#source = source;
+    if (source.destroyed && !source.readableEnded) {
+      this.#cutBody("the request body was cut off");
+      return;
+    }
     let sent = 0;
     const stream = this.#stream;
     source.on("data", (chunk: Buffer | string) => {

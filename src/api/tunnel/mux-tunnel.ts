@@ -181,6 +181,9 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
     const target = req.target ?? DEFAULT_TARGET;
     const replayable = req.body == null || typeof req.body === "string" || Buffer.isBuffer(req.body);
     const isHead = req.method.toUpperCase() === "HEAD";
+    // A streamed body may fail while the call still waits for its stream (OPENED): the exchange sees
+    // that when it starts (http1-exchange.ts), so the error must not go unheard meanwhile.
+    if (req.body instanceof Readable) req.body.on("error", () => {});
     return this.#withDeadline(req.timeoutMs ?? this.#timings.callTimeoutMs, req.signal, async (track) => {
       for (let attempt = 0; ; attempt++) {
         const conn = await this.#acquire(target, track);
