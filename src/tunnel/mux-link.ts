@@ -23,7 +23,10 @@ export interface MuxLink {
   onActivity(fn: () => void): void;
   /** Calls `fn` once, when the link is gone. */
   onClose(fn: (reason: string) => void): void;
-  /** Writes one batch, in order (one WebSocket frame on `ws`). */
+  /**
+   * Writes one batch, in order (one WebSocket frame on `ws`). The buffers are the link's from then
+   * on: the agent's side of a WebSocket masks them in place.
+   */
   write(chunks: Buffer[], length: number): void;
   /** Keepalive for proxies (a WebSocket ping); nothing on raw links. */
   ping(): void;

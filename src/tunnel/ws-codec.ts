@@ -223,14 +223,9 @@ const masks = new MaskPool();
 
 /**
  * One frame as buffers to write in order. `mask`: the client's side, which must mask; the payload
- * is then copied once into a masked buffer (the sources stay untouched).
+ * buffers are then masked IN PLACE (no copy, no allocation per byte): the caller hands them over.
  */
-export function encodeWsFrame(
-  opcode: number,
-  payload: readonly Buffer[],
-  length: number,
-  mask: boolean,
-): Buffer[] {
+export function encodeWsFrame(opcode: number, payload: readonly Buffer[], length: number, mask: boolean): Buffer[] {
   const ext = length < 126 ? 0 : length < 65536 ? 2 : 8;
   const head = Buffer.allocUnsafe(2 + ext + (mask ? 4 : 0));
   head[0] = 0x80 | opcode;
@@ -245,16 +240,14 @@ export function encodeWsFrame(
   }
   if (!mask) return [head, ...payload];
   head[1] |= 0x80;
-  const key = masks.next();
-  key.copy(head, 2 + ext);
-  const body = Buffer.allocUnsafe(length);
-  let at = 0;
+  const key = head.subarray(2 + ext);
+  masks.next().copy(key);
+  let offset = 0;
   for (const p of payload) {
-    p.copy(body, at);
-    at += p.length;
+    if (p.length > 0) unmaskAt(p, key, offset);
+    offset += p.length;
   }
-  if (length > 0) bufferUtil.mask(body, head.subarray(2 + ext), body, 0, length);
-  return [head, body];
+  return [head, ...payload];
 }
 
 /** A close frame's payload: the code, then the reason cut to fit 125 bytes. */
