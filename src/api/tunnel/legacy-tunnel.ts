@@ -337,6 +337,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
         inline,
         stream: framing === "chunked" ? (body as Readable) : null,
         chunked: streamed === "chunked",
+        declaredLength: Number(headers["content-length"] ?? 0),
         timeoutMs,
         signal,
         resolve,
@@ -426,6 +427,8 @@ interface ExchangeOptions {
   inline: Buffer | null;
   stream: Readable | null;
   chunked: boolean;
+  /** The caller's Content-Length of a streamed body (when not chunked). */
+  declaredLength: number;
   timeoutMs: number;
   signal: AbortSignal | undefined;
   resolve(res: TunnelResponse): void;
@@ -444,6 +447,8 @@ class LegacyExchange {
   #body: Readable | null = null;
   #settled = false;
   #over = false;
+  /** Stops reading a streamed request body (set once it is being piped). */
+  #unpipe: (() => void) | null = null;
 
   constructor(o: ExchangeOptions) {
     this.#o = o;
@@ -488,14 +493,27 @@ class LegacyExchange {
     if (o.stream) this.#pipeBody(o.stream, conn);
   }
 
-  /** A streamed body: chunked unless its length is known; one that fails or stops early cuts. */
+  /**
+   * A streamed body: chunked unless its length is known; one that fails, stops early or runs past
+   * its declared length cuts. Once the exchange is over, what is left of it is read and dropped.
+   */
   #pipeBody(body: Readable, conn: WsDataConnection): void {
     const chunked = this.#o.chunked;
-    body.on("data", (chunk: Buffer | string) => {
+    const declared = chunked ? Number.POSITIVE_INFINITY : this.#o.declaredLength;
+    let sent = 0;
+    const onData = (chunk: Buffer | string) => {
       const bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
       if (bytes.length === 0) return;
+      sent += bytes.length;
+      if (sent > declared) {
+        this.#fail(
+          new TunnelStreamError(this.#o.runnerId, `request body longer than its Content-Length ${declared}`),
+        );
+        return;
+      }
       if (!conn.write(chunked ? chunkFrame(bytes) : bytes)) body.pause();
-    });
+    };
+    body.on("data", onData);
     body.once("end", () => {
       if (chunked) conn.write(LAST_CHUNK);
     });
@@ -506,6 +524,10 @@ class LegacyExchange {
     };
     body.on("error", cut);
     body.once("close", cut);
+    this.#unpipe = () => {
+      body.off("data", onData);
+      body.resume();
+    };
   }
 
   #onHead(status: number, headers: Record<string, string | string[]>): void {
@@ -547,5 +569,7 @@ class LegacyExchange {
   #cleanup(): void {
     clearTimeout(this.#timer);
     this.#o.signal?.removeEventListener("abort", this.#onAbort);
+    this.#unpipe?.();
+    this.#unpipe = null;
   }
 }
