@@ -170,3 +170,32 @@ test("end() sends the FIN and no close frame", async () => {
   assert.equal((await p.closed).reason, "ended by the server");
   p.agent.destroy();
 });
+
+test("random bytes from the agent never throw: the connection ends or carries them as payload", async () => {
+  // Seeded, so a failure replays: valid frame headers with random lengths and flags, cut anywhere.
+  let seed = 12345;
+  const next = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed;
+  };
+  for (let round = 0; round < 40; round++) {
+    const p = await pair();
+    p.conn.sendAccept();
+    const parts: Buffer[] = [];
+    for (let i = 0; i < 8; i++) {
+      const len = next() % 300;
+      const payload = Buffer.from(Array.from({ length: len }, () => next() & 255));
+      if (next() % 3 === 0) parts.push(payload);
+      else parts.push(frame(next() % 16, payload, next() % 2 === 0));
+    }
+    const bytes = Buffer.concat(parts);
+    for (let at = 0; at < bytes.length; ) {
+      const n = 1 + (next() % 50);
+      p.agent.write(bytes.subarray(at, at + n));
+      at += n;
+    }
+    p.agent.end();
+    await p.closed;
+    p.agent.destroy();
+  }
+});
