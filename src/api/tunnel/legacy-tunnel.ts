@@ -5,7 +5,7 @@
 // carries JSON lines, and every call is a DIAL: the server sends `conn-ready` with a fresh request
 // id, the agent opens a new DATA WebSocket to `/api/v1/revdial?revdial.dialer=D&revdial.req=R`, and
 // that connection carries one raw byte stream to the agent's local address (one HTTP/1.1 exchange
-// for request(), http1-exchange.ts; the stream itself for open()).
+// for request(), legacy-exchange.ts; the stream itself for open()).
 //
 // What this implementation does not copy from the Go one: each dial is matched by its own request
 // id (no crossing when several run at once), has a deadline and an AbortSignal, and the dialer id
@@ -19,7 +19,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
-import { Duplex, Readable } from "node:stream";
+import { Duplex, type Readable } from "node:stream";
 import type { Logger } from "../../common/logger.ts";
 import { CLOSE } from "../../tunnel/constants.ts";
 import {
@@ -31,8 +31,9 @@ import {
 import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
-import { type BodyFraming, chunkFrame, LAST_CHUNK, ResponseReader, requestHead } from "./http1-exchange.ts";
+import { type BodyFraming, requestHead } from "./http1-exchange.ts";
 import type { LegacyControl } from "./legacy-control.ts";
+import { type Dial, type ExchangeHost, LegacyExchange } from "./legacy-exchange.ts";
 import { WsDataConnection } from "./ws-data-connection.ts";
 
 /** The Go agent gives up after 60 s without a line; keep-alives go out well inside that. */
@@ -40,8 +41,6 @@ const KEEPALIVE_MS = 15_000;
 /** Longest control line accepted from an agent. */
 const MAX_LINE = 64 * 1024;
 const KEEPALIVE_LINE = Buffer.from('{"command":"keep-alive"}\n');
-/** Bodies up to this size leave in the same frame as the request head. */
-const INLINE_BODY = 64 * 1024;
 
 export interface LegacyTunnelOptions {
   runnerId: string;
@@ -53,13 +52,7 @@ export interface LegacyTunnelOptions {
   holdDialsMs?: number;
 }
 
-/** A dial waiting for its data connection; `take` runs synchronously when it arrives. */
-interface Dial {
-  take(conn: WsDataConnection): void;
-  fail(err: Error): void;
-}
-
-export class LegacyTunnel extends EventEmitter implements Tunnel {
+export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
   readonly runnerId: string;
   readonly protocol = "v1" as const;
   /** Routes this tunnel's data connections to it (the `revdial.dialer` parameter). */
@@ -346,17 +339,17 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
     });
   }
 
-  /** For LegacyExchange: registers its dial. */
+  /** ExchangeHost: registers a dial of a request(). */
   dialFor(dial: Dial): string {
     return this.#startDial(dial);
   }
 
-  /** For LegacyExchange: the dial is over (answered, failed or given up). */
+  /** ExchangeHost: the dial is over (answered, failed or given up). */
   endDial(reqId: string): void {
     this.#dials.delete(reqId);
   }
 
-  /** For LegacyExchange: its data connection is done. */
+  /** ExchangeHost: a request()'s data connection is done. */
   release(conn: WsDataConnection): void {
     this.#forget(conn);
   }
@@ -415,161 +408,5 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
     clearInterval(this.#timer);
     for (const dial of [...this.#dials.values()]) dial.fail(new TunnelClosedError(this.runnerId, reason));
     this.emit("close", reason);
-  }
-}
-
-interface ExchangeOptions {
-  tunnel: LegacyTunnel;
-  runnerId: string;
-  method: string;
-  head: Buffer;
-  /** A whole body sent with the head; null when there is none or it streams. */
-  inline: Buffer | null;
-  stream: Readable | null;
-  chunked: boolean;
-  /** The caller's Content-Length of a streamed body (when not chunked). */
-  declaredLength: number;
-  timeoutMs: number;
-  signal: AbortSignal | undefined;
-  resolve(res: TunnelResponse): void;
-  reject(err: Error): void;
-}
-
-/**
- * One request(): its dial, its request written on the data connection, its response read back. One
- * deadline covers the dial and the response head; the AbortSignal holds until the body has ended.
- */
-class LegacyExchange {
-  readonly #o: ExchangeOptions;
-  readonly #reqId: string;
-  readonly #timer: NodeJS.Timeout;
-  #conn: WsDataConnection | null = null;
-  #body: Readable | null = null;
-  #settled = false;
-  #over = false;
-  /** Stops reading a streamed request body (set once it is being piped). */
-  #unpipe: (() => void) | null = null;
-
-  constructor(o: ExchangeOptions) {
-    this.#o = o;
-    this.#timer = setTimeout(() => this.#fail(new TunnelTimeoutError(o.runnerId, o.timeoutMs)), o.timeoutMs);
-    o.signal?.addEventListener("abort", this.#onAbort, { once: true });
-    this.#reqId = o.tunnel.dialFor({ take: (conn) => this.#start(conn), fail: (err) => this.#fail(err) });
-  }
-
-  readonly #onAbort = (): void => {
-    this.#fail(new TunnelAbortedError({ cause: this.#o.signal?.reason }));
-  };
-
-  /** The data connection arrived: the request leaves, in one frame when it is small. */
-  #start(conn: WsDataConnection): void {
-    const o = this.#o;
-    o.tunnel.endDial(this.#reqId);
-    this.#conn = conn;
-    const reader = new ResponseReader(o.method, {
-      head: (head) => this.#onHead(head.status, head.headers),
-      body: (chunk) => {
-        if (this.#body && !this.#body.push(chunk)) conn.pause();
-      },
-      end: () => this.#onEnd(),
-      error: (err) => this.#fail(new TunnelStreamError(o.runnerId, err.message, { cause: err })),
-    });
-    conn.attach({
-      data: (chunk) => reader.push(chunk),
-      drain: () => o.stream?.resume(),
-      close: (reason, err) => {
-        o.tunnel.release(conn);
-        // A body that runs to the end of the connection ends here, unless the connection failed.
-        if (!err && !reader.done) reader.end();
-        if (!this.#over)
-          this.#fail(new TunnelStreamError(o.runnerId, `data connection ${reason}`, { cause: err }));
-      },
-    });
-    if (o.inline && o.inline.length <= INLINE_BODY) conn.write(Buffer.concat([o.head, o.inline]));
-    else {
-      conn.write(o.head);
-      if (o.inline) conn.write(o.inline);
-    }
-    if (o.stream) this.#pipeBody(o.stream, conn);
-  }
-
-  /**
-   * A streamed body: chunked unless its length is known; one that fails, stops early or runs past
-   * its declared length cuts. Once the exchange is over, what is left of it is read and dropped.
-   */
-  #pipeBody(body: Readable, conn: WsDataConnection): void {
-    const chunked = this.#o.chunked;
-    const declared = chunked ? Number.POSITIVE_INFINITY : this.#o.declaredLength;
-    let sent = 0;
-    const onData = (chunk: Buffer | string) => {
-      const bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
-      if (bytes.length === 0) return;
-      sent += bytes.length;
-      if (sent > declared) {
-        this.#fail(
-          new TunnelStreamError(this.#o.runnerId, `request body longer than its Content-Length ${declared}`),
-        );
-        return;
-      }
-      if (!conn.write(chunked ? chunkFrame(bytes) : bytes)) body.pause();
-    };
-    body.on("data", onData);
-    body.once("end", () => {
-      if (chunked) conn.write(LAST_CHUNK);
-    });
-    // A body that fails or is destroyed before its end cuts the data connection: the target sees
-    // an aborted request, never a complete one.
-    const cut = () => {
-      if (!body.readableEnded) this.#fail(new TunnelAbortedError());
-    };
-    body.on("error", cut);
-    body.once("close", cut);
-    this.#unpipe = () => {
-      body.off("data", onData);
-      body.resume();
-    };
-  }
-
-  #onHead(status: number, headers: Record<string, string | string[]>): void {
-    if (this.#settled) return;
-    this.#settled = true;
-    clearTimeout(this.#timer);
-    const conn = this.#conn as WsDataConnection;
-    const body = new Readable({
-      read: () => conn.resume(),
-      destroy: (err, cb) => {
-        // Read to its end, the body closes the connection; given up early, it cuts it.
-        if (!this.#over) this.#fail(err ?? new TunnelAbortedError());
-        cb(err);
-      },
-    });
-    this.#body = body;
-    this.#o.resolve({ status, headers: copyEndToEnd(headers), body });
-  }
-
-  #onEnd(): void {
-    this.#over = true;
-    this.#cleanup();
-    this.#conn?.end();
-    this.#body?.push(null);
-  }
-
-  #fail(err: Error): void {
-    if (this.#over) return;
-    this.#over = true;
-    this.#cleanup();
-    this.#o.tunnel.endDial(this.#reqId);
-    this.#conn?.destroy(err);
-    if (!this.#settled) {
-      this.#settled = true;
-      this.#o.reject(err);
-    } else if (this.#body && !this.#body.destroyed) this.#body.destroy(err);
-  }
-
-  #cleanup(): void {
-    clearTimeout(this.#timer);
-    this.#o.signal?.removeEventListener("abort", this.#onAbort);
-    this.#unpipe?.();
-    this.#unpipe = null;
   }
 }
