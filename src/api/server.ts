@@ -287,11 +287,12 @@ async function startLocked(
     maxTunnels: o.maxTunnels,
     admissionRate: o.admissionRate,
     admissionBurst: o.admissionBurst,
-    authorize: async (req, runnerId) => {
+    authorize: async (req, runnerId, purpose) => {
       try {
         const principal = await auth.authenticate(req.headers);
         if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
-        quotas.admitTunnel(principal, await auth.authorizeRunner(principal, runnerId));
+        const grant = await auth.authorizeRunner(principal, runnerId);
+        if (purpose === "tunnel") quotas.admitTunnel(principal, grant);
       } catch (err) {
         throw handshakeError(err);
       }

@@ -218,6 +218,14 @@ describe("behind nginx with the documented configuration", { skip: skipNginx }, 
   });
 
   itCarriesEveryTunnel("nginx", () => goodUrl);
+  it("a hijack-mode v1 agent through nginx gets 426: a proxy cannot carry a hijacked GET, and says so", async () => {
+    // nginx forwards the GET with `Connection: close` (no Upgrade to map), which the API cannot
+    // tell from a stripped handshake: the agent must use its WebSocket control connection here.
+    await assert.rejects(
+      startGoClient(goodUrl, "wolf-nginx-v1", RUNNER_TOKEN, `127.0.0.1:${target.port}`, { ca, hijack: true }),
+      /control refused: 426/,
+    );
+  });
   it("without the Upgrade headers: a `ws` agent's log says that a proxy strips them", async () => {
     const a = agent(badUrl, "wolf-stripped-ws", "ws");
     const [line] = await a.waitFor(/.*"msg":"tunnel connect failed".*/);

@@ -69,6 +69,8 @@ export async function startTunnelServer(
     maxTunnels?: number;
     /** Endpoint options beyond the ones above (admission rate, clock, ...). */
     endpoint?: Partial<Omit<TunnelEndpointOptions, "registry" | "logger" | "timings" | "authorize">>;
+    /** Replaces the check of TOKEN (which throws 401 for any other). */
+    authorize?: TunnelEndpointOptions["authorize"];
     logger?: Logger;
   } = {},
 ): Promise<TunnelServer> {
@@ -80,13 +82,18 @@ export async function startTunnelServer(
     logger,
     timings: { ...DEFAULT_TIMINGS, ...options.timings },
     maxTunnels: options.maxTunnels,
-    authorize: async (req) => {
-      if (req.headers.authorization !== `Bearer ${TOKEN}`) {
-        throw { statusCode: 401, code: "RD_ERR_AUTH_REQUIRED", message: "missing or invalid token" };
-      }
-    },
+    authorize:
+      options.authorize ??
+      (async (req) => {
+        if (req.headers.authorization !== `Bearer ${TOKEN}`) {
+          throw { statusCode: 401, code: "RD_ERR_AUTH_REQUIRED", message: "missing or invalid token" };
+        }
+      }),
   });
-  const server = http.createServer((_req, res) => {
+  const server = http.createServer((req, res) => {
+    // A plain GET on the tunnel path may be a hijacked v1 control connection (the API's route does
+    // the same, answering the rest 426).
+    if (endpoint.matches(req) && endpoint.handlePlainRequest(req, res)) return;
     res.statusCode = 404;
     res.end();
   });

@@ -9,7 +9,8 @@ import https from "node:https";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import tls from "node:tls";
-import { type Listening, startTarget } from "../helpers/tunnel-harness.ts";
+import { type Listening, pollUntil, startTarget } from "../helpers/tunnel-harness.ts";
+import { startGoClient } from "../tunnel/fixtures/go-revdial-client.ts";
 import { createTestPki, type Pair, type TestPki } from "./certs.ts";
 import { allProcesses, type CliProcess, runCli, startCli, startClient } from "./cli-process.ts";
 
@@ -121,7 +122,7 @@ describe("TLS end to end through the CLI", () => {
     url = (await server.waitFor(/listening on (https:\/\/\S+)/, 60_000))[1];
     port = Number(new URL(url).port);
     adminKey = (await server.waitFor(/admin API key[^:]*: (\S+)/))[1];
-    for (const id of ["tls-ca", "tls-go", "tls-noca", "tls-insecure"]) {
+    for (const id of ["tls-ca", "tls-go", "tls-noca", "tls-insecure", "tls-v1", "tls-v1-hijack"]) {
       assert.equal(await createHost(url, ca, adminKey, id), 201);
     }
   });
@@ -166,6 +167,26 @@ describe("TLS end to end through the CLI", () => {
     await c.waitFor(/agent connected/);
     assert.equal((await callThrough("wolf-tls-go", "go")).status, 200);
   });
+
+  for (const hijack of [false, true]) {
+    it(`a v1 agent (the seed's Go client) over TLS, control connection ${hijack ? "hijacked" : "a WebSocket"}`, async () => {
+      const id = hijack ? "wolf-tls-v1-hijack" : "wolf-tls-v1";
+      const client = await startGoClient(url, id, RUNNER_TOKEN, `127.0.0.1:${target.port}`, { ca, hijack });
+      try {
+        await pollUntil(async () => {
+          const list = await get(`${url}/api/v1/revdial/connections`, ca, {
+            authorization: `Bearer ${adminKey}`,
+          });
+          return list.body.includes(`"${id}"`);
+        }, `${id} listed`);
+        const res = await callThrough(id, "v1?over=tls");
+        assert.equal(res.status, 200, res.body);
+        assert.equal(res.headers["x-echo-path"], "/v1?over=tls");
+      } finally {
+        client.close();
+      }
+    });
+  }
 
   it("without --ca-file the agent refuses, naming the host and 'unknown authority'", async () => {
     const a = agent("wolf-tls-noca");

@@ -33,9 +33,12 @@ export async function revdialRoutes(
     }
   });
 
-  // A handshake whose Upgrade header a proxy dropped arrives here as a plain GET: name that cause
-  // (426 RD_ERR_TUNNEL_UPGRADE_STRIPPED) instead of a bare 404, so the agent's log says it.
-  app.get(TUNNEL_PATH, async () => {
+  // A plain GET here is either the seed's hijacked v1 control connection (the endpoint takes the
+  // socket) or a handshake whose Upgrade header a proxy dropped: name that cause (426
+  // RD_ERR_TUNNEL_UPGRADE_STRIPPED) instead of a bare 404, so the agent's log says it. The rule that
+  // tells them apart is in src/api/tunnel/legacy-hijack.ts.
+  app.get(TUNNEL_PATH, async (request, reply) => {
+    if (endpoint.handlePlainRequest(request.raw, reply.raw)) return reply.hijack();
     throw new ApiError(426, UPGRADE_STRIPPED_CODE, UPGRADE_STRIPPED_SERVER_MESSAGE);
   });
 

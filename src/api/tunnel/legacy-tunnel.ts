@@ -1,20 +1,25 @@
 // The API's end of a legacy v1 tunnel (golang.org/x/build/revdial/v2 as forked by the seed's system),
 // so that existing Go agents (`revdial-client -server URL -runner-id ID -token T`) keep working.
 //
-// v1 has no multiplexing: the CONTROL WebSocket carries JSON lines, and every call is a DIAL: the
-// server sends `conn-ready` with a fresh request id, the agent opens a new DATA WebSocket to
-// `/api/v1/revdial?revdial.dialer=D&revdial.req=R`, and that connection carries one raw byte stream
-// to the agent's local address (one HTTP/1.1 exchange for request()).
+// v1 has no multiplexing: the CONTROL connection (a WebSocket, or a hijacked GET: legacy-control.ts)
+// carries JSON lines, and every call is a DIAL: the server sends `conn-ready` with a fresh request
+// id, the agent opens a new DATA WebSocket to `/api/v1/revdial?revdial.dialer=D&revdial.req=R`, and
+// that connection carries one raw byte stream to the agent's local address (one HTTP/1.1 exchange
+// for request(), legacy-exchange.ts; the stream itself for open()).
 //
 // What this implementation does not copy from the Go one: each dial is matched by its own request
 // id (no crossing when several run at once), has a deadline and an AbortSignal, and the dialer id
-// lives in this tunnel, not in a process-global map; a replaced control connection is closed.
+// lives in this tunnel, not in a process-global map; a replaced control connection is closed;
+// destroy() cuts the calls in flight too.
+//
+// Cost per call, since every call is a connection: one timer (the call's deadline, covering the dial
+// and the response head), a request id from randomUUID (no syscall), the conn-ready line joined from
+// a prefix made once, and the data connection served by ws-data-connection.ts.
 
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
-import http from "node:http";
-import type { Duplex } from "node:stream";
-import type { WebSocket } from "ws";
+import type { Socket } from "node:net";
+import { Duplex, type Readable } from "node:stream";
 import type { Logger } from "../../common/logger.ts";
 import { CLOSE } from "../../tunnel/constants.ts";
 import {
@@ -26,41 +31,55 @@ import {
 import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
-import { WebSocketStream } from "../../tunnel/ws-stream.ts";
+import { type BodyFraming, requestHead } from "./http1-wire.ts";
+import type { LegacyControl } from "./legacy-control.ts";
+import { type Dial, type ExchangeHost, LegacyExchange } from "./legacy-exchange.ts";
+import { WsDataConnection } from "./ws-data-connection.ts";
 
 /** The Go agent gives up after 60 s without a line; keep-alives go out well inside that. */
 const KEEPALIVE_MS = 15_000;
 /** Longest control line accepted from an agent. */
 const MAX_LINE = 64 * 1024;
+const KEEPALIVE_LINE = Buffer.from('{"command":"keep-alive"}\n');
 
 export interface LegacyTunnelOptions {
   runnerId: string;
-  ws: WebSocket;
+  control: LegacyControl;
   remoteAddress: string;
   logger: Logger;
   timings: TunnelTimings;
+  /** conn-ready lines wait this long after the tunnel starts (a hijacked link's settle time). */
+  holdDialsMs?: number;
 }
 
-interface Dial {
-  resolve(stream: Duplex): void;
-  reject(err: Error): void;
-}
-
-export class LegacyTunnel extends EventEmitter implements Tunnel {
+export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
   readonly runnerId: string;
   readonly protocol = "v1" as const;
   /** Routes this tunnel's data connections to it (the `revdial.dialer` parameter). */
   readonly dialerId = randomBytes(16).toString("hex");
   readonly connectedAt = new Date();
   readonly remoteAddress: string;
-  readonly #ws: WebSocket;
+  readonly #control: LegacyControl;
   readonly #log: Logger;
   readonly #timings: TunnelTimings;
   readonly #dials = new Map<string, Dial>();
+  /** Data connections of calls in flight: destroy() cuts them. */
+  readonly #conns = new Set<WsDataConnection>();
   readonly #timer: NodeJS.Timeout;
+  /** `{"command":"conn-ready","connPath":"/revdial?revdial.dialer=D&revdial.req=`, made once. */
+  readonly #readyPrefix: string;
+  /** close() calls waiting for the calls in flight to finish. */
+  readonly #drainWaiters: Array<() => void> = [];
+  /**
+   * conn-ready lines not yet written: they leave together once this turn of the event loop has
+   * handled its I/O (setImmediate), one write for every call that arrived in it, or once a hijacked
+   * link has settled.
+   */
+  #pending: string[] = [];
+  #flushing = false;
+  #settling = false;
   #partial = "";
   #lastFrameAt = Date.now();
-  #active = 0;
   #bytes = { in: 0, out: 0 };
   #closed = false;
 
@@ -68,21 +87,22 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
     super();
     this.runnerId = options.runnerId;
     this.remoteAddress = options.remoteAddress;
-    this.#ws = options.ws;
+    this.#control = options.control;
     this.#log = options.logger;
     this.#timings = options.timings;
-    const ws = this.#ws;
+    this.#readyPrefix = `{"command":"conn-ready","connPath":"/revdial?revdial.dialer=${this.dialerId}&revdial.req=`;
     // Liveness for v1 is whatever the seed's Go listener can give: its control lines, and the
     // WebSocket pongs its library (gorilla) sends for our pings. It never answers a keep-alive line
-    // (it only writes pickup-failed), so requiring lines would drop every idle deployed agent. v1
-    // has no HTTP/2 PING; v2 tunnels count only HTTP/2 frames (h2-tunnel.ts).
-    ws.on("message", (data: Buffer) => this.#onControl(data));
-    ws.on("pong", () => this.#alive());
-    ws.on("error", () => {});
-    ws.on("close", (code: number, reason: Buffer) =>
-      this.#finish(reason.toString() || `control closed (${code})`),
-    );
-    this.#send({ command: "keep-alive" });
+    // (it only writes pickup-failed), so requiring lines would drop every idle deployed agent. A
+    // hijacked link has no pings at all: TCP keep-alive watches it (legacy-control.ts). v1 has no
+    // HTTP/2 PING; v2 tunnels count only HTTP/2 frames (h2-tunnel.ts).
+    this.#control.start({
+      data: (chunk) => this.#onControl(chunk),
+      alive: () => this.#alive(),
+      close: (reason) => this.#finish(reason),
+    });
+    this.#send(KEEPALIVE_LINE);
+    if (options.holdDialsMs) this.#holdDials(options.holdDialsMs);
     const every = Math.min(KEEPALIVE_MS, this.#timings.pingIntervalMs);
     this.#timer = setInterval(() => this.#tick(), every);
     this.#timer.unref();
@@ -92,29 +112,45 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
     return this.#closed;
   }
 
+  get transport(): "ws" | "raw" {
+    return this.#control.transport;
+  }
+
+  #holdDials(ms: number): void {
+    this.#settling = true;
+    const release = setTimeout(() => {
+      this.#settling = false;
+      this.#flush();
+    }, ms);
+    release.unref();
+  }
+
+  readonly #flush = (): void => {
+    this.#flushing = false;
+    if (this.#settling || this.#pending.length === 0) return;
+    const lines = this.#pending.length === 1 ? this.#pending[0] : this.#pending.join("");
+    this.#pending = [];
+    this.#send(Buffer.from(lines));
+  };
+
   #alive(): void {
     this.#lastFrameAt = Date.now();
   }
 
   #tick(): void {
-    if (Date.now() - this.#lastFrameAt > this.#timings.deadLinkTimeoutMs) {
+    if (this.#control.probes && Date.now() - this.#lastFrameAt > this.#timings.deadLinkTimeoutMs) {
       this.#log.warn("legacy tunnel dead: no control line or pong within the dead-link timeout");
       this.destroy(new Error("dead link"));
       return;
     }
-    this.#send({ command: "keep-alive" });
-    try {
-      this.#ws.ping();
-    } catch {
-      // Closing; the close event finishes the tunnel.
-    }
+    this.#send(KEEPALIVE_LINE);
+    this.#control.ping();
   }
 
-  #send(message: Record<string, string>): void {
-    if (this.#ws.readyState !== this.#ws.OPEN) return;
-    const line = Buffer.from(`${JSON.stringify(message)}\n`);
+  #send(line: Buffer): void {
+    if (!this.#control.open) return;
     this.#bytes.out += line.length;
-    this.#ws.send(line, { binary: true });
+    this.#control.send(line);
   }
 
   /** Control lines from the agent: split on newlines, not on message boundaries. */
@@ -148,37 +184,64 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
     // Any JSON may come (`null` included), and any connPath: an unparsable one matches no dial.
     if (message?.command === "pickup-failed" && typeof message.connPath === "string") {
       const reqId = URL.parse(message.connPath, "http://x")?.searchParams.get("revdial.req") ?? "";
-      const dial = this.#dials.get(reqId);
-      dial?.reject(
-        new TunnelStreamError(
-          this.runnerId,
-          `agent could not pick up the dial: ${String(message.err ?? "")}`,
-        ),
-      );
+      this.#dials
+        .get(reqId)
+        ?.fail(
+          new TunnelStreamError(
+            this.runnerId,
+            `agent could not pick up the dial: ${String(message.err ?? "")}`,
+          ),
+        );
     }
     return true;
   }
 
-  /** Called by the endpoint with a data connection for `reqId`; false when no dial waits for it. */
-  pickup(reqId: string, ws: WebSocket): boolean {
+  /**
+   * Called by the endpoint with an accepted data connection's socket for `reqId` (the 101 not yet
+   * written: `accept` is its Sec-WebSocket-Accept). Never throws. When no dial waits, the connection
+   * is upgraded and closed at once, as PROTOCOL.md says.
+   */
+  pickup(reqId: string, socket: Socket, head: Buffer, accept: string): void {
+    const conn = new WsDataConnection(socket, head, accept);
     const dial = this.#dials.get(reqId);
-    if (!dial) return false;
-    const stream = new WebSocketStream(ws);
-    this.#active++;
-    stream.once("close", () => {
-      this.#active--;
-      this.#bytes.in += stream.bytesIn;
-      this.#bytes.out += stream.bytesOut;
-    });
-    dial.resolve(stream);
-    return true;
+    if (!dial || this.#closed) {
+      conn.close(CLOSE.NORMAL, "no dial waits for this connection");
+      return;
+    }
+    this.#conns.add(conn);
+    dial.take(conn);
+    // open() may not write at once: the 101 must not wait for it (the target may speak first).
+    conn.sendAccept();
   }
 
-  /** One dial: conn-ready out, a data connection back, within the deadline. */
-  #dial(timeoutMs: number, signal?: AbortSignal): Promise<Duplex> {
+  #forget(conn: WsDataConnection): void {
+    if (!this.#conns.delete(conn)) return;
+    this.#bytes.in += conn.bytesIn;
+    this.#bytes.out += conn.bytesOut;
+    if (this.#conns.size === 0) for (const wake of this.#drainWaiters.splice(0)) wake();
+  }
+
+  /**
+   * Starts one dial: conn-ready out; `take` runs when the data connection arrives, `fail` when the
+   * agent reports a pickup failure or the tunnel closes. Returns the request id (to cancel it).
+   */
+  #startDial(dial: Dial): string {
+    const reqId = randomUUID().replaceAll("-", "");
+    this.#dials.set(reqId, dial);
+    this.#pending.push(`${this.#readyPrefix}${reqId}"}\n`);
+    if (!this.#flushing && !this.#settling) {
+      this.#flushing = true;
+      setImmediate(this.#flush);
+    }
+    return reqId;
+  }
+
+  open(_target: string, options: OpenOptions = {}): Promise<Duplex> {
+    // A v1 agent serves one local address; the target name has no meaning to it.
+    const timeoutMs = options.timeoutMs ?? this.#timings.callTimeoutMs;
+    const signal = options.signal;
     if (this.#closed) return Promise.reject(new TunnelClosedError(this.runnerId, "tunnel is closed"));
     if (signal?.aborted) return Promise.reject(new TunnelAbortedError({ cause: signal.reason }));
-    const reqId = randomBytes(16).toString("hex");
     return new Promise<Duplex>((resolve, reject) => {
       const done = () => {
         clearTimeout(timer);
@@ -194,118 +257,156 @@ export class LegacyTunnel extends EventEmitter implements Tunnel {
         reject(new TunnelTimeoutError(this.runnerId, timeoutMs));
       }, timeoutMs);
       signal?.addEventListener("abort", onAbort, { once: true });
-      this.#dials.set(reqId, {
-        resolve: (stream) => {
+      const reqId = this.#startDial({
+        take: (conn) => {
           done();
-          resolve(stream);
+          resolve(this.#stream(conn));
         },
-        reject: (err) => {
+        fail: (err) => {
           done();
           reject(err);
         },
       });
-      this.#send({
-        command: "conn-ready",
-        connPath: `/revdial?revdial.dialer=${this.dialerId}&revdial.req=${reqId}`,
-      });
     });
   }
 
-  open(_target: string, options: OpenOptions = {}): Promise<Duplex> {
-    // A v1 agent serves one local address; the target name has no meaning to it.
-    return this.#dial(options.timeoutMs ?? this.#timings.callTimeoutMs, options.signal);
+  /** A data connection as a Duplex (open()): bytes both ways, backpressure both ways. */
+  #stream(conn: WsDataConnection): Duplex {
+    const stream = new Duplex({
+      allowHalfOpen: false,
+      read: () => conn.resume(),
+      write: (chunk: Buffer, _enc, cb) => {
+        if (conn.write(chunk)) cb();
+        else waitingDrain = cb;
+      },
+      final: (cb) => cb(),
+      destroy: (err, cb) => {
+        if (err) conn.destroy(err);
+        else conn.close();
+        cb(err);
+      },
+    });
+    let waitingDrain: ((err?: Error | null) => void) | null = null;
+    conn.attach({
+      data: (chunk) => {
+        if (!stream.push(chunk)) conn.pause();
+      },
+      drain: () => {
+        const cb = waitingDrain;
+        waitingDrain = null;
+        cb?.();
+      },
+      close: (_reason, err) => {
+        this.#forget(conn);
+        const cb = waitingDrain;
+        waitingDrain = null;
+        cb?.(err ?? new Error("data connection closed"));
+        stream.push(null);
+        if (err) stream.destroy(err);
+      },
+    });
+    return stream;
   }
 
-  async request(req: TunnelRequest): Promise<TunnelResponse> {
+  request(req: TunnelRequest): Promise<TunnelResponse> {
     const timeoutMs = req.timeoutMs ?? this.#timings.callTimeoutMs;
-    const started = Date.now();
-    const conn = await this.#dial(timeoutMs, req.signal);
-    return this.#exchange(conn, req, Math.max(1, timeoutMs - (Date.now() - started)));
+    const signal = req.signal;
+    if (this.#closed) return Promise.reject(new TunnelClosedError(this.runnerId, "tunnel is closed"));
+    if (signal?.aborted) return Promise.reject(new TunnelAbortedError({ cause: signal.reason }));
+    const body = req.body;
+    const headers = copyEndToEnd(req.headers);
+    const framing: BodyFraming =
+      body == null ? "none" : typeof body === "string" || Buffer.isBuffer(body) ? "length" : "chunked";
+    const inline = typeof body === "string" ? Buffer.from(body) : Buffer.isBuffer(body) ? body : null;
+    const streamed = framing === "chunked" && headers["content-length"] !== undefined ? "length" : framing;
+    const head = requestHead(req.method, req.path, headers, { framing: streamed, length: inline?.length });
+    if (head instanceof Error) return Promise.reject(new TunnelStreamError(this.runnerId, head.message));
+    return new Promise<TunnelResponse>((resolve, reject) => {
+      new LegacyExchange({
+        tunnel: this,
+        runnerId: this.runnerId,
+        method: req.method,
+        head: Buffer.from(head, "latin1"),
+        inline,
+        stream: framing === "chunked" ? (body as Readable) : null,
+        chunked: streamed === "chunked",
+        declaredLength: Number(headers["content-length"] ?? 0),
+        timeoutMs,
+        signal,
+        resolve,
+        reject,
+      });
+    });
   }
 
-  /** One HTTP/1.1 exchange on a data connection; the connection ends with the response. */
-  #exchange(conn: Duplex, req: TunnelRequest, timeoutMs: number): Promise<TunnelResponse> {
-    const headers = copyEndToEnd(req.headers, { host: "localhost:9876", connection: "close" });
-    return new Promise((resolve, reject) => {
-      const outgoing = http.request({
-        createConnection: () => conn as unknown as import("node:net").Socket,
-        method: req.method,
-        path: req.path,
-        headers,
-        signal: req.signal,
-      });
-      const timer = setTimeout(
-        () => outgoing.destroy(new TunnelTimeoutError(this.runnerId, timeoutMs)),
-        timeoutMs,
-      );
-      outgoing.once("response", (res) => {
-        clearTimeout(timer);
-        res.once("close", () => conn.destroy());
-        const out = copyEndToEnd(res.headers);
-        resolve({ status: res.statusCode ?? 502, headers: out, body: res });
-      });
-      outgoing.once("error", (err) => {
-        clearTimeout(timer);
-        conn.destroy();
-        if (err instanceof TunnelTimeoutError) reject(err);
-        else if (req.signal?.aborted) reject(new TunnelAbortedError({ cause: req.signal.reason }));
-        else reject(new TunnelStreamError(this.runnerId, err.message, { cause: err }));
-      });
-      const body = req.body;
-      if (body == null) outgoing.end();
-      else if (typeof body === "string" || Buffer.isBuffer(body)) outgoing.end(body);
-      else {
-        // A body that fails or is destroyed before its end cuts the data connection: the target
-        // sees an aborted request, never a complete one (pipe would just stop, leaving it waiting).
-        const cut = () => {
-          if (!body.readableEnded) outgoing.destroy(new TunnelAbortedError());
-        };
-        body.on("error", cut);
-        body.once("close", cut);
-        body.pipe(outgoing);
-      }
-    });
+  /** ExchangeHost: registers a dial of a request(). */
+  dialFor(dial: Dial): string {
+    return this.#startDial(dial);
+  }
+
+  /** ExchangeHost: the dial is over (answered, failed or given up). */
+  endDial(reqId: string): void {
+    this.#dials.delete(reqId);
+  }
+
+  /** ExchangeHost: a request()'s data connection is done. */
+  release(conn: WsDataConnection): void {
+    this.#forget(conn);
   }
 
   stats(): TunnelStats {
+    let inFlightIn = 0;
+    let inFlightOut = 0;
+    for (const c of this.#conns) {
+      inFlightIn += c.bytesIn;
+      inFlightOut += c.bytesOut;
+    }
     return {
       runner_id: this.runnerId,
       protocol: this.protocol,
-      transport: "ws",
+      transport: this.#control.transport,
       connected_at: this.connectedAt.toISOString(),
       remote_address: this.remoteAddress,
       rtt_ms: null,
-      active_streams: this.#active,
-      bytes_in: this.#bytes.in,
-      bytes_out: this.#bytes.out,
+      active_streams: this.#conns.size,
+      bytes_in: this.#bytes.in + inFlightIn,
+      bytes_out: this.#bytes.out + inFlightOut,
     };
   }
 
-  /** v1 has no GOAWAY: calls in flight own their data connections and finish on their own. */
+  /**
+   * v1 has no GOAWAY: the control connection closes (new dials fail), calls in flight own their data
+   * connections and finish within `drainMs`; what is left then is cut.
+   */
   close(
     code: number = CLOSE.SHUTDOWN,
     reason = "server shutting down",
     drainMs = this.#timings.drainTimeoutMs,
   ): Promise<void> {
-    if (this.#closed) return Promise.resolve();
-    const closed = new Promise<void>((resolve) => this.once("close", () => resolve()));
-    if (this.#ws.readyState === this.#ws.OPEN) this.#ws.close(code, reason);
+    if (this.#closed && this.#conns.size === 0) return Promise.resolve();
+    const drained = new Promise<void>((resolve) => {
+      if (this.#conns.size === 0) resolve();
+      else this.#drainWaiters.push(resolve);
+    });
+    this.#control.close(code, reason);
+    this.#finish(reason);
     const hard = setTimeout(() => this.destroy(), drainMs);
     hard.unref();
-    return closed.finally(() => clearTimeout(hard));
+    return drained.finally(() => clearTimeout(hard));
   }
 
   destroy(err?: Error): void {
-    if (this.#closed) return;
-    this.#ws.terminate();
+    this.#control.destroy();
     this.#finish(err?.message ?? "destroyed");
+    for (const conn of [...this.#conns])
+      conn.destroy(new TunnelClosedError(this.runnerId, "tunnel destroyed"));
   }
 
   #finish(reason: string): void {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#timer);
-    for (const dial of [...this.#dials.values()]) dial.reject(new TunnelClosedError(this.runnerId, reason));
+    for (const dial of [...this.#dials.values()]) dial.fail(new TunnelClosedError(this.runnerId, reason));
     this.emit("close", reason);
   }
 }

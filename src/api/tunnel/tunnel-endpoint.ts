@@ -15,7 +15,7 @@
 // can drain them with GOAWAY; destroy() cuts handshakes in progress and v1 data connections. Sockets
 // become the tunnel's once upgraded: the endpoint never cuts a live tunnel.
 
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { type WebSocket, WebSocketServer } from "ws";
@@ -38,10 +38,13 @@ import { acceptKey, isValidKey } from "../../tunnel/ws-codec.ts";
 import { WebSocketStream } from "../../tunnel/ws-stream.ts";
 import { AdmissionLimiter } from "./admission-limiter.ts";
 import { H2Tunnel, type LinkFailure } from "./h2-tunnel.ts";
+import { HijackedControl, type LegacyControl, WsControl } from "./legacy-control.ts";
+import { HIJACK_SETTLE_MS, hijackAnswer, hijackSocket, isHijackRequest } from "./legacy-hijack.ts";
 import { LegacyTunnel } from "./legacy-tunnel.ts";
 import { MuxTunnel } from "./mux-tunnel.ts";
 import { RefusalLog } from "./refusal-log.ts";
 import type { TunnelRegistry } from "./tunnel-registry.ts";
+import { websocketAccept } from "./ws-data-connection.ts";
 
 export interface HandshakeError {
   statusCode: number;
@@ -53,8 +56,12 @@ export interface TunnelEndpointOptions {
   registry: TunnelRegistry;
   logger: Logger;
   timings: TunnelTimings;
-  /** Accepts the handshake or throws a HandshakeError-shaped error. */
-  authorize(req: IncomingMessage, runnerId: string): Promise<void>;
+  /**
+   * Accepts the handshake or throws a HandshakeError-shaped error. `purpose` is `tunnel` for a new
+   * tunnel (control connection) and `data` for a v1 data connection of a live one, which must not
+   * count as another tunnel (quotas).
+   */
+  authorize(req: IncomingMessage, runnerId: string, purpose: "tunnel" | "data"): Promise<void>;
   /** Tunnels this server holds at most; past it, 429. Default 20,000. */
   maxTunnels?: number;
   /** Largest WebSocket message accepted from an agent. Default 4 MiB. */
@@ -91,8 +98,11 @@ export class TunnelEndpoint {
   readonly #refusals: RefusalLog;
   readonly #counters: EndpointCounters = { refused: {}, preface_timeouts: 0, dead_links: 0 };
   #accepting = true;
-  /** Live v1 tunnels by dialer id, to route their data connections (one endpoint's, not global). */
-  readonly #dialers = new Map<string, LegacyTunnel>();
+  /**
+   * Live v1 tunnels by dialer id, to route their data connections (one endpoint's, not global), each
+   * with the credentials its data connections were last authorized with (dataAuthorized()).
+   */
+  readonly #dialers = new Map<string, { tunnel: LegacyTunnel; authorized: Map<string, number> }>();
 
   constructor(options: TunnelEndpointOptions) {
     this.#o = options;
@@ -188,7 +198,7 @@ export class TunnelEndpoint {
         retryAfter: admission.retryAfterS,
       };
     }
-    await this.#o.authorize(req, runnerId);
+    await this.#o.authorize(req, runnerId, "tunnel");
     if (this.#o.registry.size >= (this.#o.maxTunnels ?? 20_000) && !this.#o.registry.isConnected(runnerId)) {
       throw {
         statusCode: 429,
@@ -292,17 +302,59 @@ export class TunnelEndpoint {
     this.#register(new WsLink(new WebSocketStream(ws)), req, runnerId);
   }
 
-  /** A v1 control connection: the tunnel is registered like any other. */
+  /** A v1 control connection on a WebSocket: the tunnel is registered like any other. */
   #acceptLegacy(ws: WebSocket, req: IncomingMessage, runnerId: string): void {
-    const tunnel = new LegacyTunnel({ ws, ...this.#tunnelParts(req, runnerId) });
-    this.#dialers.set(tunnel.dialerId, tunnel);
+    this.#registerLegacy(new WsControl(ws), req, runnerId, 0);
+  }
+
+  #registerLegacy(control: LegacyControl, req: IncomingMessage, runnerId: string, holdDialsMs: number): void {
+    const tunnel = new LegacyTunnel({ control, holdDialsMs, ...this.#tunnelParts(req, runnerId) });
+    this.#dialers.set(tunnel.dialerId, { tunnel, authorized: new Map() });
     tunnel.once("close", () => this.#dialers.delete(tunnel.dialerId));
     this.#o.registry.register(tunnel);
   }
 
   /**
+   * A plain (not upgraded) request on the tunnel path, passed on by the HTTP server's request
+   * handler. When it is the seed's hijacked v1 control connection (the rule is in legacy-hijack.ts),
+   * takes its socket and returns true: it is checked like any handshake, answered 200 and served as a
+   * v1 tunnel. Otherwise returns false and leaves the request to the caller (426: a stripped
+   * upgrade). Never throws.
+   */
+  handlePlainRequest(req: IncomingMessage, res: ServerResponse): boolean {
+    if (this.#o.legacy === false || !isHijackRequest(req)) return false;
+    const socket = hijackSocket(req, res);
+    if (!socket) return false;
+    void this.#acceptHijack(req, socket);
+    return true;
+  }
+
+  async #acceptHijack(req: IncomingMessage, socket: Socket): Promise<void> {
+    this.#track(socket);
+    const runnerId = new URL(req.url ?? "/", "http://x").searchParams.get("runnerid") ?? "";
+    try {
+      await this.#check(req, runnerId);
+    } catch (err) {
+      this.#refuse(req, socket, RUNNER_ID_PATTERN.test(runnerId) ? runnerId : "(invalid)", err);
+      return;
+    }
+    if (socket.destroyed) return;
+    socket.write(hijackAnswer(new Date()), (err) => {
+      if (err || socket.destroyed) return;
+      this.#sockets.delete(socket);
+      // TCP keep-alive is all that watches a hijacked link: probes start after a fifth of the ping
+      // interval idle, so 10 unanswered probes (1 s apart) end it before the next keep-alive line.
+      const keepAliveMs = Math.max(1000, Math.floor(this.#o.timings.pingIntervalMs / 5));
+      this.#registerLegacy(new HijackedControl(socket, keepAliveMs), req, runnerId, HIJACK_SETTLE_MS);
+    });
+  }
+
+  /**
    * A v1 data connection: it must carry a token allowed to register the dialer's runner id, and a
-   * dial must still wait for its request id; otherwise it is refused or closed.
+   * dial must still wait for its request id; otherwise it is refused or closed. The check's answer
+   * is remembered per tunnel and credentials for DATA_AUTH_TTL_MS (every call is a data connection;
+   * the store lookup behind authorize() would cap them). Revocation still ends them at once: every
+   * path that revokes keys evicts the tunnel, and the memory goes with it.
    */
   async #acceptDataConnection(
     req: IncomingMessage,
@@ -311,21 +363,33 @@ export class TunnelEndpoint {
     dialerId: string,
     reqId: string,
   ): Promise<void> {
-    const tunnel = this.#dialers.get(dialerId);
+    const entry = this.#dialers.get(dialerId);
+    const credentials = `${req.headers.authorization ?? ""}\n${req.headers["x-api-key"] ?? ""}`;
     try {
-      if (!tunnel || this.#o.legacy === false) {
+      if (!entry || this.#o.legacy === false) {
         throw { statusCode: 500, code: "RD_ERR_TUNNEL_UNKNOWN_DIALER", message: "unknown dialer" };
       }
-      await this.#o.authorize(req, tunnel.runnerId);
+      const now = this.#o.now ?? Date.now;
+      if (!dataAuthorized(entry.authorized, credentials, now())) {
+        await this.#o.authorize(req, entry.tunnel.runnerId, "data");
+        rememberDataAuth(entry.authorized, credentials, now());
+      }
     } catch (err) {
-      this.#refuse(req, socket, tunnel?.runnerId ?? "(unknown dialer)", err);
+      this.#refuse(req, socket, entry?.tunnel.runnerId ?? "(unknown dialer)", err);
       return;
     }
     if (socket.destroyed) return;
+    const accept = websocketAccept(req);
+    if (accept === null) {
+      this.#refuse(req, socket, entry.tunnel.runnerId, {
+        statusCode: 400,
+        code: "RD_ERR_TUNNEL_BAD_HANDSHAKE",
+        message: "a data connection must be a WebSocket handshake (version 13)",
+      });
+      return;
+    }
     // A data connection is a call in flight: it stays in #sockets (destroy() cuts it) until it ends.
-    this.#wss.handleUpgrade(req, socket, head, (ws) => {
-      if (!tunnel.pickup(reqId, ws)) ws.close(CLOSE.NORMAL, "no dial waits for this connection");
-    });
+    entry.tunnel.pickup(reqId, socket as Socket, head, accept);
   }
 
   #register(link: TunnelLink, req: IncomingMessage, runnerId: string): void {
@@ -409,4 +473,19 @@ function rejectHandshake(socket: Duplex, err: HandshakeError & { retryAfter?: nu
   if (err?.retryAfter) lines.push(`Retry-After: ${err.retryAfter}`);
   if (socket.writable) socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);
   else socket.destroy();
+}
+
+/** How long a data connection's authorization is remembered for the next ones of its tunnel. */
+const DATA_AUTH_TTL_MS = 1000;
+/** Credentials remembered per tunnel at most (an agent uses one). */
+const DATA_AUTH_MAX = 8;
+
+function dataAuthorized(authorized: Map<string, number>, credentials: string, now: number): boolean {
+  const until = authorized.get(credentials);
+  return until !== undefined && until > now;
+}
+
+function rememberDataAuth(authorized: Map<string, number>, credentials: string, now: number): void {
+  if (authorized.size >= DATA_AUTH_MAX) authorized.clear();
+  authorized.set(credentials, now + DATA_AUTH_TTL_MS);
 }
