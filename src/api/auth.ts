@@ -285,6 +285,10 @@ export class Auth {
   readonly #runnerTokenKeyShaped: boolean;
   /** key -> principal and when to look it up again; bounded by maxTrackedKeys. */
   readonly #cache = new Map<string, { principal: Principal; until: number }>();
+  /** key -> its store lookup in flight; an entry lives only as long as its query. */
+  readonly #lookups = new Map<string, Promise<Principal | null>>();
+  /** Counts forgetSession/forgetHost calls, so a lookup that spans one is not remembered. */
+  #forgets = 0;
 
   constructor(options: AuthOptions) {
     validateAuthOptions(options);
@@ -328,8 +332,24 @@ export class Auth {
     return undefined;
   }
 
-  /** A key-shaped key not remembered: the store's answer, remembered for cacheTtlMs. */
-  async #lookUp(key: string): Promise<Principal | null> {
+  /**
+   * A key-shaped key not remembered: the store's answer, remembered for cacheTtlMs. Calls that need
+   * the same key while its lookup runs share it, so a remembered key expiring under load costs one
+   * store query, not one per call in flight. A forget (revocation) while it runs makes later calls
+   * ask the store again, and the answer of the earlier lookup is not remembered.
+   */
+  #lookUp(key: string): Promise<Principal | null> {
+    const shared = this.#lookups.get(key);
+    if (shared) return shared;
+    const pending: Promise<Principal | null> = this.#lookUpInStore(key).finally(() => {
+      if (this.#lookups.get(key) === pending) this.#lookups.delete(key);
+    });
+    this.#lookups.set(key, pending);
+    return pending;
+  }
+
+  async #lookUpInStore(key: string): Promise<Principal | null> {
+    const forgets = this.#forgets;
     const found = await this.#store.apiKeys.findByHash(hashKey(key));
     if (!found) return null;
     const { key: record, user } = found;
@@ -337,7 +357,13 @@ export class Auth {
     if (record.expiresAt && record.expiresAt.getTime() <= now) return null;
     this.#touch(record.id);
     const principal = principalFor(record, user);
-    this.#remember(key, principal, record.expiresAt ? record.expiresAt.getTime() : Number.POSITIVE_INFINITY);
+    if (forgets === this.#forgets) {
+      this.#remember(
+        key,
+        principal,
+        record.expiresAt ? record.expiresAt.getTime() : Number.POSITIVE_INFINITY,
+      );
+    }
     return principal;
   }
 
@@ -347,8 +373,15 @@ export class Auth {
     this.#cache.set(key, { principal, until: Math.min(expiresAt, this.#now() + this.#cacheTtlMs) });
   }
 
+  /** Lookups in flight may have read a key being revoked: later calls do not share them. */
+  #forgetLookups(): void {
+    this.#forgets++;
+    this.#lookups.clear();
+  }
+
   /** Drops remembered principals of a session's keys (call when they are revoked). */
   forgetSession(sessionId: string): void {
+    this.#forgetLookups();
     for (const [key, entry] of this.#cache) {
       if (entry.principal.sessionId === sessionId) this.#cache.delete(key);
     }
@@ -356,6 +389,7 @@ export class Auth {
 
   /** Drops remembered principals of a host's keys (call when they are rotated or revoked). */
   forgetHost(hostId: string): void {
+    this.#forgetLookups();
     for (const [key, entry] of this.#cache) {
       if (entry.principal.hostId === hostId) this.#cache.delete(key);
     }
