@@ -1,6 +1,7 @@
 // Assembles the control plane's HTTP app: error handling, request logging, health (/healthz for
 // liveness, /readyz for readiness: the store answers), metrics, the
-// tunnel routes and the control-plane routes. The parts are built by the caller (server.ts) and
+// tunnel routes and the control-plane routes, in Fastify; and, ahead of Fastify on the same server,
+// the admin proxy (routes/admin-proxy.ts), which answers its hot path without it. The parts are built by the caller (server.ts) and
 // passed in, so tests can assemble an app around their own store or registry.
 
 import Fastify, { type FastifyInstance, LogController } from "fastify";
@@ -10,10 +11,14 @@ import type { ApiContext } from "./context.ts";
 import {
   answerClientError,
   answerFrameworkError,
+  type ClosingState,
   installErrorHandlers,
   refuseWhileClosing,
 } from "./error-handler.ts";
+import { frontedServer } from "./http-server.ts";
 import type { ApiMetrics } from "./metrics.ts";
+import { RequestLog } from "./request-log.ts";
+import { AdminProxy } from "./routes/admin-proxy.ts";
 import { controlPlaneRoutes } from "./routes/control-plane.ts";
 import { revdialRoutes } from "./routes/revdial.ts";
 import type { TunnelEndpoint } from "./tunnel/tunnel-endpoint.ts";
@@ -31,15 +36,20 @@ export interface AppParts {
 
 /**
  * Largest body of a JSON route (1 MiB). Routes that need more say so themselves: the clipboard
- * (10 MiB, external-agents.ts); the admin proxy streams its body under ctx.config.bodyLimit.
+ * (10 MiB, external-agents.ts); the admin proxy streams its body under ctx.config.bodyLimit
+ * (admin-proxy.ts).
  */
 export const JSON_BODY_LIMIT = 1024 * 1024;
 
 export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
   const { ctx, metrics } = parts;
+  const requestLog = new RequestLog({ logger: parts.logger, metrics });
+  const closing: ClosingState = { closing: false };
+  // The admin proxy, the hot path, answers on the raw server before Fastify sees the request.
+  const proxy = new AdminProxy({ ctx, requestLog, closing });
   const app = Fastify({
     loggerInstance: parts.logger,
-    // One line per request comes from logEveryRequest below, with the fields we want.
+    // One line per request comes from logEveryRequest below (request-log.ts), with the fields we want.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: JSON_BODY_LIMIT,
     requestIdHeader: false,
@@ -48,13 +58,14 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
     frameworkErrors: answerFrameworkError,
     clientErrorHandler: answerClientError,
     forceCloseConnections: "idle",
+    serverFactory: frontedServer(proxy.handle, parts.https),
     ...(parts.https ? { https: parts.https } : {}),
   }) as unknown as FastifyInstance;
   app.decorateRequest("principal", null);
   installErrorHandlers(app);
-  refuseWhileClosing(app);
+  refuseWhileClosing(app, closing);
   authenticateBeforeBody(app, ctx.auth);
-  logEveryRequest(app, metrics, parts.logger);
+  logEveryRequest(app, requestLog);
 
   // Liveness: the process answers. It never touches the store, so an outage does not get a
   // healthy server (and its live tunnels) restarted.
@@ -74,31 +85,23 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
   return app;
 }
 
-/**
- * One log line per request, with status and duration, and session_id / runner_id when the route
- * names one. Calls through the tunnel are hot: they log at debug so a load does not flood the log.
- */
-function logEveryRequest(app: FastifyInstance, metrics: ApiMetrics, logger: Logger): void {
+/** One log line and count per request Fastify answers (request-log.ts), with the route's ids. */
+function logEveryRequest(app: FastifyInstance, requestLog: RequestLog): void {
   app.addHook("onResponse", async (request, reply) => {
-    const route = request.routeOptions.url ?? "unmatched";
-    const status = reply.statusCode;
-    metrics.httpRequests.inc({ route, status: `${Math.floor(status / 100)}xx` });
-    const hot = route.includes("/proxy/");
-    const level = status >= 500 ? "warn" : hot ? "debug" : "info";
-    if (!logger.isLevelEnabled(level)) return;
     const params = (request.params ?? {}) as Record<string, string | undefined>;
-    const fields: Record<string, unknown> = {
-      method: request.method,
-      path: request.url.split("?")[0],
-      status,
-      duration_ms: Math.round(reply.elapsedTime * 100) / 100,
-    };
-    const sessionId = params.sessionID ?? params.sessionId ?? params.id;
-    if (sessionId?.startsWith("ses_")) {
-      fields.session_id = sessionId;
-      fields.runner_id = `sandbox-${sessionId}`;
-    }
-    if (params.runnerId) fields.runner_id = params.runnerId;
-    request.log[level](fields, "request");
+    const id = params.sessionID ?? params.sessionId ?? params.id;
+    const sessionId = id?.startsWith("ses_") ? id : undefined;
+    requestLog.record(
+      {
+        method: request.method,
+        url: request.url,
+        status: reply.statusCode,
+        durationMs: reply.elapsedTime,
+        route: request.routeOptions.url ?? "unmatched",
+        sessionId,
+        runnerId: params.runnerId || (sessionId ? `sandbox-${sessionId}` : undefined),
+      },
+      request.log,
+    );
   });
 }

@@ -14,10 +14,13 @@
 //
 // Authentication runs in Fastify's onRequest hook, before the body is read: an unauthenticated
 // request gets its 401 without the server reading (or buffering) what it sends, and its connection
-// is closed when a body is still on the way (see authenticateBeforeBody).
+// is closed when a body is still on the way (see authenticateBeforeBody). The admin proxy, which
+// answers ahead of Fastify (routes/admin-proxy.ts), does the same through authenticateKnown(),
+// which answers without a promise for a key whose lookup is remembered.
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { mkdir, rename, writeFile } from "node:fs/promises";
+import type { IncomingMessage } from "node:http";
 import { join } from "node:path";
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from "fastify";
 import { hasCode, InvalidOptionError } from "../common/errors.ts";
@@ -158,6 +161,15 @@ function notOwned(): ApiError {
 
 // ---- guards -----------------------------------------------------------------------------------
 
+/** The 401 for a request without a valid key: what was missing, or that the key was refused. */
+export function unauthenticated(headers: Record<string, string | string[] | undefined>): ApiError {
+  const message =
+    keyFromHeaders(headers) !== null
+      ? "invalid or expired API key"
+      : "API key required: send Authorization: Bearer KEY or X-API-Key: KEY";
+  return new ApiError(401, AUTH_ERROR_CODES.required, message);
+}
+
 /** The request's principal; 401 when the preHandler did not set one. */
 export function principalOf(request: FastifyRequest): Principal {
   const principal = request.principal;
@@ -273,6 +285,10 @@ export class Auth {
   readonly #runnerTokenKeyShaped: boolean;
   /** key -> principal and when to look it up again; bounded by maxTrackedKeys. */
   readonly #cache = new Map<string, { principal: Principal; until: number }>();
+  /** key -> its store lookup in flight; an entry lives only as long as its query. */
+  readonly #lookups = new Map<string, Promise<Principal | null>>();
+  /** Counts forgetSession/forgetHost calls, so a lookup that spans one is not remembered. */
+  #forgets = 0;
 
   constructor(options: AuthOptions) {
     validateAuthOptions(options);
@@ -289,6 +305,18 @@ export class Auth {
 
   /** The principal for a request's headers, or null when it carries no valid key. */
   async authenticate(headers: Record<string, string | string[] | undefined>): Promise<Principal | null> {
+    const known = this.authenticateKnown(headers);
+    if (known !== undefined) return known;
+    return this.#lookUp(keyFromHeaders(headers) as string);
+  }
+
+  /**
+   * authenticate() without a promise, when the answer needs no store: no key or one that cannot be
+   * a key (null), the runner token, or a key whose lookup is still remembered (cacheTtlMs).
+   * Undefined when only the store can tell: call authenticate(). The admin proxy's hot path uses it,
+   * so a remembered key costs no promise; a revoked key is refused as soon as authenticate() is.
+   */
+  authenticateKnown(headers: Record<string, string | string[] | undefined>): Principal | null | undefined {
     const key = keyFromHeaders(headers);
     if (!key) return null;
     const keyShaped = isKeyShaped(key);
@@ -298,17 +326,44 @@ export class Auth {
     if (mayBeRunnerToken && constantTimeEqual(key, this.#runnerToken as string))
       return RUNNER_TOKEN_PRINCIPAL;
     if (!keyShaped) return null;
-    const now = this.#now();
     // Looked up by the key as presented: hashing it on every call would cost more than the lookup.
     const cached = this.#cache.get(key);
-    if (cached && cached.until > now) return cached.principal;
+    if (cached && cached.until > this.#now()) return cached.principal;
+    return undefined;
+  }
+
+  /**
+   * A key-shaped key not remembered: the store's answer, remembered for cacheTtlMs. Calls that need
+   * the same key while its lookup runs share it, so a remembered key expiring under load costs one
+   * store query, not one per call in flight. A forget (revocation) while it runs makes later calls
+   * ask the store again, and the answer of the earlier lookup is not remembered.
+   */
+  #lookUp(key: string): Promise<Principal | null> {
+    const shared = this.#lookups.get(key);
+    if (shared) return shared;
+    const pending: Promise<Principal | null> = this.#lookUpInStore(key).finally(() => {
+      if (this.#lookups.get(key) === pending) this.#lookups.delete(key);
+    });
+    this.#lookups.set(key, pending);
+    return pending;
+  }
+
+  async #lookUpInStore(key: string): Promise<Principal | null> {
+    const forgets = this.#forgets;
     const found = await this.#store.apiKeys.findByHash(hashKey(key));
     if (!found) return null;
     const { key: record, user } = found;
+    const now = this.#now();
     if (record.expiresAt && record.expiresAt.getTime() <= now) return null;
     this.#touch(record.id);
     const principal = principalFor(record, user);
-    this.#remember(key, principal, record.expiresAt ? record.expiresAt.getTime() : Number.POSITIVE_INFINITY);
+    if (forgets === this.#forgets) {
+      this.#remember(
+        key,
+        principal,
+        record.expiresAt ? record.expiresAt.getTime() : Number.POSITIVE_INFINITY,
+      );
+    }
     return principal;
   }
 
@@ -318,8 +373,15 @@ export class Auth {
     this.#cache.set(key, { principal, until: Math.min(expiresAt, this.#now() + this.#cacheTtlMs) });
   }
 
+  /** Lookups in flight may have read a key being revoked: later calls do not share them. */
+  #forgetLookups(): void {
+    this.#forgets++;
+    this.#lookups.clear();
+  }
+
   /** Drops remembered principals of a session's keys (call when they are revoked). */
   forgetSession(sessionId: string): void {
+    this.#forgetLookups();
     for (const [key, entry] of this.#cache) {
       if (entry.principal.sessionId === sessionId) this.#cache.delete(key);
     }
@@ -327,6 +389,7 @@ export class Auth {
 
   /** Drops remembered principals of a host's keys (call when they are rotated or revoked). */
   forgetHost(hostId: string): void {
+    this.#forgetLookups();
     for (const [key, entry] of this.#cache) {
       if (entry.principal.hostId === hostId) this.#cache.delete(key);
     }
@@ -339,14 +402,10 @@ export class Auth {
    * to reuse the connection.
    */
   readonly preHandler = async (request: FastifyRequest, reply?: FastifyReply): Promise<void> => {
-    const hadKey = keyFromHeaders(request.headers) !== null;
     request.principal = await this.authenticate(request.headers);
     if (!request.principal) {
-      const message = hadKey
-        ? "invalid or expired API key"
-        : "API key required: send Authorization: Bearer KEY or X-API-Key: KEY";
-      if (reply && hasUnreadBody(request)) reply.header("connection", "close");
-      throw new ApiError(401, AUTH_ERROR_CODES.required, message);
+      if (reply && hasUnreadBody(request.raw)) reply.header("connection", "close");
+      throw unauthenticated(request.headers);
     }
   };
 
@@ -492,9 +551,11 @@ function principalFor(
   return { ...base, admin: user.admin, scope: user.admin ? "admin" : "user" };
 }
 
-/** True when the request announced a body that has not fully arrived. */
-function hasUnreadBody(request: FastifyRequest): boolean {
-  const raw = request.raw;
+/**
+ * True when the request announced a body that has not fully arrived. A refusal sent then carries
+ * `Connection: close`, so Node does not read that body to reuse the connection.
+ */
+export function hasUnreadBody(raw: IncomingMessage): boolean {
   if (raw.complete) return false;
   const length = Number(raw.headers["content-length"] ?? 0);
   return length > 0 || raw.headers["transfer-encoding"] !== undefined;

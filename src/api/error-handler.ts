@@ -50,23 +50,38 @@ export function answerFrameworkError(err: Error, _request: FastifyRequest, reply
   reply.code(statusOf(err)).send(errorBody(err));
 }
 
+/** Whether the app is closing: set by refuseWhileClosing, read by handlers outside Fastify too. */
+export interface ClosingState {
+  closing: boolean;
+}
+
+/** 503 RD_ERR_SHUTTING_DOWN, with Retry-After: 1, for a request that arrives while the server closes. */
+export function shuttingDown(): ApiError {
+  return new ApiError(503, "RD_ERR_SHUTTING_DOWN", "the server is shutting down; retry", {
+    retryAfterSeconds: 1,
+  });
+}
+
 /**
  * Requests that arrive while the server closes get 503 RD_ERR_SHUTTING_DOWN in the usual shape,
  * with Retry-After and Connection: close (Fastify's return503OnClosing answers in its own shape, so
  * the app turns it off and installs this instead). Register it before any other onRequest hook.
+ * `state.closing` turns true when the app starts closing; handlers that answer outside Fastify (the
+ * admin proxy) read it to refuse the same way.
  */
-export function refuseWhileClosing(app: FastifyInstance): void {
-  let closing = false;
+export function refuseWhileClosing(
+  app: FastifyInstance,
+  state: ClosingState = { closing: false },
+): ClosingState {
   app.addHook("preClose", async () => {
-    closing = true;
+    state.closing = true;
   });
   app.addHook("onRequest", async (_request, reply) => {
-    if (!closing) return;
+    if (!state.closing) return;
     reply.header("connection", "close");
-    throw new ApiError(503, "RD_ERR_SHUTTING_DOWN", "the server is shutting down; retry", {
-      retryAfterSeconds: 1,
-    });
+    throw shuttingDown();
   });
+  return state;
 }
 
 const CLIENT_ERRORS: Readonly<Record<string, { status: number; reason: string; message: string }>> =

@@ -1,6 +1,6 @@
 // Prometheus metrics of the control plane, on a registry owned by the app (not prom-client's global
 // one, so two servers in one process, as in tests, do not collide). The tunnel registry reports
-// through the RegistryObserver hooks; HTTP requests through an onResponse hook.
+// through the RegistryObserver hooks; HTTP requests through countRequest (request-log.ts).
 
 import client from "prom-client";
 import type { EndpointCounters } from "./tunnel/tunnel-endpoint.ts";
@@ -17,6 +17,8 @@ export class ApiMetrics {
   readonly graceWaits: client.Counter;
   readonly httpRequests: client.Counter;
   #byteSources: Array<() => { in: number; out: number }> = [];
+  /** route -> requests answered since the last scrape, by status class (index 1-5: 1xx-5xx). */
+  readonly #answered = new Map<string, number[]>();
 
   constructor(tunnelCount: () => number) {
     const registers = [this.registry];
@@ -77,12 +79,35 @@ export class ApiMetrics {
       labelNames: ["outcome"],
       registers,
     });
+    const answered = this.#answered;
     this.httpRequests = new client.Counter({
       name: "revdial_http_requests_total",
       help: "HTTP requests answered, by route and status class",
       labelNames: ["route", "status"],
       registers,
+      collect() {
+        for (const [route, byClass] of answered) {
+          for (let c = 1; c < byClass.length; c++) {
+            if (byClass[c] === 0) continue;
+            this.inc({ route, status: `${c}xx` }, byClass[c]);
+            byClass[c] = 0;
+          }
+        }
+      },
     });
+  }
+
+  /**
+   * Counts one answered request in revdial_http_requests_total. Called on the hot path, so it only
+   * adds to a plain array; the counter is brought up to date when /metrics is read.
+   */
+  countRequest(route: string, status: number): void {
+    let byClass = this.#answered.get(route);
+    if (!byClass) {
+      byClass = [0, 0, 0, 0, 0, 0];
+      this.#answered.set(route, byClass);
+    }
+    byClass[Math.min(5, Math.max(1, Math.floor(status / 100)))]++;
   }
 
   /**

@@ -21,7 +21,7 @@
 // `handshakeMs`. Memory: per user, at most `tunnels` runner ids, and one counter while calls are in
 // flight.
 
-import type { FastifyReply } from "fastify";
+import type { ServerResponse } from "node:http";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { SessionStatus, Store } from "../store/index.ts";
 import type { Principal, RunnerGrant } from "./auth.ts";
@@ -98,6 +98,8 @@ export interface QuotaOptions {
 }
 
 const OPTION_DEFAULTS = Object.freeze({ handshakeMs: 10_000 });
+
+function noRelease(): void {}
 
 const UNENDED: readonly SessionStatus[] = Object.freeze(["pending", "starting", "running", "stopping"]);
 const ON_A_SLOT: readonly SessionStatus[] = Object.freeze(["starting", "running"]);
@@ -221,17 +223,14 @@ export class Quotas {
 
   /**
    * Takes one call slot of the principal's user; returns its release (idempotent). Principals
-   * without a user are not counted. When refused, sets Retry-After on `reply` (when given) and
-   * throws QuotaExceededError.
+   * without a user are not counted. When refused, throws QuotaExceededError (its retryAfterSeconds
+   * becomes the answer's Retry-After).
    */
-  acquireCall(principal: Principal | null, reply?: FastifyReply): () => void {
+  acquireCall(principal: Principal | null): () => void {
     const userId = principal?.userId;
-    if (!userId) return () => {};
+    if (!userId) return noRelease;
     const inFlight = this.#calls.get(userId) ?? 0;
-    if (inFlight >= this.limits.calls) {
-      reply?.header("retry-after", String(QUOTA_RETRY_AFTER_SECONDS.calls));
-      throw new QuotaExceededError("calls", this.limits.calls);
-    }
+    if (inFlight >= this.limits.calls) throw new QuotaExceededError("calls", this.limits.calls);
     this.#calls.set(userId, inFlight + 1);
     let released = false;
     return () => {
@@ -244,14 +243,14 @@ export class Quotas {
   }
 
   /**
-   * acquireCall for the life of a reply: the slot is released when the answer has been sent or the
-   * client went away, whichever comes first.
+   * acquireCall for the life of a response: the slot is released when the answer has been sent or
+   * the client went away, whichever comes first.
    */
-  holdCallFor(principal: Principal | null, reply: FastifyReply): void {
-    const release = this.acquireCall(principal, reply);
-    reply.raw.once("close", release);
+  holdCallFor(principal: Principal | null, res: ServerResponse): void {
+    const release = this.acquireCall(principal);
+    res.once("close", release);
     // A client gone before this point emitted its close already.
-    if (reply.raw.destroyed || reply.raw.socket?.destroyed) release();
+    if (res.destroyed || res.socket?.destroyed) release();
   }
 
   /** Calls in flight for a user (for tests and metrics). */

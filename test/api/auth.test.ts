@@ -1,5 +1,6 @@
-// Auth: keys from headers, the 401 shape through real HTTP, who may register which runner id
-// (from the attacker's side), session visibility, and the first admin key.
+// Auth: keys from headers, the 401 shape through real HTTP, remembered keys (no promise, one store
+// lookup for calls in flight), who may register which runner id (from the attacker's side),
+// session visibility, and the first admin key.
 
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm, stat, unlink } from "node:fs/promises";
@@ -105,6 +106,45 @@ describe("auth", () => {
     await auth.authenticate(bearer(apiKey));
     await settle();
     assert.ok(((await lastUsed())?.getTime() ?? 0) > first.getTime());
+  });
+
+  it("a remembered key answers without a promise; calls in flight share one store lookup", async () => {
+    const { apiKey } = await auth.createUserKey(alice.id);
+    const keys = store.apiKeys;
+    const findByHash = keys.findByHash.bind(keys);
+    let lookups = 0;
+    keys.findByHash = (hash: string) => {
+      lookups++;
+      return findByHash(hash);
+    };
+    try {
+      assert.equal(auth.authenticateKnown(bearer(apiKey)), undefined, "not yet looked up");
+      assert.equal(auth.authenticateKnown({}), null);
+      assert.equal(auth.authenticateKnown(bearer(RUNNER_TOKEN))?.scope, "runner");
+      const all = await Promise.all(Array.from({ length: 20 }, () => auth.authenticate(bearer(apiKey))));
+      assert.equal(lookups, 1, "20 calls in flight, one lookup");
+      assert.ok(all.every((p) => p?.userId === alice.id));
+      assert.equal(auth.authenticateKnown(bearer(apiKey))?.userId, alice.id, "remembered");
+      now += 10_000;
+      // A revocation while a lookup runs: calls after it do not share that lookup, and its answer
+      // is not remembered.
+      const early = auth.authenticate(bearer(apiKey));
+      auth.forgetSession("ses_any");
+      const late = auth.authenticate(bearer(apiKey));
+      assert.ok((await early) && (await late));
+      assert.equal(lookups, 3, "the call after the revocation asked the store itself");
+      now += 10_000;
+      const spanning = auth.authenticate(bearer(apiKey));
+      auth.forgetHost("any-host");
+      assert.ok(await spanning);
+      assert.equal(
+        auth.authenticateKnown(bearer(apiKey)),
+        undefined,
+        "a lookup across a revocation is not kept",
+      );
+    } finally {
+      keys.findByHash = findByHash;
+    }
   });
 
   describe("authorizeRunner, from the attacker's side", () => {

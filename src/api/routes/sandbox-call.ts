@@ -34,7 +34,7 @@ export function callSandbox(
   sessionId: string,
   req: Omit<TunnelRequest, "timeoutMs" | "signal">,
 ): Promise<TunnelResponse> {
-  ctx.quotas.holdCallFor(reply.request.principal, reply);
+  ctx.quotas.holdCallFor(reply.request.principal, reply.raw);
   const controller = new AbortController();
   reply.raw.once("close", () => {
     if (!reply.raw.writableFinished) controller.abort();

@@ -1,0 +1,44 @@
+// The listening server: node:http, or node:https with the server's certificate, made with the
+// settings Fastify gives its own (keep-alive, request and connection timeouts), where every request
+// is first offered to a front handler that answers outside Fastify, and goes to Fastify untouched
+// when that handler does not take it. The admin proxy is that handler (routes/admin-proxy.ts): the
+// hot path, where Fastify's per-request work would cost more than the rest of the API's. Upgrades,
+// client errors and close() are the server's as before: Fastify attaches to this server as to its own.
+
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import https from "node:https";
+import type { FastifyServerFactory } from "fastify";
+
+/** Answers the request and returns true, or returns false (and touches nothing) to leave it to Fastify. */
+export type FrontHandler = (req: IncomingMessage, res: ServerResponse) => boolean;
+
+/** The Fastify settings this server takes over, from Fastify's resolved options (its defaults set). */
+interface ServerSettings {
+  keepAliveTimeout: number;
+  requestTimeout: number;
+  connectionTimeout: number;
+  maxRequestsPerSocket: number;
+}
+
+/**
+ * Fastify's `serverFactory`: the server for `tls` (null for plain HTTP), with `front` ahead of
+ * Fastify's handler.
+ */
+export function frontedServer(
+  front: FrontHandler,
+  tls: { key: Buffer; cert: Buffer } | null | undefined,
+): FastifyServerFactory {
+  return (fastify, opts) => {
+    const handler = (req: IncomingMessage, res: ServerResponse): void => {
+      if (!front(req, res)) fastify(req, res);
+    };
+    const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
+    // As Fastify sets up the server it makes itself (fastify/lib/server.js).
+    const settings = opts as unknown as ServerSettings;
+    server.keepAliveTimeout = settings.keepAliveTimeout;
+    server.requestTimeout = settings.requestTimeout;
+    server.setTimeout(settings.connectionTimeout);
+    if (settings.maxRequestsPerSocket > 0) server.maxRequestsPerSocket = settings.maxRequestsPerSocket;
+    return server;
+  };
+}
