@@ -225,7 +225,12 @@ const masks = new MaskPool();
  * One frame as buffers to write in order. `mask`: the client's side, which must mask; the payload
  * buffers are then masked IN PLACE (no copy, no allocation per byte): the caller hands them over.
  */
-export function encodeWsFrame(opcode: number, payload: readonly Buffer[], length: number, mask: boolean): Buffer[] {
+export function encodeWsFrame(
+  opcode: number,
+  payload: readonly Buffer[],
+  length: number,
+  mask: boolean,
+): Buffer[] {
   const ext = length < 126 ? 0 : length < 65536 ? 2 : 8;
   const head = Buffer.allocUnsafe(2 + ext + (mask ? 4 : 0));
   head[0] = 0x80 | opcode;
