@@ -7,6 +7,7 @@ import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Logger } from "../common/logger.ts";
+import { pump } from "../common/pump.ts";
 import { BODY_END_HEADER } from "../tunnel/constants.ts";
 import { copyEndToEnd } from "../tunnel/headers.ts";
 import { formatTargetAddress, type TargetAddress, type TargetMap } from "./target-map.ts";
@@ -92,7 +93,7 @@ export class TargetProxy {
       if (length <= SMALL_BODY) sendWhole(stream, h, res);
       else {
         stream.respond(h);
-        pump(res, stream);
+        pump(res, stream, STREAM_BUFFER);
       }
     });
     req.on("error", (err) => {
@@ -172,23 +173,6 @@ function sendWhole(
     stream.respond(headers);
     stream.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
   });
-}
-
-/**
- * Copies a large answer into the stream with a bounded buffer of STREAM_BUFFER bytes. A plain pipe
- * pauses the source at the HTTP/2 stream's 16 KiB high-water mark, i.e. after every chunk the target
- * sends, and the round trip through the event loop per chunk caps a single call's throughput.
- */
-function pump(source: http.IncomingMessage, stream: ServerHttp2Stream): void {
-  source.on("data", (chunk: Buffer) => {
-    stream.write(chunk);
-    if (stream.writableLength >= STREAM_BUFFER && !source.isPaused()) {
-      source.pause();
-      stream.once("drain", () => source.resume());
-    }
-  });
-  source.once("end", () => stream.end());
-  stream.once("close", () => source.destroy());
 }
 
 function respondError(stream: ServerHttp2Stream, status: number, message: string): void {

@@ -27,6 +27,7 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { type Readable, Transform, type TransformCallback } from "node:stream";
 import type { Logger } from "../../common/logger.ts";
+import { pump } from "../../common/pump.ts";
 import { RUNNER_ID_PATTERN } from "../../tunnel/constants.ts";
 import { BodyTooLargeError, TunnelAbortedError, TunnelStreamError } from "../../tunnel/errors.ts";
 import { copyEndToEnd } from "../../tunnel/headers.ts";
@@ -42,6 +43,9 @@ import { readBounded } from "./sandbox-call.ts";
 export const PROXY_ROUTE = "/api/v1/revdial/:runnerId/proxy/*";
 const PROXY_PREFIX = "/api/v1/revdial/";
 const PROXY_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]);
+/** Bytes of a large answer buffered towards the caller before the tunnel stream is paused (pump.ts). */
+const ANSWER_BUFFER = 1024 * 1024;
+
 /** Answers up to this size leave in one write, not as a piped stream (most calls are small). */
 const SMALL_ANSWER = 64 * 1024;
 const JSON_TYPE = "application/json; charset=utf-8";
@@ -317,7 +321,7 @@ class ProxyCall {
     res.statusCode = status;
     for (const name in headers) res.setHeader(name, headers[name]);
     body.once("error", (err) => this.fail(err, logger));
-    body.pipe(res);
+    pump(body, res, ANSWER_BUFFER);
   }
 
   /**
