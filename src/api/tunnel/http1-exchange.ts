@@ -20,6 +20,7 @@ import { MUX_CODE } from "../../tunnel/mux-frames.ts";
 import type { MuxStream } from "../../tunnel/mux-session.ts";
 import type { TunnelRequest, TunnelResponse } from "../../tunnel/types.ts";
 import { Http1ResponseParser, type ResponseHead } from "./http1-parser.ts";
+import { type BodyFraming, LAST_CHUNK, requestHead } from "./http1-request.ts";
 
 /** A body given whole up to this size leaves in the same write as the head. */
 const COALESCE_BODY = 16 * 1024;
@@ -99,39 +100,37 @@ export class Http1Exchange {
     const body = req.body;
     const headers = copyEndToEnd(req.headers);
     delete headers.expect;
-    let head = `${req.method.toUpperCase()} ${req.path.startsWith("/") ? req.path : `/${req.path}`} HTTP/1.1\r\nhost: ${this.#o.host}\r\n`;
-    checkToken(req.method, req.path);
-    let chunked = false;
+    let framing: BodyFraming = "none";
     let whole: Buffer | null = null;
-    if (body == null) delete headers["content-length"];
-    else if (typeof body === "string" || Buffer.isBuffer(body)) {
+    if (typeof body === "string" || Buffer.isBuffer(body)) {
       whole = typeof body === "string" ? Buffer.from(body) : body;
       headers["content-length"] = String(whole.length);
-    } else if (headers["content-length"] === undefined) chunked = true;
-    for (const name in headers) {
-      const value = headers[name];
-      if (Array.isArray(value)) for (const v of value) head += headerLine(name, v);
-      else head += headerLine(name, value);
-    }
-    if (chunked) head += "transfer-encoding: chunked\r\n";
-    head += "\r\n";
-    if (whole === null || whole.length === 0) {
-      this.#stream.write(Buffer.from(head, "latin1"));
-      if (body == null || whole !== null) this.#requestDone = true;
-      else this.#pipeBody(body as Readable, chunked, Number(headers["content-length"] ?? -1));
-      return;
-    }
-    if (whole.length <= COALESCE_BODY) {
-      const h = Buffer.byteLength(head, "latin1");
+      framing = "length";
+    } else if (body != null) framing = headers["content-length"] === undefined ? "chunked" : "length";
+    const path = req.path.startsWith("/") ? req.path : `/${req.path}`;
+    const text = requestHead(
+      req.method.toUpperCase(),
+      path,
+      headers,
+      { framing, length: whole?.length },
+      {
+        host: this.#o.host,
+        keepAlive: true,
+      },
+    );
+    if (text instanceof Error) throw new TunnelStreamError(this.#o.runnerId, text.message);
+    const h = Buffer.byteLength(text, "latin1");
+    if (whole !== null && whole.length > 0 && whole.length <= COALESCE_BODY) {
       const out = Buffer.allocUnsafe(h + whole.length);
-      out.write(head, 0, "latin1");
+      out.write(text, 0, "latin1");
       whole.copy(out, h);
       this.#stream.write(out);
     } else {
-      this.#stream.write(Buffer.from(head, "latin1"));
-      this.#stream.write(whole);
+      this.#stream.write(Buffer.from(text, "latin1"));
+      if (whole !== null && whole.length > 0) this.#stream.write(whole);
     }
-    this.#requestDone = true;
+    if (body == null || whole !== null) this.#requestDone = true;
+    else this.#pipeBody(body as Readable, framing === "chunked", Number(headers["content-length"] ?? -1));
   }
 
   /** Streams a request body; `length` >= 0 is the caller's Content-Length, which must be met exactly. */
@@ -296,16 +295,3 @@ class ResponseBody extends Readable {
 }
 
 const CRLF = Buffer.from("\r\n");
-const LAST_CHUNK = Buffer.from("0\r\n\r\n");
-
-function headerLine(name: string, value: string): string {
-  const v = String(value);
-  if (/[\r\n\0]/.test(v) || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name))
-    throw new TypeError(`invalid header ${JSON.stringify(name)}`);
-  return `${name}: ${v}\r\n`;
-}
-
-function checkToken(method: string, path: string): void {
-  if (!/^[A-Za-z]+$/.test(method)) throw new TypeError(`invalid method ${JSON.stringify(method)}`);
-  if (/[\s\0]/.test(path)) throw new TypeError("invalid request path");
-}

@@ -1,5 +1,5 @@
-// A streaming parser of HTTP/1.1 responses, for the API's own client over v3 streams
-// (http1-exchange.ts). It parses the head only; body bytes are handed on as slices of what arrived
+// A streaming parser of HTTP/1.1 responses, for the API's own HTTP clients: over v3 streams
+// (http1-exchange.ts) and over v1 data connections (legacy-exchange.ts). It parses the head only; body bytes are handed on as slices of what arrived
 // (chunked framing removed), never gathered. No socket needed: tested on bytes.
 //
 // Why our own: Node's http.request costs tens of microseconds per call in agent, socket and stream
@@ -11,6 +11,7 @@
 // - Bounds: a head of at most MAX_HEAD bytes, chunk-size and trailer lines of at most MAX_LINE.
 
 export const MAX_HEAD = 64 * 1024;
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const MAX_LINE = 8 * 1024;
 
 export type BodyKind = "none" | "length" | "chunked" | "close";
@@ -18,7 +19,7 @@ export type BodyKind = "none" | "length" | "chunked" | "close";
 export interface ResponseHead {
   status: number;
   statusMessage: string;
-  /** Lower-case names; a repeated header is an array. */
+  /** Lower-case names; a repeated header is joined with ", " (Set-Cookie: a list), as Node does. */
   headers: Record<string, string | string[]>;
   bodyKind: BodyKind;
   /** The connection may carry another request after this answer. */
@@ -104,21 +105,26 @@ export class Http1ResponseParser {
   end(): void {
     if (this.#failed || this.#state === "done") return;
     if (this.#state === "close") this.#finish();
-    else this.#fail(this.#state === "head" ? "connection closed before a response" : "response cut short");
+    else
+      this.#fail(
+        this.#state === "head"
+          ? "the connection ended before the response head"
+          : "the connection ended in the middle of the body",
+      );
   }
 
   #readHead(chunk: Buffer, off: number): number {
     const data = this.#pending ? Buffer.concat([this.#pending, chunk.subarray(off)]) : chunk.subarray(off);
     const end = data.indexOf("\r\n\r\n");
     if (end < 0) {
-      if (data.length > MAX_HEAD) this.#fail(`response head over ${MAX_HEAD} bytes`);
+      if (data.length > MAX_HEAD) this.#fail(`response head too large (over ${MAX_HEAD} bytes)`);
       else this.#pending = Buffer.from(data);
       return chunk.length;
     }
     const consumedFromChunk = end + 4 - (this.#pending ? this.#pending.length : 0);
     this.#pending = null;
     if (end + 4 > MAX_HEAD) {
-      this.#fail(`response head over ${MAX_HEAD} bytes`);
+      this.#fail(`response head too large (over ${MAX_HEAD} bytes)`);
       return chunk.length;
     }
     this.#parseHead(data.toString("latin1", 0, end));
@@ -129,7 +135,7 @@ export class Http1ResponseParser {
     const lines = text.split("\r\n");
     const m = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0]);
     if (!m) {
-      this.#fail(`not an HTTP/1.x status line: ${JSON.stringify(lines[0].slice(0, 80))}`);
+      this.#fail(`invalid status line ${JSON.stringify(lines[0].slice(0, 80))}`);
       return;
     }
     const minor = Number(m[1]);
@@ -139,15 +145,23 @@ export class Http1ResponseParser {
       const line = lines[i];
       const colon = line.indexOf(":");
       if (colon <= 0 || line[0] === " " || line[0] === "\t") {
-        this.#fail(`malformed header line: ${JSON.stringify(line.slice(0, 80))}`);
+        this.#fail(`invalid header line ${JSON.stringify(line.slice(0, 80))}`);
         return;
       }
-      const name = line.slice(0, colon).trim().toLowerCase();
+      const name = line.slice(0, colon).toLowerCase();
+      if (!TOKEN.test(name)) {
+        this.#fail(`invalid header name ${JSON.stringify(name.slice(0, 80))}`);
+        return;
+      }
       const value = line.slice(colon + 1).trim();
       const had = headers[name];
-      if (had === undefined) headers[name] = value;
+      if (had === undefined) headers[name] = name === "set-cookie" ? [value] : value;
       else if (Array.isArray(had)) had.push(value);
-      else headers[name] = [had, value];
+      else if (name !== "content-length") headers[name] = `${had}, ${value}`;
+      else if (had !== value) {
+        this.#fail("conflicting Content-Length");
+        return;
+      }
     }
     if (status >= 100 && status < 200) {
       if (status === 101) {

@@ -1,5 +1,5 @@
 // One v1 request() (legacy-tunnel.ts): its dial, its request written on the data connection, and its
-// response read back (http1-wire.ts). Its own file because it is the per-call state machine:
+// response read back (http1-parser.ts). Its own file because it is the per-call state machine:
 // one deadline covers the dial and the response head; the AbortSignal holds until the body has
 // ended; the data connection is ended once the response is complete and cut on any failure.
 
@@ -7,7 +7,8 @@ import { Readable } from "node:stream";
 import { TunnelAbortedError, TunnelStreamError, TunnelTimeoutError } from "../../tunnel/errors.ts";
 import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { TunnelResponse } from "../../tunnel/types.ts";
-import { chunkFrame, LAST_CHUNK, ResponseReader } from "./http1-wire.ts";
+import { Http1ResponseParser } from "./http1-parser.ts";
+import { chunkFrame, LAST_CHUNK } from "./http1-request.ts";
 import type { WsDataConnection } from "./ws-data-connection.ts";
 
 /** Bodies up to this size leave in the same frame as the request head. */
@@ -77,14 +78,20 @@ export class LegacyExchange {
     const o = this.#o;
     o.tunnel.endDial(this.#reqId);
     this.#conn = conn;
-    const reader = new ResponseReader(o.method, {
-      head: (head) => this.#onHead(head.status, head.headers),
-      body: (chunk) => {
-        if (this.#body && !this.#body.push(chunk)) conn.pause();
+    const reader = new Http1ResponseParser(
+      {
+        head: (head) => this.#onHead(head.status, head.headers),
+        body: (chunk) => {
+          if (this.#body && !this.#body.push(chunk)) conn.pause();
+        },
+        complete: () => this.#onEnd(),
+        error: (message) =>
+          this.#fail(
+            new TunnelStreamError(o.runnerId, `invalid response from the agent's target: ${message}`),
+          ),
       },
-      end: () => this.#onEnd(),
-      error: (err) => this.#fail(new TunnelStreamError(o.runnerId, err.message, { cause: err })),
-    });
+      o.method.toUpperCase() === "HEAD",
+    );
     conn.attach({
       data: (chunk) => reader.push(chunk),
       drain: () => o.stream?.resume(),

@@ -31,7 +31,7 @@ import {
 import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
-import { type BodyFraming, requestHead } from "./http1-wire.ts";
+import { type BodyFraming, requestHead } from "./http1-request.ts";
 import type { LegacyControl } from "./legacy-control.ts";
 import { type Dial, type ExchangeHost, LegacyExchange } from "./legacy-exchange.ts";
 import { WsDataConnection } from "./ws-data-connection.ts";
@@ -319,7 +319,15 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
       body == null ? "none" : typeof body === "string" || Buffer.isBuffer(body) ? "length" : "chunked";
     const inline = typeof body === "string" ? Buffer.from(body) : Buffer.isBuffer(body) ? body : null;
     const streamed = framing === "chunked" && headers["content-length"] !== undefined ? "length" : framing;
-    const head = requestHead(req.method, req.path, headers, { framing: streamed, length: inline?.length });
+    // One exchange per data connection (PROTOCOL.md v1): Connection: close, and the Go client's
+    // local address as the Host it always had.
+    const head = requestHead(
+      req.method,
+      req.path,
+      headers,
+      { framing: streamed, length: inline?.length },
+      { host: "localhost:9876", keepAlive: false },
+    );
     if (head instanceof Error) return Promise.reject(new TunnelStreamError(this.runnerId, head.message));
     return new Promise<TunnelResponse>((resolve, reject) => {
       new LegacyExchange({

@@ -1,4 +1,4 @@
-// The HTTP/1.1 codec of v1 data connections, on bytes: the request head (what reaches the target,
+// The HTTP/1.1 codec of the API's own clients (v3 streams and v1 data connections), on bytes: the request head (what reaches the target,
 // and what a caller may not inject), and the response reader fed every answer both whole and one
 // byte at a time (a data connection splits bytes anywhere): chunked, Content-Length, to the end of
 // the connection, HEAD/204/304 without a body, interim 1xx skipped, repeated headers, and the
@@ -6,18 +6,19 @@
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import {
-  chunkFrame,
-  LAST_CHUNK,
-  MAX_HEAD_BYTES,
-  type ResponseHead,
-  ResponseReader,
-  requestHead,
-} from "../../src/api/tunnel/http1-wire.ts";
+import { Http1ResponseParser, MAX_HEAD, type ResponseHead } from "../../src/api/tunnel/http1-parser.ts";
+import { chunkFrame, LAST_CHUNK, requestHead } from "../../src/api/tunnel/http1-request.ts";
+
+/** The head as a v1 data connection sends it: one exchange, the Go client's address as Host. */
+function v1Head(
+  ...args: [string, string, Record<string, string | string[]>, Parameters<typeof requestHead>[3]]
+) {
+  return requestHead(...args, { host: "localhost:9876", keepAlive: false });
+}
 
 describe("the request head", () => {
   test("method, path, host and Connection: close, the headers, and the body's framing", () => {
-    const head = requestHead(
+    const head = v1Head(
       "POST",
       "/a?b=1",
       { "x-one": "1", "set-thing": ["a", "b"] },
@@ -29,31 +30,38 @@ describe("the request head", () => {
         "set-thing: b\r\ncontent-length: 5\r\n\r\n",
     );
     assert.match(
-      requestHead("PUT", "/", {}, { framing: "chunked" }) as string,
+      v1Head("PUT", "/", {}, { framing: "chunked" }) as string,
       /transfer-encoding: chunked\r\n\r\n$/,
     );
-    assert.match(requestHead("POST", "/", {}, { framing: "none" }) as string, /content-length: 0\r\n\r\n$/);
-    assert.doesNotMatch(requestHead("GET", "/", {}, { framing: "none" }) as string, /content-length/);
+    assert.match(v1Head("POST", "/", {}, { framing: "none" }) as string, /content-length: 0\r\n\r\n$/);
+    assert.doesNotMatch(v1Head("GET", "/", {}, { framing: "none" }) as string, /content-length/);
+  });
+
+  test("on a v3 stream: the agent's Host and no Connection: close (the connection is kept)", () => {
+    assert.equal(
+      requestHead("GET", "/x", {}, { framing: "none" }, { host: "127.0.0.1:9876", keepAlive: true }),
+      "GET /x HTTP/1.1\r\nhost: 127.0.0.1:9876\r\n\r\n",
+    );
   });
 
   test("a caller's Content-Length is kept only for a body of that length", () => {
     assert.match(
-      requestHead("POST", "/", { "content-length": "3" }, { framing: "length" }) as string,
+      v1Head("POST", "/", { "content-length": "3" }, { framing: "length" }) as string,
       /content-length: 3\r\n\r\n$/,
     );
     assert.doesNotMatch(
-      requestHead("POST", "/", { "content-length": "3" }, { framing: "chunked" }) as string,
+      v1Head("POST", "/", { "content-length": "3" }, { framing: "chunked" }) as string,
       /content-length/,
     );
   });
 
   test("line breaks in a header value, a bad header name, method or path are refused", () => {
     for (const bad of [
-      requestHead("GET", "/", { "x-a": "v\r\nx-injected: 1" }, { framing: "none" }),
-      requestHead("GET", "/", { "bad name": "v" }, { framing: "none" }),
-      requestHead("GE T", "/", {}, { framing: "none" }),
-      requestHead("GET", "/a b", {}, { framing: "none" }),
-      requestHead("GET", "no-slash", {}, { framing: "none" }),
+      v1Head("GET", "/", { "x-a": "v\r\nx-injected: 1" }, { framing: "none" }),
+      v1Head("GET", "/", { "bad name": "v" }, { framing: "none" }),
+      v1Head("GE T", "/", {}, { framing: "none" }),
+      v1Head("GET", "/a b", {}, { framing: "none" }),
+      v1Head("GET", "no-slash", {}, { framing: "none" }),
     ])
       assert.ok(bad instanceof Error);
   });
@@ -74,22 +82,25 @@ interface Read {
 /** Feeds `bytes` to a reader (whole, or byte by byte), then the connection's end when `eof`. */
 function read(method: string, bytes: string, split: boolean, eof = true): Read {
   const out: Read = { head: null, body: "", ended: false, error: null };
-  const reader = new ResponseReader(method, {
-    head: (h) => {
-      assert.equal(out.head, null, "one head");
-      out.head = h;
+  const reader = new Http1ResponseParser(
+    {
+      head: (h) => {
+        assert.equal(out.head, null, "one head");
+        out.head = h;
+      },
+      body: (c) => {
+        out.body += c.toString("latin1");
+      },
+      complete: () => {
+        assert.equal(out.ended, false, "one end");
+        out.ended = true;
+      },
+      error: (message) => {
+        out.error ??= message;
+      },
     },
-    body: (c) => {
-      out.body += c.toString("latin1");
-    },
-    end: () => {
-      assert.equal(out.ended, false, "one end");
-      out.ended = true;
-    },
-    error: (e) => {
-      out.error = e.message;
-    },
-  });
+    method === "HEAD",
+  );
   const buffer = Buffer.from(bytes, "latin1");
   if (split) for (let i = 0; i < buffer.length; i++) reader.push(buffer.subarray(i, i + 1));
   else reader.push(buffer);
@@ -166,7 +177,7 @@ describe("the response reader", () => {
       ["HTTP/1.1 200 OK\r\n folded\r\n\r\n", /invalid header/],
       ["HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", /ended in the middle of the body/],
       ["HTTP/1.1 200 OK\r\nContent-", /ended before the response head/],
-      [`HTTP/1.1 200 OK\r\nX-Big: ${"a".repeat(MAX_HEAD_BYTES)}\r\n\r\n`, /response head too large/],
+      [`HTTP/1.1 200 OK\r\nX-Big: ${"a".repeat(MAX_HEAD)}\r\n\r\n`, /response head too large/],
     ] as const;
     for (const [bytes, message] of faults) {
       const r = read("GET", bytes, false, true);
