@@ -34,6 +34,7 @@ import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { TunnelLink } from "../../tunnel/tunnel-link.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
+import { type LinkFailure, LinkWatch } from "./link-watch.ts";
 
 export interface H2TunnelOptions {
   runnerId: string;
@@ -45,9 +46,6 @@ export interface H2TunnelOptions {
   /** Told when the link is dropped for want of HTTP/2 (for counters). */
   onLinkFailure?: (kind: LinkFailure) => void;
 }
-
-/** Why a link was dropped by the liveness rules. */
-export type LinkFailure = "preface_timeout" | "dead_link";
 
 const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
 
@@ -64,8 +62,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
   readonly #now: () => number;
   readonly #link: TunnelLink;
   readonly #session: ClientHttp2Session;
-  readonly #timer: NodeJS.Timeout;
-  readonly #prefaceTimer: NodeJS.Timeout;
+  readonly #watch: LinkWatch;
   readonly #onLinkFailure: (kind: LinkFailure) => void;
   #lastFrameAt: number;
   #rttMs: number | null = null;
@@ -96,10 +93,8 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       this.#session.setLocalWindowSize(CONNECTION_WINDOW);
       this.#ping(); // an RTT from the start, not after the first interval
     });
-    this.#prefaceTimer = setTimeout(() => this.#prefaceMissing(), this.#timings.prefaceTimeoutMs);
-    this.#prefaceTimer.unref();
     this.#session.once("remoteSettings", () => {
-      clearTimeout(this.#prefaceTimer);
+      this.#watch.prefaceDone();
       this.#lastFrameAt = this.#now();
     });
     this.#session.on("error", (err) => {
@@ -113,20 +108,15 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       if (data && data.length > 0) this.#link.closeReason ??= data.subarray(0, 120).toString("utf8");
     });
     this.#session.on("close", () => this.#finish(this.#link.closeReason ?? "session closed"));
-    const check = Math.max(
-      5,
-      Math.min(this.#timings.pingIntervalMs, Math.floor(this.#timings.deadLinkTimeoutMs / 5)),
-    );
-    let sinceLastPing = 0;
-    this.#timer = setInterval(() => {
-      sinceLastPing += check;
-      if (sinceLastPing >= this.#timings.pingIntervalMs) {
-        sinceLastPing = 0;
-        this.#ping();
-      }
-      this.#checkAlive();
-    }, check);
-    this.#timer.unref();
+    this.#watch = new LinkWatch({
+      timings: this.#timings,
+      logger: this.#log,
+      now: this.#now,
+      prefaceName: "HTTP/2 preface",
+      lastFrameAt: () => this.#lastFrameAt,
+      ping: () => this.#ping(),
+      fail: (kind, reason) => this.#cutFor(kind, reason),
+    });
   }
 
   #ping(): void {
@@ -139,21 +129,6 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       });
     }
     this.#link.ping();
-  }
-
-  #checkAlive(): void {
-    if (this.#closed) return;
-    const silent = this.#now() - this.#lastFrameAt;
-    if (silent <= this.#timings.deadLinkTimeoutMs) return;
-    this.#log.warn({ silent_ms: silent }, "tunnel dead: no HTTP/2 frame within the dead-link timeout");
-    this.#cutFor("dead_link", "dead link");
-  }
-
-  #prefaceMissing(): void {
-    if (this.#closed) return;
-    const ms = this.#timings.prefaceTimeoutMs;
-    this.#log.warn({ timeout_ms: ms }, "tunnel closed: no HTTP/2 preface from the agent in time");
-    this.#cutFor("preface_timeout", `no HTTP/2 preface within ${ms} ms`);
   }
 
   #cutFor(kind: LinkFailure, reason: string): void {
@@ -342,8 +317,7 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
   #finish(reason: string): void {
     if (this.#closed) return;
     this.#closed = true;
-    clearInterval(this.#timer);
-    clearTimeout(this.#prefaceTimer);
+    this.#watch.stop();
     if (!this.#session.destroyed) this.#session.destroy();
     this.emit("close", reason);
   }

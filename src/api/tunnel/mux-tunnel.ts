@@ -32,8 +32,9 @@ import type { MuxLink } from "../../tunnel/mux-link.ts";
 import { LINK_LOST, MuxSession, type MuxStream } from "../../tunnel/mux-session.ts";
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
-import type { LinkFailure } from "./h2-tunnel.ts";
+
 import { Http1Exchange, StaleConnectionError } from "./http1-exchange.ts";
+import { type LinkFailure, LinkWatch } from "./link-watch.ts";
 
 export interface MuxTunnelOptions {
   runnerId: string;
@@ -75,8 +76,7 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
   readonly #now: () => number;
   readonly #link: MuxLink;
   readonly #session: MuxSession;
-  readonly #timer: NodeJS.Timeout;
-  readonly #prefaceTimer: NodeJS.Timeout;
+  readonly #watch: LinkWatch;
   readonly #onLinkFailure: (kind: LinkFailure) => void;
   readonly #idle = new Map<string, Conn[]>();
   #idleCount = 0;
@@ -100,7 +100,7 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
       role: "api",
       now: this.#now,
       onHello: () => {
-        clearTimeout(this.#prefaceTimer);
+        this.#watch.prefaceDone();
         this.#ping();
       },
       onGoaway: (_code, reason) => {
@@ -112,22 +112,15 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
       onProtocolError: (message) => this.#log.warn({ err: message }, "tunnel protocol error"),
     });
     this.#link.onClose((reason) => this.#finish(reason));
-    this.#prefaceTimer = setTimeout(() => this.#prefaceMissing(), this.#timings.prefaceTimeoutMs);
-    this.#prefaceTimer.unref();
-    const check = Math.max(
-      5,
-      Math.min(this.#timings.pingIntervalMs, Math.floor(this.#timings.deadLinkTimeoutMs / 5)),
-    );
-    let sinceLastPing = 0;
-    this.#timer = setInterval(() => {
-      sinceLastPing += check;
-      if (sinceLastPing >= this.#timings.pingIntervalMs) {
-        sinceLastPing = 0;
-        this.#ping();
-      }
-      this.#checkAlive();
-    }, check);
-    this.#timer.unref();
+    this.#watch = new LinkWatch({
+      timings: this.#timings,
+      logger: this.#log,
+      now: this.#now,
+      prefaceName: "HELLO",
+      lastFrameAt: () => this.#session.lastFrameAt,
+      ping: () => this.#ping(),
+      fail: (kind, reason) => this.#cutFor(kind, reason),
+    });
   }
 
   get closed(): boolean {
@@ -140,21 +133,6 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
       this.#rttMs = rtt;
     });
     this.#link.ping();
-  }
-
-  #checkAlive(): void {
-    if (this.#closed) return;
-    const silent = this.#now() - this.#session.lastFrameAt;
-    if (silent <= this.#timings.deadLinkTimeoutMs) return;
-    this.#log.warn({ silent_ms: silent }, "tunnel dead: no frame within the dead-link timeout");
-    this.#cutFor("dead_link", "dead link");
-  }
-
-  #prefaceMissing(): void {
-    if (this.#closed || this.#session.helloSeen) return;
-    const ms = this.#timings.prefaceTimeoutMs;
-    this.#log.warn({ timeout_ms: ms }, "tunnel closed: no HELLO from the agent in time");
-    this.#cutFor("preface_timeout", `no HELLO within ${ms} ms`);
   }
 
   #cutFor(kind: LinkFailure, reason: string): void {
@@ -433,8 +411,7 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
   #finish(reason: string, code: number = CLOSE.SHUTDOWN): void {
     if (this.#closed) return;
     this.#closed = true;
-    clearInterval(this.#timer);
-    clearTimeout(this.#prefaceTimer);
+    this.#watch.stop();
     if (this.#idleTimer) clearTimeout(this.#idleTimer);
     this.#idle.clear();
     this.#idleCount = 0;
