@@ -27,6 +27,11 @@ export interface TunnelResponse {
   status: number;
   headers: Record<string, string | string[]>;
   body: Readable;
+  /**
+   * The whole body, when it had all arrived with the head (small answers on v3): a reader may take it
+   * instead of reading `body`, and then no body stream is made at all.
+   */
+  whole?: Buffer;
 }
 
 /** One live tunnel's figures, as `GET /api/v1/revdial/connections` shows them. */

@@ -286,7 +286,12 @@ class ProxyCall {
 
   /** Sends the sandbox's answer: at once when it has no body, in one write when small, else piped. */
   async send(answer: TunnelResponse, runnerId: string, deadlineMs: number, logger: Logger): Promise<void> {
-    const { status, headers, body } = answer;
+    const { status, headers } = answer;
+    if (answer.whole && !this.#closed && answer.whole.length <= SMALL_ANSWER) {
+      this.#sendWhole(status, headers, answer.whole);
+      return;
+    }
+    const body = answer.body;
     this.#answerBody = body;
     if (this.#closed) return void body.destroy();
     if (hasNoBody(this.req.method as string, status)) {
@@ -304,12 +309,27 @@ class ProxyCall {
     if (length <= SMALL_ANSWER) {
       const whole = await readWhole(body, length, runnerId, deadlineMs);
       if (this.#closed) return;
-      headers["content-type"] ??= "application/octet-stream";
-      this.res.writeHead(status, headers);
-      this.res.end(whole);
+      this.#sendWhole(status, headers, whole);
       return;
     }
     this.#pipe(answer, logger);
+  }
+
+  /** A whole answer in one write (the tunnel's `whole`, or a small body read to its end). */
+  #sendWhole(status: number, headers: OutgoingHttpHeaders, whole: Buffer): void {
+    if (hasNoBody(this.req.method as string, status)) {
+      if (status === 204 || status < 200) {
+        delete headers["content-type"];
+        delete headers["content-length"];
+      }
+      this.res.writeHead(status, headers);
+      this.res.end();
+      return;
+    }
+    headers["content-type"] ??= "application/octet-stream";
+    headers["content-length"] = whole.length;
+    this.res.writeHead(status, headers);
+    this.res.end(whole);
   }
 
   /**

@@ -59,6 +59,10 @@ export class Http1Exchange {
   #finished = false;
   /** Stream bytes passed to the body but not yet credited back (the reader is behind). */
   #owed = 0;
+  /** The answer's head, parsed but not yet handed on (it goes once the bytes at hand are parsed). */
+  #pendingHead: ResponseHead | null = null;
+  /** Body bytes parsed before the head was handed on. */
+  #early: Buffer[] = [];
 
   constructor(stream: MuxStream, options: ExchangeOptions, isHead: boolean) {
     this.#stream = stream;
@@ -66,14 +70,20 @@ export class Http1Exchange {
     this.#parser = new Http1ResponseParser(
       {
         head: (h) => this.#onHead(h),
-        body: (chunk) => this.#body?.push(chunk),
+        body: (chunk) => {
+          if (this.#body) this.#body.push(chunk);
+          else this.#early.push(chunk);
+        },
         complete: () => this.#onComplete(),
         error: (message) => this.#fail(new TunnelStreamError(options.runnerId, `bad answer: ${message}`)),
       },
       isHead,
     );
     stream.onData = (chunk) => this.#onData(chunk);
-    stream.onEnd = () => this.#parser.end();
+    stream.onEnd = () => {
+      this.#parser.end();
+      this.#deliver();
+    };
     stream.onReset = (code, message) => this.#onReset(code, message);
     stream.onDrain = () => this.#source?.resume();
   }
@@ -180,6 +190,7 @@ export class Http1Exchange {
       return;
     }
     this.#parser.push(chunk);
+    this.#deliver();
     if (this.#body && this.#body.readableLength >= BODY_HIGH_WATER) this.#owed += chunk.length;
     else this.#stream.consumed(chunk.length);
   }
@@ -195,16 +206,42 @@ export class Http1Exchange {
   #onHead(head: ResponseHead): void {
     this.#head = head;
     this.#answered = true;
-    this.#body = new ResponseBody(this);
-    const resolve = this.#resolve;
-    this.#resolve = null;
-    this.#reject = null;
-    resolve?.({ status: head.status, headers: copyEndToEnd(head.headers), body: this.#body });
+    this.#pendingHead = head;
   }
 
   #onComplete(): void {
-    this.#body?.push(null);
-    this.#settle();
+    if (this.#body) {
+      this.#body.push(null);
+      this.#settle();
+    }
+    // Otherwise the whole answer came with its head: #deliver() hands it on, then settles.
+  }
+
+  /**
+   * Hands the answer's head on once the bytes at hand are parsed. An answer complete by then (most
+   * small calls: head and body in one read) goes as `whole`, and its body stream is made only if a
+   * caller asks for it: no stream machinery per small call.
+   */
+  #deliver(): void {
+    const head = this.#pendingHead;
+    if (!head) return;
+    this.#pendingHead = null;
+    const resolve = this.#resolve;
+    this.#resolve = null;
+    this.#reject = null;
+    const headers = copyEndToEnd(head.headers);
+    if (this.#parser.done) {
+      const early = this.#early;
+      this.#early = [];
+      const whole = early.length === 0 ? EMPTY : early.length === 1 ? early[0] : Buffer.concat(early);
+      resolve?.(wholeAnswer(head.status, headers, whole));
+      this.#settle();
+      return;
+    }
+    this.#body = new ResponseBody(this);
+    for (const chunk of this.#early) this.#body.push(chunk);
+    this.#early = [];
+    resolve?.({ status: head.status, headers, body: this.#body });
   }
 
   /** Both halves done (or the answer done with the request still going): release or discard. */
@@ -233,6 +270,7 @@ export class Http1Exchange {
 
   #onReset(code: number, message: string): void {
     if (this.#finished) return;
+    this.#pendingHead = null;
     const untouched = this.#parser.untouched;
     const err =
       untouched && this.#o.reused
@@ -250,6 +288,7 @@ export class Http1Exchange {
   #fail(err: Error): void {
     if (this.#finished) return;
     this.#finished = true;
+    this.#pendingHead = null;
     this.#source?.destroy();
     this.#discard();
     if (this.#reject) {
@@ -275,6 +314,26 @@ export class Http1Exchange {
     return this.#answered;
   }
 }
+
+/** An answer whose body is all here: `whole`, and a body stream made only when read. */
+function wholeAnswer(
+  status: number,
+  headers: Record<string, string | string[]>,
+  whole: Buffer,
+): TunnelResponse {
+  let body: Readable | null = null;
+  return {
+    status,
+    headers,
+    whole,
+    get body(): Readable {
+      body ??= Readable.from(whole.length > 0 ? [whole] : []);
+      return body;
+    },
+  };
+}
+
+const EMPTY = Buffer.alloc(0);
 
 class ResponseBody extends Readable {
   readonly #x: Http1Exchange;

@@ -11,7 +11,21 @@
 // - Bounds: a head of at most MAX_HEAD bytes, chunk-size and trailer lines of at most MAX_LINE.
 
 export const MAX_HEAD = 64 * 1024;
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const HEAD_END = Buffer.from("\r\n\r\n");
+const STATUS_LINE = /^HTTP\/1\.[01] (\d{3})(?: (.*))?$/;
+
+/** RFC 9110 token characters, by char code (header names). */
+const TOKEN_CHARS = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+  TOKEN_CHARS[c.charCodeAt(0)] = 1;
+
+function isToken(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c >= 128 || TOKEN_CHARS[c] === 0) return false;
+  }
+  return name.length > 0;
+}
 const MAX_LINE = 8 * 1024;
 
 export type BodyKind = "none" | "length" | "chunked" | "close";
@@ -115,7 +129,7 @@ export class Http1ResponseParser {
 
   #readHead(chunk: Buffer, off: number): number {
     const data = this.#pending ? Buffer.concat([this.#pending, chunk.subarray(off)]) : chunk.subarray(off);
-    const end = data.indexOf("\r\n\r\n");
+    const end = data.indexOf(HEAD_END);
     if (end < 0) {
       if (data.length > MAX_HEAD) this.#fail(`response head too large (over ${MAX_HEAD} bytes)`);
       else this.#pending = Buffer.from(data);
@@ -132,28 +146,35 @@ export class Http1ResponseParser {
   }
 
   #parseHead(text: string): void {
-    const lines = text.split("\r\n");
-    const m = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0]);
+    // A scan over the text, not split() and a regex per line: this runs once per call.
+    let eol = text.indexOf("\r\n");
+    if (eol < 0) eol = text.length;
+    const statusLine = text.slice(0, eol);
+    const m = STATUS_LINE.exec(statusLine);
     if (!m) {
-      this.#fail(`invalid status line ${JSON.stringify(lines[0].slice(0, 80))}`);
+      this.#fail(`invalid status line ${JSON.stringify(statusLine.slice(0, 80))}`);
       return;
     }
-    const minor = Number(m[1]);
-    const status = Number(m[2]);
+    const minor = statusLine.charCodeAt(7) - 48;
+    const status = Number(m[1]);
     const headers: Record<string, string | string[]> = {};
-    for (let i = 1; i < lines.length; i++) {
-      const line = lines[i];
-      const colon = line.indexOf(":");
-      if (colon <= 0 || line[0] === " " || line[0] === "\t") {
-        this.#fail(`invalid header line ${JSON.stringify(line.slice(0, 80))}`);
+    let at = eol + 2;
+    while (at < text.length) {
+      let next = text.indexOf("\r\n", at);
+      if (next < 0) next = text.length;
+      const colon = text.indexOf(":", at);
+      const first = text.charCodeAt(at);
+      if (colon < 0 || colon >= next || colon === at || first === 32 || first === 9) {
+        this.#fail(`invalid header line ${JSON.stringify(text.slice(at, Math.min(next, at + 80)))}`);
         return;
       }
-      const name = line.slice(0, colon).toLowerCase();
-      if (!TOKEN.test(name)) {
+      const name = text.slice(at, colon).toLowerCase();
+      if (!isToken(name)) {
         this.#fail(`invalid header name ${JSON.stringify(name.slice(0, 80))}`);
         return;
       }
-      const value = line.slice(colon + 1).trim();
+      const value = text.slice(colon + 1, next).trim();
+      at = next + 2;
       const had = headers[name];
       if (had === undefined) headers[name] = name === "set-cookie" ? [value] : value;
       else if (Array.isArray(had)) had.push(value);
@@ -172,7 +193,7 @@ export class Http1ResponseParser {
     }
     const connection = tokens(headers.connection);
     const keepAlive = minor === 1 ? !connection.includes("close") : connection.includes("keep-alive");
-    const head: ResponseHead = { status, statusMessage: m[3] ?? "", headers, bodyKind: "none", keepAlive };
+    const head: ResponseHead = { status, statusMessage: m[2] ?? "", headers, bodyKind: "none", keepAlive };
     if (this.#head || status === 204 || status === 304) {
       this.#h.head(head);
       this.#finish();
