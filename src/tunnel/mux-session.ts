@@ -40,6 +40,13 @@ import type { MuxLink } from "./mux-link.ts";
  */
 export const MUX_WINDOW = 512 * 1024;
 
+/**
+ * The most a receiver may let one stream have in flight when it has the link to itself: a lone bulk
+ * transfer is not held to MUX_WINDOW's round trips (measured: +30-40% on a 64 MiB GET), and it is
+ * cut back to MUX_WINDOW as soon as another stream is busy (MuxSessionOptions.windowFor).
+ */
+export const MUX_WINDOW_ALONE = 4 * 1024 * 1024;
+
 /** Largest DATA payload sent (and accepted, announced in HELLO). */
 export const MUX_MAX_DATA = 64 * 1024;
 
@@ -54,6 +61,11 @@ export interface MuxSessionOptions {
   role: "api" | "agent";
   /** Streams open at once; an OPEN past it is refused (agent) or rejected (api). Default 10,000. */
   maxStreams?: number;
+  /**
+   * The receive window a stream should have now, asked each time credit goes back. Default: always
+   * MUX_WINDOW. The API grows a stream that has the link to itself (mux-tunnel.ts).
+   */
+  windowFor?: (stream: MuxStream) => number;
   /** Agent only: a stream the API opened, to the target named. */
   onOpen?: (stream: MuxStream, target: string) => void;
   /** The peer's HELLO arrived. */
@@ -89,6 +101,8 @@ export class MuxStream {
   #recvLeft: number;
   /** Bytes consumed since the last WINDOW we sent. */
   #consumed = 0;
+  /** What the peer may have in flight on this stream (MUX_WINDOW at first; see windowFor). */
+  #window = MUX_WINDOW;
   #queue: Buffer[] = [];
   #queued = 0;
   #finQueued = false;
@@ -154,11 +168,16 @@ export class MuxStream {
   consumed(n: number): void {
     if (this.#closed || this.#remoteEnded) return;
     this.#consumed += n;
-    if (this.#consumed >= MUX_WINDOW / 4) {
-      this.#recvLeft += this.#consumed;
-      this.#s.sendWindow(this.id, this.#consumed);
-      this.#consumed = 0;
-    }
+    if (this.#consumed < this.#window / 4) return;
+    // The window this stream should have now (the session's policy): the grant moves it there,
+    // growing at once, shrinking by holding back what was consumed.
+    const target = this.#s.windowFor(this);
+    const grant = Math.max(0, this.#consumed + target - this.#window);
+    this.#window += grant - this.#consumed;
+    this.#consumed = 0;
+    if (grant === 0) return;
+    this.#recvLeft += grant;
+    this.#s.sendWindow(this.id, grant);
   }
 
   // --- called by the session ---
@@ -417,6 +436,11 @@ export class MuxSession {
       this.#push(encodeHeader(FRAME.DATA, last ? flags : 0, id, part.length));
       this.#push(part);
     }
+  }
+
+  /** @internal The window policy (MuxSessionOptions.windowFor). */
+  windowFor(stream: MuxStream): number {
+    return this.#o.windowFor?.(stream) ?? MUX_WINDOW;
   }
 
   /** @internal */

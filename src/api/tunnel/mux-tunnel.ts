@@ -29,7 +29,13 @@ import {
 } from "../../tunnel/errors.ts";
 import { MUX_CODE } from "../../tunnel/mux-frames.ts";
 import type { MuxLink } from "../../tunnel/mux-link.ts";
-import { LINK_LOST, MuxSession, type MuxStream } from "../../tunnel/mux-session.ts";
+import {
+  LINK_LOST,
+  MUX_WINDOW,
+  MUX_WINDOW_ALONE,
+  MuxSession,
+  type MuxStream,
+} from "../../tunnel/mux-session.ts";
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
 
@@ -45,6 +51,9 @@ export interface MuxTunnelOptions {
   now?: () => number;
   onLinkFailure?: (kind: LinkFailure) => void;
 }
+
+/** How long one call must have had the link to itself before its window grows (#windowFor). */
+const ALONE_AFTER_MS = 200;
 
 /** Idle connections kept per target. */
 const MAX_IDLE_PER_TARGET = 128;
@@ -82,6 +91,8 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
   #idleCount = 0;
   #idleTimer: NodeJS.Timeout | null = null;
   #rttMs: number | null = null;
+  /** When two calls last shared the link (#windowFor). */
+  #sharedAt = 0;
   #closing = false;
   #closed = false;
   #drained: (() => void) | null = null;
@@ -110,6 +121,7 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
         this.#dropIdle();
       },
       onProtocolError: (message) => this.#log.warn({ err: message }, "tunnel protocol error"),
+      windowFor: () => this.#windowFor(),
     });
     this.#link.onClose((reason) => this.#finish(reason));
     this.#watch = new LinkWatch({
@@ -125,6 +137,19 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * The receive window for a stream's answer: MUX_WINDOW_ALONE while one call has had the link to
+   * itself for ALONE_AFTER_MS, else MUX_WINDOW, so a small call never queues behind more than
+   * MUX_WINDOW of a large one once they share the link (head-of-line) and a lone large body is not
+   * held to small windows' round trips. The hysteresis keeps a stream of small calls, with gaps
+   * between them, from letting the large one grow back in each gap.
+   */
+  #windowFor(): number {
+    const now = this.#now();
+    if (this.#session.streamCount - this.#idleCount > 1) this.#sharedAt = now;
+    return now - this.#sharedAt >= ALONE_AFTER_MS ? MUX_WINDOW_ALONE : MUX_WINDOW;
   }
 
   #ping(): void {
