@@ -1,6 +1,9 @@
-// The agent: dials OUT to the API over one link (a WebSocket, or the raw upgraded socket; protocol
-// v2 either way), then SERVES the API's calls by proxying each HTTP/2 stream to a local target. This is the side that runs inside a sandbox or on
-// a sandbox host, behind NAT: it never accepts a connection.
+// The agent: dials OUT to the API over one link (a WebSocket, or the raw upgraded socket), then
+// SERVES the API's calls: under protocol v3 (the default) each stream the API opens is piped to a
+// local target by MuxPump; under v2 each HTTP/2 stream is proxied by TargetProxy. A v3 offer that a
+// server answers with v2 (an older server, on `ws`) is followed: the agent speaks v2 from then on.
+// This is the side that runs inside a sandbox or on a sandbox host, behind NAT: it never accepts a
+// connection.
 //
 // Lifecycle: connecting -> connected -> (link lost) -> waiting -> connecting ... forever, with
 // exponential backoff and full jitter, honouring Retry-After. It ends only when close()/destroy() is

@@ -1,6 +1,6 @@
 // `revdial-client`: the agent with the seed's single-dash flag names, so existing startup scripts
 //   revdial-client -server "http://api:8080/api/v1/revdial" -runner-id "sandbox-$ID" -token "$T"
-// run unchanged. It is the same program as `revdial agent` (protocol v2). The key may also come
+// run unchanged. It is the same program as `revdial agent` (protocol v3 by default, `-protocol v2`). The key may also come
 // from `-token-file F`, `-token -` (stdin) or env REVDIAL_TOKEN, off the command line.
 
 import { type AgentFlags, runAgent } from "./commands/agent.ts";
