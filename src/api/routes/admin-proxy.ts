@@ -46,6 +46,8 @@ const PROXY_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "POST", "PUT"
 /** Bytes of a large answer buffered towards the caller before the tunnel stream is paused (pump.ts). */
 const ANSWER_BUFFER = 1024 * 1024;
 
+const EMPTY = Buffer.alloc(0);
+
 /** Answers up to this size leave in one write, not as a piped stream (most calls are small). */
 const SMALL_ANSWER = 64 * 1024;
 const JSON_TYPE = "application/json; charset=utf-8";
@@ -297,12 +299,7 @@ class ProxyCall {
     if (hasNoBody(this.req.method as string, status)) {
       body.on("error", noop);
       body.resume();
-      if (status === 204 || status < 200) {
-        delete headers["content-type"];
-        delete headers["content-length"];
-      }
-      this.res.writeHead(status, headers);
-      this.res.end();
+      this.#sendWhole(status, headers, EMPTY);
       return;
     }
     const length = Number(headers["content-length"]);
