@@ -548,10 +548,14 @@ export class AgentClient extends EventEmitter {
 async function drainMux(session: MuxSession, drainMs: number): Promise<void> {
   if (!session.helloSeen) return;
   session.goaway(MUX_CODE.NONE, "agent stopping");
-  const until = Date.now() + drainMs;
-  while (session.streamCount > 0 && Date.now() < until && !session.closed) {
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    session.whenIdle(),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, drainMs);
+    }),
+  ]);
+  clearTimeout(timer);
 }
 
 /** Reads a non-101 answer to the upgrade (at most 64 KiB of it) and classifies it. */

@@ -284,6 +284,7 @@ export class MuxSession {
   #flushScheduled = false;
   #pings = new Map<number, { sentAt: number; done: (rttMs: number) => void }>();
   #pingSeq = 0;
+  #idleWaiters: Array<() => void> = [];
   /** When the last frame (any) came from the peer. */
   lastFrameAt: number;
 
@@ -409,6 +410,7 @@ export class MuxSession {
     this.#closed = true;
     this.#link.close(code, reason);
     setImmediate(() => this.#cutAll(reason));
+    this.#wakeIdle();
   }
 
   /** Cuts every stream and the link at once. Idempotent. */
@@ -418,6 +420,7 @@ export class MuxSession {
     this.#cutAll(reason);
     this.#closed = true;
     this.#link.terminate();
+    this.#wakeIdle();
   }
 
   // --- for MuxStream ---
@@ -456,6 +459,19 @@ export class MuxSession {
   /** @internal */
   forget(id: number): void {
     this.#streams.delete(id);
+    if (this.#streams.size === 0 && this.#idleWaiters.length > 0) this.#wakeIdle();
+  }
+
+  /** Resolves once no stream is open (at once if none is), or when the session closes. */
+  whenIdle(): Promise<void> {
+    if (this.#streams.size === 0 || this.#closed) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  #wakeIdle(): void {
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const w of waiters) w();
   }
 
   // --- the peer's frames ---
@@ -605,6 +621,7 @@ export class MuxSession {
       this.#closed = true;
       this.#out = [];
       this.#cutAll(reason);
+      this.#wakeIdle();
     }
   }
 }

@@ -405,19 +405,14 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
       this.#dropIdle();
       const finish = () => {
         clearTimeout(cut);
-        clearInterval(poll);
         this.#drained = () => {};
         this.#finish(this.#link.closeReason ?? reason, code);
       };
       this.#drained = finish;
       const cut = setTimeout(finish, drainMs > 0 ? drainMs : 0);
       cut.unref();
-      // Streams end one by one: a light poll is simpler than a hook on every stream's close.
-      const poll = setInterval(() => {
-        if (this.#session.streamCount === 0) finish();
-      }, 20);
-      poll.unref();
-      if (drainMs <= 0 || this.#session.streamCount === 0) finish();
+      if (drainMs <= 0) finish();
+      else void this.#session.whenIdle().then(() => this.#drained?.());
     }
     return new Promise((resolve) => {
       if (this.#closed) resolve();
