@@ -78,7 +78,9 @@ export class TargetProxy {
       agent: this.#agentFor(target),
     });
     let answered = false;
+    let responded = false;
     req.on("response", (res) => {
+      responded = true;
       res.once("end", () => {
         answered = true;
       });
@@ -97,6 +99,9 @@ export class TargetProxy {
       }
     });
     req.on("error", (err) => {
+      // A target that answered before reading the whole upload (an early 413) and closed: the write
+      // of the rest fails (EPIPE), but its answer is what the caller must get.
+      if (responded) return;
       if (!stream.headersSent) {
         this.#log.debug({ err: err.message, target: formatTargetAddress(target) }, "target unreachable");
         respondError(stream, 502, `target ${formatTargetAddress(target)} unreachable: ${err.message}`);

@@ -189,7 +189,8 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
     if (req.body instanceof Readable) req.body.on("error", () => {});
     return this.#withDeadline(req.timeoutMs ?? this.#timings.callTimeoutMs, req.signal, async (track) => {
       for (let attempt = 0; ; attempt++) {
-        const conn = await this.#acquire(target, track);
+        // A retry takes a fresh stream: the pooled one just failed as stale, and so may its neighbours.
+        const conn = await this.#acquire(target, track, attempt > 0);
         if ("refused" in conn) return refusalAnswer(conn.refused, conn.message);
         const exchange = new Http1Exchange(
           conn.stream,
