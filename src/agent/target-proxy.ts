@@ -24,6 +24,18 @@ const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_CANCEL } = http2.constants;
 /** Bytes of a large answer the agent buffers per stream before it pauses the target (see pump). */
 const STREAM_BUFFER = 1024 * 1024;
 
+/** Errors that mean the target could not be reached at all (not a failure mid-request). */
+const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
+  "ECONNREFUSED",
+  "ENOENT",
+  "EACCES",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ETIMEDOUT",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
+
 /** Answers with a declared length up to this many bytes are sent whole (see sendWhole). */
 const SMALL_BODY = 64 * 1024;
 
@@ -103,8 +115,12 @@ export class TargetProxy {
       // of the rest fails (EPIPE), but its answer is what the caller must get.
       if (responded) return;
       if (!stream.headersSent) {
-        this.#log.debug({ err: err.message, target: formatTargetAddress(target) }, "target unreachable");
-        respondError(stream, 502, `target ${formatTargetAddress(target)} unreachable: ${err.message}`);
+        const name = formatTargetAddress(target);
+        const code = (err as NodeJS.ErrnoException).code ?? "";
+        // Refused or absent: unreachable. Anything else (a reset mid-request): the target failed.
+        const what = UNREACHABLE_CODES.has(code) ? "unreachable" : "failed";
+        this.#log.debug({ err: err.message, target: name }, `target ${what}`);
+        respondError(stream, 502, `target ${name} ${what}: ${err.message}`);
       } else if (!stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
     });
     stream.on("close", () => {

@@ -223,7 +223,7 @@ test("differing Content-Lengths are an error; repeated equal ones are one", () =
   ]) {
     const o = parse(res);
     assert.deepEqual(o.order, ["error"], JSON.stringify(res));
-    assert.match(o.errors[0], /invalid Content-Length/);
+    assert.match(o.errors[0], /(invalid|conflicting) Content-Length/);
   }
   for (const res of [
     "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
@@ -280,14 +280,14 @@ test("a head over 64 KiB is an error, whole or in pieces; a head just under it i
   for (const at of [[], [100], [MAX_HEAD - 10], [MAX_HEAD + 1 - 2]]) {
     const o = parse(over, { at });
     assert.deepEqual(o.order, ["error"], `split at ${at}`);
-    assert.match(o.errors[0], /response head over 65536 bytes/);
+    assert.match(o.errors[0], /response head too large \(over 65536 bytes\)/);
   }
   // A head that never ends is cut at the bound, not gathered for ever.
   const endless = status + "x-a: b\r\n".repeat(9000);
   const pieces = Array.from({ length: Math.floor(endless.length / 1000) }, (_, i) => (i + 1) * 1000);
   const o = parse(endless, { at: pieces });
   assert.equal(o.errors.length, 1);
-  assert.match(o.errors[0], /response head over/);
+  assert.match(o.errors[0], /response head too large/);
 });
 
 test("malformed heads are errors: not HTTP, a folded header line, a header line without a colon", () => {
@@ -306,20 +306,32 @@ test("malformed heads are errors: not HTTP, a folded header line, a header line 
 
 test("a body cut short is an error at end(), once: Content-Length, chunked, and no answer at all", () => {
   for (const [what, res, message] of [
-    ["Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", /cut short/],
-    ["chunked, mid-chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\nshort", /cut short/],
+    [
+      "Content-Length",
+      "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+      /ended in the middle of the body/,
+    ],
+    [
+      "chunked, mid-chunk",
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\nshort",
+      /ended in the middle of the body/,
+    ],
     [
       "chunked, before the last chunk",
       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
-      /cut short/,
+      /ended in the middle of the body/,
     ],
     [
       "chunked, in the trailers",
       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx-t: 1\r\n",
-      /cut short/,
+      /ended in the middle of the body/,
     ],
-    ["no byte", "", /closed before a response/],
-    ["half a head", "HTTP/1.1 200 OK\r\nContent-", /closed before a response|cut short/],
+    ["no byte", "", /ended before the response head/],
+    [
+      "half a head",
+      "HTTP/1.1 200 OK\r\nContent-",
+      /ended before the response head|ended in the middle of the body/,
+    ],
   ] as const) {
     const o = parse(res, { end: true });
     assert.equal(o.completed, 0, what);
