@@ -23,6 +23,8 @@ export interface MuxLink {
   onActivity(fn: () => void): void;
   /** Calls `fn` once, when the link is gone. */
   onClose(fn: (reason: string) => void): void;
+  /** Bytes written but not yet taken by the kernel: what a peer that does not read holds here. */
+  readonly writableLength: number;
   /**
    * Writes one batch, in order (one WebSocket frame on `ws`). The buffers are the link's from then
    * on: the agent's side of a WebSocket masks them in place.
@@ -71,6 +73,10 @@ abstract class SocketLink {
 
   get bytesOut(): number {
     return this.socket.bytesWritten;
+  }
+
+  get writableLength(): number {
+    return this.socket.writableLength;
   }
 
   onClose(fn: (reason: string) => void): void {
@@ -149,7 +155,8 @@ export class WsMuxLink extends SocketLink implements MuxLink {
         data: (chunk) => this.#onBytes(chunk),
         ping: (payload) => {
           this.#alive();
-          this.#control(WS_OPCODE.PONG, payload);
+          // A peer that sends pings and reads nothing gets no more pongs than UNREAD_BOUND holds.
+          if (this.socket.writableLength < UNREAD_BOUND) this.#control(WS_OPCODE.PONG, payload);
         },
         pong: () => this.#alive(),
         close: (code, reason) => {
@@ -210,3 +217,9 @@ export class WsMuxLink extends SocketLink implements MuxLink {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Unread bytes past which a link answers no more pings (WebSocket or v3): what a peer that floods
+ * pings and never reads can make this side hold.
+ */
+export const UNREAD_BOUND = 1024 * 1024;

@@ -31,7 +31,7 @@ import {
   MUX_CODE,
   MUX_VERSION,
 } from "./mux-frames.ts";
-import type { MuxLink } from "./mux-link.ts";
+import { type MuxLink, UNREAD_BOUND } from "./mux-link.ts";
 
 /**
  * Bytes one stream may have in flight. Head-of-line delay depends only on this: measured here, a
@@ -591,7 +591,9 @@ export class MuxSession {
       return;
     }
     if (!(flags & FLAG.ACK)) {
-      this.#push(encodeFrame(FRAME.PING, FLAG.ACK, 0, payload));
+      // A peer that floods PINGs and reads nothing is not answered past UNREAD_BOUND.
+      if (this.#outBytes + this.#link.writableLength < UNREAD_BOUND)
+        this.#push(encodeFrame(FRAME.PING, FLAG.ACK, 0, payload));
       return;
     }
     const seq = payload.readUInt32BE(4);
