@@ -21,16 +21,16 @@ import {
 } from "../helpers/tunnel-harness.ts";
 
 const RUNNER = "sandbox-cut-answer";
-const ANSWERS: Record<string, { bytes: string; then: "end" | "destroy" }> = {
-  "/length-end": { bytes: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", then: "end" },
-  "/length-reset": { bytes: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", then: "destroy" },
+const ANSWERS: Record<string, { bytes: string; close: "end" | "reset" }> = {
+  "/length-end": { bytes: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", close: "end" },
+  "/length-reset": { bytes: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", close: "reset" },
   "/chunked-end": {
     bytes: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nonly part\r\n",
-    then: "end",
+    close: "end",
   },
   "/chunked-reset": {
     bytes: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n20\r\nonly part",
-    then: "destroy",
+    close: "reset",
   },
 };
 
@@ -52,7 +52,7 @@ before(async () => {
       head += c.toString("latin1");
       if (!head.includes("\r\n\r\n")) return;
       const answer = ANSWERS[head.split(" ")[1]];
-      socket.write(answer.bytes, () => (answer.then === "end" ? socket.end() : socket.resetAndDestroy()));
+      socket.write(answer.bytes, () => (answer.close === "end" ? socket.end() : socket.resetAndDestroy()));
     });
   });
   await new Promise<void>((resolve) => target.listen(0, "127.0.0.1", resolve));
