@@ -264,6 +264,53 @@ test("regression: the retry of a call whose reused connection the target closed 
   assert.equal(target.accepted, 3, "the retry opened a fresh connection");
 });
 
+test("a target that sends more than its Content-Length: its connection is not reused, and the next call gets its own answer", async (t) => {
+  // The first answer of each connection carries 7 bytes past its Content-Length, in the same write
+  // (a broken target, or one trying to answer ahead): what follows on that connection cannot be
+  // trusted, so it must not carry another call (http1-exchange.ts: "the stream is not reused").
+  const s = net.createServer((socket) => {
+    let buffered = "";
+    let answered = 0;
+    socket.on("data", (chunk: Buffer) => {
+      buffered += chunk.toString("latin1");
+      for (let end = buffered.indexOf("\r\n\r\n"); end >= 0; end = buffered.indexOf("\r\n\r\n")) {
+        const path = buffered.slice(0, end).split(" ")[1];
+        buffered = buffered.slice(end + 4);
+        const body = answered++ === 0 ? "okEXTRA!" : "ok";
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-echo-path: ${path}\r\n\r\n${body}`);
+      }
+    });
+    socket.on("error", () => {});
+  });
+  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
+  const target = counting(
+    {
+      port: (s.address() as net.AddressInfo).port,
+      close: () =>
+        new Promise<void>((resolve) => {
+          for (const socket of target.open) socket.destroy();
+          s.close(() => resolve());
+        }),
+    },
+    s,
+  );
+  t.after(() => target.close());
+  const { runner } = await agentFor(t, { desktop: target.port });
+  const first = await call(runner, "/first");
+  assert.equal(first.status, 200);
+  assert.equal(first.body.toString(), "ok");
+  for (const path of ["/second", "/third"]) {
+    const next = await call(runner, path);
+    assert.equal(next.headers["x-echo-path"], path);
+    assert.equal(next.body.toString(), "ok");
+  }
+  assert.equal(
+    target.accepted,
+    2,
+    "the connection that carried extra bytes was not reused; the next one was",
+  );
+});
+
 test("a chunked answer and a close-delimited answer arrive byte-identical (3 MiB each)", async (t) => {
   const data = seeded(3 * 1024 * 1024 + 13, 42);
   const chunked = await httpTarget(t, (_req, res) => {
