@@ -103,6 +103,11 @@ export class TargetProxy {
       const status: Record<string, string | string[] | number> = { ":status": res.statusCode ?? 502 };
       const h = copyEndToEnd(res.headers, status);
       res.on("error", () => stream.close(NGHTTP2_INTERNAL_ERROR));
+      // An answer the target cut short (a chunked body without its last chunk, a length not met)
+      // ends all the same: it must reach the caller as a reset stream, never as a complete answer.
+      res.once("end", () => {
+        if (!res.complete && !stream.destroyed) stream.close(NGHTTP2_INTERNAL_ERROR);
+      });
       const length = Number(res.headers["content-length"]);
       if (length <= SMALL_BODY) sendWhole(stream, h, res);
       else {
@@ -190,7 +195,7 @@ function sendWhole(
   const chunks: Buffer[] = [];
   res.on("data", (c: Buffer) => chunks.push(c));
   res.on("end", () => {
-    if (stream.destroyed) return;
+    if (stream.destroyed || stream.headersSent || !res.complete) return;
     stream.respond(headers);
     stream.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
   });

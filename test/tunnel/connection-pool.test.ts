@@ -268,9 +268,10 @@ test("a target that sends more than its Content-Length: its connection is not re
   // The first answer of each connection carries 7 bytes past its Content-Length, in the same write
   // (a broken target, or one trying to answer ahead): what follows on that connection cannot be
   // trusted, so it must not carry another call (http1-exchange.ts: "the stream is not reused").
+  // Only the very first answer (of the first connection) carries the extra bytes.
+  let answered = 0;
   const s = net.createServer((socket) => {
     let buffered = "";
-    let answered = 0;
     socket.on("data", (chunk: Buffer) => {
       buffered += chunk.toString("latin1");
       for (let end = buffered.indexOf("\r\n\r\n"); end >= 0; end = buffered.indexOf("\r\n\r\n")) {

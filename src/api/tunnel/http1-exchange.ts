@@ -187,6 +187,7 @@ export class Http1Exchange {
   #onData(chunk: Buffer): void {
     if (this.#finished && this.#parser.done) {
       // Bytes after a complete answer: the target broke HTTP/1.1; the stream is not reused.
+      if (!this.#stream.closed) this.#stream.reset(MUX_CODE.CANCEL, "");
       return;
     }
     this.#parser.push(chunk);
@@ -256,7 +257,8 @@ export class Http1Exchange {
       return;
     }
     this.#finished = true;
-    if (this.#head?.keepAlive && !this.#stream.remoteEnded && !this.#stream.closed) this.#o.release();
+    if (this.#head?.keepAlive && !this.#parser.overrun && !this.#stream.remoteEnded && !this.#stream.closed)
+      this.#o.release();
     else this.#discard();
   }
 
@@ -282,7 +284,7 @@ export class Http1Exchange {
     this.#reject?.(err);
     this.#reject = null;
     this.#resolve = null;
-    this.#body?.destroy(err);
+    this.#failBody(err);
   }
 
   #fail(err: Error): void {
@@ -301,7 +303,18 @@ export class Http1Exchange {
           ? new StaleConnectionError(err.message)
           : err,
       );
-    } else this.#body?.destroy(err);
+    } else this.#failBody(err);
+  }
+
+  /**
+   * Fails the answer's body. On the next turn of the event loop: the caller was handed the body in
+   * this turn and attaches to it once its await resumes; an error emitted before that would find no
+   * listener. The body never crashes the process for want of one.
+   */
+  #failBody(err: Error): void {
+    const body = this.#body;
+    if (!body || body.destroyed) return;
+    setImmediate(() => body.destroy(err));
   }
 
   #discard(): void {
@@ -341,6 +354,8 @@ class ResponseBody extends Readable {
   constructor(exchange: Http1Exchange) {
     super({ highWaterMark: BODY_HIGH_WATER });
     this.#x = exchange;
+    // Readers get the error through their own listeners (or the stream's errored state).
+    this.on("error", () => {});
   }
 
   override _read(): void {

@@ -58,6 +58,7 @@ export class Http1ResponseParser {
   #pending: Buffer | null = null;
   #left = 0;
   #failed = false;
+  #overrun = false;
 
   /** `isHead`: the request was HEAD (no body whatever the headers say). */
   constructor(handler: ResponseHandler, isHead: boolean) {
@@ -67,6 +68,11 @@ export class Http1ResponseParser {
 
   get done(): boolean {
     return this.#state === "done";
+  }
+
+  /** Bytes came past the complete answer: the connection must not carry another request. */
+  get overrun(): boolean {
+    return this.#overrun;
   }
 
   /** True while no byte of a response has arrived. */
@@ -109,7 +115,9 @@ export class Http1ResponseParser {
           off = this.#readLine(chunk, off);
           break;
         case "done":
-          this.#fail("bytes after the end of the response");
+          // Bytes past a complete answer (a target sending beyond its length, or answering ahead):
+          // the answer stands, the connection cannot be trusted with another one.
+          this.#overrun = true;
           return;
       }
     }
