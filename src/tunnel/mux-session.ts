@@ -26,7 +26,6 @@ import {
   FLAG,
   FRAME,
   FrameDecoder,
-  HEADER_BYTES,
   MIN_MAX_DATA,
   MUX_CODE,
   MUX_VERSION,
@@ -124,15 +123,6 @@ export class MuxStream {
 
   get remoteEnded(): boolean {
     return this.#remoteEnded;
-  }
-
-  get localEnded(): boolean {
-    return this.#finQueued;
-  }
-
-  /** Bytes written but not yet sent for want of credit. */
-  get queued(): number {
-    return this.#queued;
   }
 
   /** Sends bytes; false when they wait for credit (onDrain follows). Never throws. */
@@ -326,10 +316,6 @@ export class MuxSession {
   /** Streams open now. */
   get streamCount(): number {
     return this.#streams.size;
-  }
-
-  streams(): IterableIterator<MuxStream> {
-    return this.#streams.values();
   }
 
   /**
@@ -629,6 +615,3 @@ export class MuxSession {
 }
 
 const EMPTY = Buffer.alloc(0);
-
-/** Bytes of frame overhead per DATA frame, for callers that size their writes. */
-export const DATA_OVERHEAD = HEADER_BYTES;

@@ -55,7 +55,6 @@ export class Http1Exchange {
   #head: ResponseHead | null = null;
   #source: Readable | null = null;
   #requestDone = false;
-  #answered = false;
   #finished = false;
   /** Stream bytes passed to the body but not yet credited back (the reader is behind). */
   #owed = 0;
@@ -206,7 +205,6 @@ export class Http1Exchange {
 
   #onHead(head: ResponseHead): void {
     this.#head = head;
-    this.#answered = true;
     this.#pendingHead = head;
   }
 
@@ -320,11 +318,6 @@ export class Http1Exchange {
   #discard(): void {
     if (!this.#stream.closed) this.#stream.reset(MUX_CODE.CANCEL, "");
     this.#o.discard();
-  }
-
-  /** True once the answer's head has come. */
-  get answered(): boolean {
-    return this.#answered;
   }
 }
 
