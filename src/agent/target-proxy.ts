@@ -111,7 +111,15 @@ export class TargetProxy {
       const length = Number(res.headers["content-length"]);
       if (length <= SMALL_BODY) sendWhole(stream, h, res);
       else {
-        stream.respond(h);
+        // The stream's END_STREAM waits for the answer to be complete: it goes on an empty trailers
+        // frame, sent only then. Without it, closing the stream on a cut answer would end its
+        // writable side first (Node sends END_STREAM, then the reset), and the caller would see
+        // the cut body end as if it were whole.
+        stream.respond(h, { waitForTrailers: true });
+        stream.once("wantTrailers", () => {
+          if (res.complete) stream.sendTrailers({});
+          else stream.close(NGHTTP2_INTERNAL_ERROR);
+        });
         pump(res, stream, STREAM_BUFFER);
       }
     });

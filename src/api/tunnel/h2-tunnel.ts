@@ -166,7 +166,11 @@ export class H2Tunnel extends EventEmitter implements Tunnel {
       const settle = this.#deadline(stream, req.timeoutMs ?? this.#timings.callTimeoutMs, req.signal, reject);
       stream.once("response", (h) => {
         settle();
-        resolve({ status: Number(h[":status"]), headers: fromH2Headers(h), body: bodyOf(stream) });
+        resolve({
+          status: Number(h[":status"]),
+          headers: fromH2Headers(h),
+          body: bodyOf(stream, this.runnerId),
+        });
       });
       writeBody(stream, req.body);
     });
@@ -342,11 +346,14 @@ function fromH2Headers(h: IncomingHttpHeaders): Record<string, string | string[]
  * frame, before an awaiting caller can attach; piping in the `response` handler keeps every byte and
  * the end. Destroying the returned body resets the stream (the agent stops sending).
  */
-function bodyOf(stream: ClientHttp2Stream): Readable {
+function bodyOf(stream: ClientHttp2Stream, runnerId: string): Readable {
   const body = new PassThrough({ highWaterMark: 256 * 1024 });
+  // Readers get a failure through their own listeners or the body's errored state: the caller may
+  // still be on its way to its first read when the agent resets a cut answer.
+  body.on("error", () => {});
   // A plain pipe, not pipeline(): pipeline allocates an error and an AbortController per call.
   stream.pipe(body);
-  stream.on("error", (err) => body.destroy(err));
+  stream.on("error", (err) => body.destroy(new TunnelStreamError(runnerId, err.message, { cause: err })));
   body.on("close", () => {
     if (!stream.destroyed && !stream.readableEnded) stream.close(NGHTTP2_CANCEL);
   });
