@@ -4,6 +4,7 @@ import type { Logger } from "../common/logger.ts";
 import type { Store } from "../store/index.ts";
 import type { TunnelDialer } from "../tunnel/types.ts";
 import type { Auth } from "./auth.ts";
+import type { EventBus } from "./events/event-bus.ts";
 import type { Quotas } from "./quotas.ts";
 import type { AgentSyncHub } from "./sync-hub.ts";
 
@@ -37,6 +38,8 @@ export interface ApiContext {
   dialer: TunnelDialer;
   logger: Logger;
   config: ApiConfig;
+  /** Live changes for GET /api/v1/events (events/event-bus.ts); absent: that route answers 503. */
+  events?: EventBus;
   /** The agent sync hub (sync socket, interactions, event streams); made by routes/agent-sync.ts. */
   sync?: AgentSyncHub;
 }

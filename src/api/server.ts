@@ -41,6 +41,9 @@ import { DEFAULT_TIMINGS, type TunnelTimings } from "../tunnel/tunnel.ts";
 import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
+import { ChangePublisher } from "./events/change-publisher.ts";
+import { EventBus } from "./events/event-bus.ts";
+import { observeStore } from "./events/store-observer.ts";
 import { ApiError, toApiError } from "./http-errors.ts";
 import { LifecycleSweeper, type LifecycleSweeperOptions } from "./lifecycle-sweeper.ts";
 import { ApiMetrics } from "./metrics.ts";
@@ -302,8 +305,15 @@ async function startLocked(
   metrics.addEndpointCounters(() => endpoint.counters());
   const publicUrl =
     o.publicUrl ?? `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  // Live changes for GET /api/v1/events: the store's writes and the registry's tunnels feed the bus.
+  const events = new EventBus({ logger });
+  const changes = new ChangePublisher({ bus: events, store, dialer: registry, logger });
+  undo.push(() => changes.close());
+  registry.on("connected", (runnerId) => changes.tunnelChanged(runnerId, "up"));
+  registry.on("disconnected", (runnerId) => changes.tunnelChanged(runnerId, "down"));
   const ctx: ApiContext = {
-    store,
+    store: observeStore(store, changes),
+    events,
     auth,
     quotas,
     dialer: registry,
@@ -379,6 +389,7 @@ async function startLocked(
           clearTimeout(cut);
         }
         endpoint.destroy();
+        changes.close();
         await store.close();
         await secureTree(o.dataDir).catch(() => {});
         lock.release();
