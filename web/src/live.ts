@@ -87,7 +87,13 @@ export class LiveState {
     } else if (type === "tunnel") {
       const t = data as TunnelEvent;
       if (t.state === "down") this.tunnels.delete(t.runner_id);
-      else this.tunnels.set(t.runner_id, { ...t.stats, runner_id: t.runner_id, session_id: t.session_id, owner: t.owner });
+      else
+        this.tunnels.set(t.runner_id, {
+          ...t.stats,
+          runner_id: t.runner_id,
+          session_id: t.session_id,
+          owner: t.owner,
+        });
     } else return;
     this.#changed();
   }

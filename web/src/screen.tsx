@@ -1,38 +1,64 @@
 // A session's screen, live: the screenshot is fetched about once a second with If-None-Match, so an
-// unchanged screen costs a 304 and no image decode. It stops while the tab is hidden or the image is
-// scrolled out of view, and after a stopped session's final screenshot has been shown.
+// unchanged screen costs a 304 and no image decode. It waits while the sandbox is not connected,
+// stops while the tab is hidden or the image is scrolled out of view, and after a stopped
+// session's final screenshot has been shown.
 
 import { useEffect, useRef, useState } from "preact/hooks";
 import { ApiFailure, call, describeFailure } from "./api.ts";
 
 const REFRESH_MS = 1000;
-const ENDED = new Set(["stopping", "stopped", "failed"]);
+/** Ended for good: the stored final screenshot (if any) is all there is to show. */
+const ENDED = new Set(["stopped", "failed"]);
 const WITHOUT_SCREEN = new Set(["pending"]);
 
 export interface ScreenProps {
   sessionId: string;
   status: string;
+  /** The sandbox's tunnel is up: only then can a live screen be fetched. */
+  connected: boolean;
   label: string;
   large?: boolean;
 }
 
-export function Screen({ sessionId, status, label, large }: ScreenProps) {
+export function Screen({ sessionId, status, connected, label, large }: ScreenProps) {
   const [src, setSrc] = useState<string | null>(null);
   const [note, setNote] = useState<string | null>(null);
   const box = useRef<HTMLDivElement>(null);
+  // The image shown stays until a newer one replaces it (or the component goes), across status changes.
+  const shown = useRef<string | null>(null);
+  const show = (url: string) => {
+    if (shown.current) URL.revokeObjectURL(shown.current);
+    shown.current = url;
+    setSrc(url);
+  };
+  useEffect(
+    () => () => {
+      if (shown.current) URL.revokeObjectURL(shown.current);
+    },
+    [],
+  );
 
   useEffect(() => {
     if (WITHOUT_SCREEN.has(status)) {
       setNote("No screen yet: the session is waiting for a host");
       return;
     }
+    if (status === "stopping") {
+      // The sandbox is going: its tunnel is cut any moment. The final screenshot comes with `stopped`.
+      setNote("Stopping…");
+      return;
+    }
+    const ended = ENDED.has(status);
+    if (!ended && !connected) {
+      // Asking now would be a 503: the stream says when the sandbox connects.
+      setNote("Waiting for the sandbox to connect");
+      return;
+    }
     let etag: string | null = null;
-    let url: string | null = null;
     let timer: ReturnType<typeof setTimeout> | undefined;
     let inView = true;
     let busy = false;
     let done = false;
-    const ended = ENDED.has(status);
     const visible = () => document.visibilityState === "visible" && inView;
     const tick = async () => {
       timer = undefined;
@@ -47,9 +73,7 @@ export function Screen({ sessionId, status, label, large }: ScreenProps) {
         if (res.status === 200) {
           const blob = await res.blob();
           etag = res.headers.get("etag");
-          if (url) URL.revokeObjectURL(url);
-          url = URL.createObjectURL(blob);
-          if (!done) setSrc(url);
+          if (!done) show(URL.createObjectURL(blob));
           setNote(res.headers.get("x-paused-screenshot") ? "Final screenshot" : null);
         }
         if (ended) done = true;
@@ -80,9 +104,8 @@ export function Screen({ sessionId, status, label, large }: ScreenProps) {
       clearTimeout(timer);
       seen.disconnect();
       document.removeEventListener("visibilitychange", wake);
-      if (url) URL.revokeObjectURL(url);
     };
-  }, [sessionId, status]);
+  }, [sessionId, status, connected]);
 
   return (
     <div ref={box} class={large ? "screen screen-large" : "screen"}>

@@ -51,7 +51,13 @@ export function SessionPage({ live, id }: { live: LiveState; id: string }) {
       </div>
       <div class="session-grid">
         <section aria-label="Screen">
-          <Screen sessionId={session.id} status={session.status} label={`Screen of ${session.name}`} large />
+          <Screen
+            sessionId={session.id}
+            status={session.status}
+            connected={session.sandbox_connected}
+            label={`Screen of ${session.name}`}
+            large
+          />
           <StopControl session={session} live={live} />
         </section>
         <div class="side">
@@ -70,6 +76,8 @@ function StopControl({ session, live }: { session: SessionView; live: LiveState 
   const stop = async () => {
     setAsking(false);
     setMessage({ tone: "info", text: "Stopping…" });
+    // The screen stops asking for live images now: the sandbox's tunnel is about to be cut.
+    live.putSession({ ...session, status: "stopping" });
     try {
       const answer = await sendJson<{ message: string; status: string }>(
         "DELETE",

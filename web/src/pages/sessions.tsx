@@ -28,7 +28,12 @@ export function Sessions({ live, userId }: { live: LiveState; userId: string | n
           {sessions.map((s) => (
             <li key={s.id} class="card" data-session-id={s.id}>
               <a href={`/ui/sessions/${s.id}`} class="card-link">
-                <Screen sessionId={s.id} status={s.status} label={`Screen of ${s.name}`} />
+                <Screen
+                  sessionId={s.id}
+                  status={s.status}
+                  connected={s.sandbox_connected}
+                  label={`Screen of ${s.name}`}
+                />
                 <div class="card-body">
                   <strong class="card-title">{s.name}</strong>
                   <div class="meta">
