@@ -26,6 +26,8 @@ export interface ApiConfig {
    * final screenshot stored per session.
    */
   screenshotLimit: number;
+  /** Keep-alive and key re-check interval of GET /api/v1/events (default 15 s). */
+  eventsHeartbeatMs?: number;
   /** Bytes of stored final screenshots kept per user (default 64 MiB); the oldest go first. */
   storedScreenshotsPerUser: number;
 }

@@ -104,6 +104,8 @@ export interface ServerOptions {
   hostSweepIntervalMs?: number;
   /** The lifecycle sweeper's bounds (src/api/lifecycle-sweeper.ts): interval 15 s, starting 45 s. */
   lifecycle?: Omit<LifecycleSweeperOptions, "ctx">;
+  /** Keep-alive and key re-check interval of GET /api/v1/events streams. Default 15 s. */
+  eventsHeartbeatMs?: number;
   /** Tests only: see ApiConfig.startPlanningFault. */
   startPlanningFault?: (step: string) => void;
   logger: Logger;
@@ -134,6 +136,8 @@ export interface RunningServer {
   store: Store;
   auth: Auth;
   registry: TunnelRegistry;
+  /** The live changes GET /api/v1/events streams; another source (another replica's) may publish too. */
+  events: EventBus;
   /** The admin key when this start created it (printed once), else null. */
   adminKey: string | null;
   /** The runner token when the operator configured one, else null. */
@@ -323,6 +327,7 @@ async function startLocked(
       bodyLimit: o.bodyLimit,
       callTimeoutMs: o.callTimeoutMs,
       startPlanningFault: o.startPlanningFault,
+      eventsHeartbeatMs: o.eventsHeartbeatMs,
       screenshotLimit: positiveSize("screenshotLimit", o.screenshotLimit),
       storedScreenshotsPerUser: positiveSize("storedScreenshotsPerUser", o.storedScreenshotsPerUser),
     },
@@ -363,6 +368,7 @@ async function startLocked(
     store,
     auth,
     registry,
+    events,
     adminKey,
     runnerToken,
     stopSessionsOnHost: (hostId) => stopHostSessions(ctx, hostId, app.log),

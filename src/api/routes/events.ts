@@ -12,7 +12,8 @@
 // Bounds: a comment (`: keep-alive`) every heartbeatMs (default 15 s), which also checks the key
 // again, so a revoked key's stream ends within that; a client that leaves more than
 // MAX_CLIENT_BUFFER_BYTES (256 KiB) unread is cut (it reconnects and reloads its lists); streams at
-// most: the bus's maxSubscribers (503 past it). Everything a stream holds is released when it closes.
+// most: the bus's maxSubscribers (503 past it). Everything a stream holds is released when it closes;
+// every stream is ended when the server closes.
 
 import type { ServerResponse } from "node:http";
 import type { FastifyInstance, FastifyRequest } from "fastify";
@@ -44,8 +45,13 @@ export async function eventRoutes(
   ctx: ApiContext,
   options: EventRouteOptions = {},
 ): Promise<void> {
-  const heartbeatMs = options.heartbeatMs ?? EVENTS_HEARTBEAT_MS;
+  const heartbeatMs = options.heartbeatMs ?? ctx.config.eventsHeartbeatMs ?? EVENTS_HEARTBEAT_MS;
   const maxBuffer = options.maxClientBufferBytes ?? MAX_CLIENT_BUFFER_BYTES;
+  // Open streams, ended when the app closes: a hijacked answer would otherwise hold the drain.
+  const open = new Set<(why: string) => void>();
+  app.addHook("preClose", async () => {
+    for (const end of open) end("server closing");
+  });
 
   app.get("/api/v1/events", { preHandler: ctx.auth.preHandler }, async (request, reply) => {
     const principal = principalOf(request);
@@ -58,6 +64,7 @@ export async function eventRoutes(
     const end = (why: string) => {
       if (ended) return;
       ended = true;
+      open.delete(end);
       unsubscribe?.();
       clearInterval(timer);
       request.log.debug({ user_id: userId, why }, "event stream ended");
@@ -93,6 +100,7 @@ export async function eventRoutes(
       connection: "keep-alive",
     });
     res.once("close", () => end("client left"));
+    open.add(end);
     send(res, `retry: 2000\nevent: ready\ndata: ${JSON.stringify({ admin: principal.admin })}\n\n`);
   });
 }
