@@ -61,6 +61,8 @@ export async function eventRoutes(
     const viewer = { userId, admin: principal.admin };
     const res = reply.raw;
     let ended = false;
+    let timer: NodeJS.Timeout | undefined;
+    let unsubscribe: (() => void) | null = null;
     const end = (why: string) => {
       if (ended) return;
       ended = true;
@@ -70,7 +72,7 @@ export async function eventRoutes(
       request.log.debug({ user_id: userId, why }, "event stream ended");
       res.end();
     };
-    const unsubscribe = bus.subscribe((event) => {
+    unsubscribe = bus.subscribe((event) => {
       if (ended || !canSee(viewer, event)) return;
       send(res, frame(event));
       if (res.writableLength > maxBuffer) {
@@ -87,11 +89,10 @@ export async function eventRoutes(
         retryAfterSeconds: 5,
       });
     }
-    const timer = setInterval(() => void heartbeat(), heartbeatMs);
-    const heartbeat = async () => {
+    timer = setInterval(async () => {
       if (!(await stillValid(ctx, request))) return end("key no longer valid");
       send(res, ": keep-alive\n\n");
-    };
+    }, heartbeatMs);
     reply.hijack();
     res.writeHead(200, {
       "content-type": "text/event-stream; charset=utf-8",
