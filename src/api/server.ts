@@ -313,7 +313,7 @@ async function startLocked(
   const events = new EventBus({ logger });
   const changes = new ChangePublisher({ bus: events, store, dialer: registry, logger });
   undo.push(() => changes.close());
-  registry.on("connected", (runnerId) => changes.tunnelChanged(runnerId, "up"));
+  registry.on("connected", (runnerId, stats) => changes.tunnelChanged(runnerId, "up", stats));
   registry.on("disconnected", (runnerId) => changes.tunnelChanged(runnerId, "down"));
   const ctx: ApiContext = {
     store: observeStore(store, changes),

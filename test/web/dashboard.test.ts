@@ -109,6 +109,11 @@ describe("the web dashboard in Chromium", { skip }, () => {
       if (m.type() === "error") tab.errors.push(m.text());
     });
     page.on("pageerror", (e) => tab.errors.push(`page error: ${e.message}`));
+    // Which request a "Failed to load resource" was: the console does not say.
+    page.on("response", (r) => {
+      if (r.status() >= 500)
+        tab.errors.push(`${r.request().method()} ${new URL(r.url()).pathname}: ${r.status()}`);
+    });
     tabs.push(tab);
     return tab;
   }

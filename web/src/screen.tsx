@@ -59,6 +59,9 @@ export function Screen({ sessionId, status, connected, label, large }: ScreenPro
     let inView = true;
     let busy = false;
     let done = false;
+    // Cancels the request in flight when the screen goes or its session changes (a stop cuts the
+    // sandbox's tunnel: a request still running then would fail for nothing).
+    const abort = new AbortController();
     const visible = () => document.visibilityState === "visible" && inView;
     const tick = async () => {
       timer = undefined;
@@ -69,6 +72,7 @@ export function Screen({ sessionId, status, connected, label, large }: ScreenPro
         const res = await call(`/api/v1/external-agents/${encodeURIComponent(sessionId)}/screenshot`, {
           headers,
           cache: "no-store",
+          signal: abort.signal,
         });
         if (res.status === 200) {
           const blob = await res.blob();
@@ -78,6 +82,7 @@ export function Screen({ sessionId, status, connected, label, large }: ScreenPro
         }
         if (ended) done = true;
       } catch (err) {
+        if (abort.signal.aborted) return;
         const waiting = err instanceof ApiFailure && err.status === 503;
         setNote(waiting ? "Waiting for the sandbox to connect" : describeFailure(err));
         if (ended && !waiting) done = true;
@@ -101,6 +106,7 @@ export function Screen({ sessionId, status, connected, label, large }: ScreenPro
     void tick();
     return () => {
       done = true;
+      abort.abort();
       clearTimeout(timer);
       seen.disconnect();
       document.removeEventListener("visibilitychange", wake);

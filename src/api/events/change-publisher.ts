@@ -1,17 +1,20 @@
 // Turns "this session / host / tunnel changed" into events on the bus, in the API's usual shapes
 // (the session view, the Wolf instance view, a tunnel's state): the ids reported by the store
 // observer and the tunnel registry are coalesced for one turn of the event loop, then each record
-// is read once and published once, whoever is watching.
+// is read once and published once, whoever is watching. With nobody watching (no subscriber), a
+// change costs nothing: no read, no event.
 //
 // A tunnel event also republishes what it changes: `sandbox-{id}` coming or going flips that
-// session's sandbox_connected, `wolf-{id}` that host's tunnel_connected.
+// session's sandbox_connected (and its owner sees the tunnel event), `wolf-{id}` that host's
+// tunnel_connected. The session's one read serves both.
 //
-// Bounds: at most maxPending ids wait for the next turn (default 10,000); past it an id is dropped
-// and logged (a client sees the change with its next event or reload). A failed read is logged.
+// Bounds: at most maxPending ids wait for the next turn (default 10,000; a reconnect storm of
+// tunnels is coalesced under it); past it a change is dropped and logged (a client sees it with its
+// next event or reload). A failed read is logged at debug.
 
 import type { Logger } from "../../common/logger.ts";
 import type { Store } from "../../store/index.ts";
-import type { TunnelDialer } from "../../tunnel/types.ts";
+import type { TunnelDialer, TunnelStats } from "../../tunnel/types.ts";
 import { sessionView } from "../routes/route-views.ts";
 import { wolfInstanceView } from "../routes/wolf-instances.ts";
 import type { EventBus } from "./event-bus.ts";
@@ -23,9 +26,11 @@ export interface ChangePublisherOptions {
   store: Store;
   dialer: TunnelDialer;
   logger: Logger;
-  /** Ids waiting for the next turn at most. Default 10,000. */
+  /** Changes waiting for the next turn at most. Default 10,000. */
   maxPending?: number;
 }
+
+type TunnelState = { state: "up" | "down"; stats?: TunnelStats };
 
 const SANDBOX = "sandbox-";
 const WOLF = "wolf-";
@@ -34,6 +39,8 @@ export class ChangePublisher implements ChangeSink {
   readonly #o: Required<ChangePublisherOptions>;
   readonly #sessions = new Set<string>();
   readonly #hosts = new Set<string>();
+  /** runner id -> its latest state this turn. */
+  readonly #tunnels = new Map<string, TunnelState>();
   #scheduled = false;
   #closed = false;
 
@@ -42,70 +49,62 @@ export class ChangePublisher implements ChangeSink {
   }
 
   sessionChanged(id: string): void {
-    this.#add(this.#sessions, id);
+    if (this.#admit(this.#sessions.has(id))) this.#sessions.add(id);
   }
 
   hostChanged(id: string): void {
-    this.#add(this.#hosts, id);
+    if (this.#admit(this.#hosts.has(id))) this.#hosts.add(id);
   }
 
-  /** A tunnel registered (`up`) or went away (`down`). */
-  tunnelChanged(runnerId: string, state: "up" | "down"): void {
-    if (this.#closed) return;
-    const stats = state === "up" ? this.#o.dialer.list().find((s) => s.runner_id === runnerId) : undefined;
-    const sessionId = runnerId.startsWith(SANDBOX) ? runnerId.slice(SANDBOX.length) : null;
-    if (!sessionId) {
-      this.#o.bus.publish({ type: "tunnel", ownerId: null, data: { runner_id: runnerId, state, stats } });
-      if (runnerId.startsWith(WOLF)) this.hostChanged(runnerId.slice(WOLF.length));
-      return;
-    }
-    // The owner sees their sandbox's tunnel: look it up first.
-    this.#o.store.sessions.get(sessionId).then(
-      (session) => {
-        this.#o.bus.publish({
-          type: "tunnel",
-          ownerId: session?.ownerId ?? null,
-          data: { runner_id: runnerId, state, session_id: sessionId, owner: session?.ownerId ?? null, stats },
-        });
-        if (session) this.sessionChanged(sessionId);
-      },
-      (err: unknown) => this.#o.logger.debug({ err, runner_id: runnerId }, "tunnel event: session not read"),
-    );
+  /** A tunnel registered (`up`, with its figures then) or went away (`down`). */
+  tunnelChanged(runnerId: string, state: "up" | "down", stats?: TunnelStats): void {
+    if (!this.#admit(this.#tunnels.has(runnerId))) return;
+    this.#tunnels.set(runnerId, { state, stats });
+    if (runnerId.startsWith(SANDBOX)) this.#sessions.add(runnerId.slice(SANDBOX.length));
+    else if (runnerId.startsWith(WOLF)) this.#hosts.add(runnerId.slice(WOLF.length));
   }
 
   close(): void {
     this.#closed = true;
     this.#sessions.clear();
     this.#hosts.clear();
+    this.#tunnels.clear();
   }
 
-  #add(set: Set<string>, id: string): void {
-    if (this.#closed) return;
-    if (this.#sessions.size + this.#hosts.size >= this.#o.maxPending && !set.has(id)) {
-      this.#o.logger.warn({ id }, "too many changes waiting to be published; one dropped");
-      return;
+  /** Whether a change may be queued (and the flush is scheduled); `known`: it is queued already. */
+  #admit(known: boolean): boolean {
+    if (this.#closed || this.#o.bus.subscribers === 0) return false;
+    const pending = this.#sessions.size + this.#hosts.size + this.#tunnels.size;
+    if (!known && pending >= this.#o.maxPending) {
+      this.#o.logger.warn({ pending }, "too many changes waiting to be published; one dropped");
+      return false;
     }
-    set.add(id);
     if (!this.#scheduled) {
       this.#scheduled = true;
       setImmediate(() => void this.#flush());
     }
+    return true;
   }
 
   async #flush(): Promise<void> {
     this.#scheduled = false;
     const sessions = [...this.#sessions];
     const hosts = new Set(this.#hosts);
+    const tunnels = new Map(this.#tunnels);
     this.#sessions.clear();
     this.#hosts.clear();
+    this.#tunnels.clear();
+    const owners = new Map<string, string>();
     for (const id of sessions) {
-      const host = await this.#publishSession(id);
-      if (host) hosts.add(host); // the host's load may have changed with it
+      const placed = await this.#publishSession(id, owners);
+      if (placed) hosts.add(placed); // the host's load may have changed with it
     }
+    for (const [runnerId, t] of tunnels) this.#publishTunnel(runnerId, t, owners);
     for (const id of hosts) await this.#publishHost(id);
   }
 
-  async #publishSession(id: string): Promise<string | null> {
+  /** Publishes the session's view; returns the host it is placed on, and notes its owner. */
+  async #publishSession(id: string, owners: Map<string, string>): Promise<string | null> {
     const { store, dialer, bus, logger } = this.#o;
     try {
       const session = await store.sessions.get(id);
@@ -115,6 +114,7 @@ export class ChangePublisher implements ChangeSink {
         bus.publish({ type: "session", ownerId: null, data: { id, deleted: true } });
         return null;
       }
+      owners.set(id, session.ownerId);
       const data = sessionView(session, dialer.isConnected(`${SANDBOX}${id}`));
       bus.publish({ type: "session", ownerId: session.ownerId, data });
       return session.wolfInstanceId;
@@ -122,6 +122,16 @@ export class ChangePublisher implements ChangeSink {
       logger.debug({ err, session_id: id }, "session change not published");
       return null;
     }
+  }
+
+  #publishTunnel(runnerId: string, t: TunnelState, owners: Map<string, string>): void {
+    if (this.#closed) return;
+    const sessionId = runnerId.startsWith(SANDBOX) ? runnerId.slice(SANDBOX.length) : null;
+    const owner = sessionId ? (owners.get(sessionId) ?? null) : null;
+    const data = sessionId
+      ? { runner_id: runnerId, state: t.state, session_id: sessionId, owner, stats: t.stats }
+      : { runner_id: runnerId, state: t.state, stats: t.stats };
+    this.#o.bus.publish({ type: "tunnel", ownerId: owner, data });
   }
 
   async #publishHost(id: string): Promise<void> {
