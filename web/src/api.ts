@@ -158,4 +158,5 @@ export interface InteractionView {
   response: string;
   state: string;
   created_at: string;
+  updated_at: string;
 }

@@ -1,7 +1,7 @@
 // One session: its screen, large and live; its clipboard (read and write); the conversation with
 // its agent, streaming (GET /api/v1/sessions/{id}/events); and stop, after a confirmation.
 
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import {
   ApiFailure,
   describeFailure,
@@ -71,6 +71,11 @@ export function SessionPage({ live, id }: { live: LiveState; id: string }) {
 
 function StopControl({ session, live }: { session: SessionView; live: LiveState }) {
   const [asking, setAsking] = useState(false);
+  const cancel = useRef<HTMLButtonElement>(null);
+  // Keyboard users land on the safe choice of the confirmation.
+  useEffect(() => {
+    if (asking) cancel.current?.focus();
+  }, [asking]);
   const [message, setMessage] = useState<Message | null>(null);
   if (ENDED.has(session.status)) return <Notice message={message} />;
   const stop = async () => {
@@ -97,7 +102,7 @@ function StopControl({ session, live }: { session: SessionView; live: LiveState 
           <button type="button" class="danger" onClick={stop}>
             Yes, stop it
           </button>
-          <button type="button" onClick={() => setAsking(false)}>
+          <button type="button" ref={cancel} onClick={() => setAsking(false)}>
             Cancel
           </button>
         </fieldset>
@@ -173,24 +178,26 @@ function Conversation({ session }: { session: SessionView }) {
       setTurns((list) => {
         const i = list.findIndex((t) => t.id === turn.id);
         if (i < 0) return [...list, turn];
+        if (list[i].updated_at > turn.updated_at) return list; // a late read of an older version
         const next = list.slice();
         next[i] = turn;
         return next;
       });
+    // At each (re)connect the turns are read whole; the stream then brings every change to them.
+    const load = () =>
+      getJson<InteractionView[]>(`${base}/interactions`).then(
+        (list) => {
+          for (const t of list) upsert(t);
+        },
+        (err) => setMessage({ tone: "error", text: describeFailure(err) }),
+      );
     const close = openStream(`${base}/events`, {
-      onOpen: () => setTurns([]),
+      onOpen: () => void load(),
       onEvent: (type, data) => {
         if (type === "interaction") upsert(data as InteractionView);
-        else if (type === "snapshot") setTurns([]);
         else if (type === "session") setAgent((data as { agent_connected: boolean }).agent_connected);
       },
     });
-    getJson<InteractionView[]>(`${base}/interactions`).then(
-      (list) => {
-        for (const t of list) upsert(t);
-      },
-      (err) => setMessage({ tone: "error", text: describeFailure(err) }),
-    );
     return close;
   }, [base]);
 
