@@ -12,6 +12,7 @@
 // tunnels is coalesced under it); past it a change is dropped and logged (a client sees it with its
 // next event or reload). A failed read is logged at debug.
 
+import { InvalidOptionError } from "../../common/errors.ts";
 import type { Logger } from "../../common/logger.ts";
 import type { Store } from "../../store/index.ts";
 import type { TunnelDialer, TunnelStats } from "../../tunnel/types.ts";
@@ -30,6 +31,8 @@ export interface ChangePublisherOptions {
   maxPending?: number;
 }
 
+export const CHANGE_PUBLISHER_DEFAULTS = Object.freeze({ maxPending: 10_000 });
+
 type TunnelState = { state: "up" | "down"; stats?: TunnelStats };
 
 const SANDBOX = "sandbox-";
@@ -45,7 +48,14 @@ export class ChangePublisher implements ChangeSink {
   #closed = false;
 
   constructor(options: ChangePublisherOptions) {
-    this.#o = { maxPending: 10_000, ...options };
+    for (const name of ["bus", "store", "dialer", "logger"] as const) {
+      if (!options?.[name]) throw new InvalidOptionError(name, "is required");
+    }
+    this.#o = { ...CHANGE_PUBLISHER_DEFAULTS, ...options };
+    const max = this.#o.maxPending;
+    if (!Number.isSafeInteger(max) || max < 1) {
+      throw new InvalidOptionError("maxPending", `expected a positive integer, got ${max}`);
+    }
   }
 
   sessionChanged(id: string): void {
