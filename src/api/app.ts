@@ -21,6 +21,7 @@ import { RequestLog } from "./request-log.ts";
 import { AdminProxy } from "./routes/admin-proxy.ts";
 import { controlPlaneRoutes } from "./routes/control-plane.ts";
 import { revdialRoutes } from "./routes/revdial.ts";
+import { webAppRoutes } from "./routes/web-app.ts";
 import type { TunnelEndpoint } from "./tunnel/tunnel-endpoint.ts";
 
 /** How long /readyz waits for the store's answer. */
@@ -82,6 +83,7 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
   });
   await app.register(revdialRoutes, { ctx, endpoint: parts.endpoint });
   await app.register(async (scope) => controlPlaneRoutes(scope, ctx));
+  await app.register(async (scope) => webAppRoutes(scope, ctx));
   return app;
 }
 

@@ -387,6 +387,14 @@ export class Auth {
     }
   }
 
+  /** Drops the remembered principal of one key (call when it is revoked). */
+  forgetKey(keyId: string): void {
+    this.#forgetLookups();
+    for (const [key, entry] of this.#cache) {
+      if (entry.principal.keyId === keyId) this.#cache.delete(key);
+    }
+  }
+
   /** Drops remembered principals of a host's keys (call when they are rotated or revoked). */
   forgetHost(hostId: string): void {
     this.#forgetLookups();

@@ -4,6 +4,7 @@ import type { Logger } from "../common/logger.ts";
 import type { Store } from "../store/index.ts";
 import type { TunnelDialer } from "../tunnel/types.ts";
 import type { Auth } from "./auth.ts";
+import type { EventBus } from "./events/event-bus.ts";
 import type { Quotas } from "./quotas.ts";
 import type { AgentSyncHub } from "./sync-hub.ts";
 
@@ -25,6 +26,8 @@ export interface ApiConfig {
    * final screenshot stored per session.
    */
   screenshotLimit: number;
+  /** Keep-alive and key re-check interval of GET /api/v1/events (default 15 s). */
+  eventsHeartbeatMs?: number;
   /** Bytes of stored final screenshots kept per user (default 64 MiB); the oldest go first. */
   storedScreenshotsPerUser: number;
 }
@@ -37,6 +40,8 @@ export interface ApiContext {
   dialer: TunnelDialer;
   logger: Logger;
   config: ApiConfig;
+  /** Live changes for GET /api/v1/events (events/event-bus.ts); absent: that route answers 503. */
+  events?: EventBus;
   /** The agent sync hub (sync socket, interactions, event streams); made by routes/agent-sync.ts. */
   sync?: AgentSyncHub;
 }

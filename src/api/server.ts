@@ -41,6 +41,9 @@ import { DEFAULT_TIMINGS, type TunnelTimings } from "../tunnel/tunnel.ts";
 import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
+import { ChangePublisher } from "./events/change-publisher.ts";
+import { EventBus } from "./events/event-bus.ts";
+import { observeStore } from "./events/store-observer.ts";
 import { ApiError, toApiError } from "./http-errors.ts";
 import { LifecycleSweeper, type LifecycleSweeperOptions } from "./lifecycle-sweeper.ts";
 import { ApiMetrics } from "./metrics.ts";
@@ -101,6 +104,8 @@ export interface ServerOptions {
   hostSweepIntervalMs?: number;
   /** The lifecycle sweeper's bounds (src/api/lifecycle-sweeper.ts): interval 15 s, starting 45 s. */
   lifecycle?: Omit<LifecycleSweeperOptions, "ctx">;
+  /** Keep-alive and key re-check interval of GET /api/v1/events streams. Default 15 s. */
+  eventsHeartbeatMs?: number;
   /** Tests only: see ApiConfig.startPlanningFault. */
   startPlanningFault?: (step: string) => void;
   logger: Logger;
@@ -131,6 +136,8 @@ export interface RunningServer {
   store: Store;
   auth: Auth;
   registry: TunnelRegistry;
+  /** The live changes GET /api/v1/events streams; another source (another replica's) may publish too. */
+  events: EventBus;
   /** The admin key when this start created it (printed once), else null. */
   adminKey: string | null;
   /** The runner token when the operator configured one, else null. */
@@ -302,8 +309,15 @@ async function startLocked(
   metrics.addEndpointCounters(() => endpoint.counters());
   const publicUrl =
     o.publicUrl ?? `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  // Live changes for GET /api/v1/events: the store's writes and the registry's tunnels feed the bus.
+  const events = new EventBus({ logger });
+  const changes = new ChangePublisher({ bus: events, store, dialer: registry, logger });
+  undo.push(() => changes.close());
+  registry.on("connected", (runnerId, stats) => changes.tunnelChanged(runnerId, "up", stats));
+  registry.on("disconnected", (runnerId) => changes.tunnelChanged(runnerId, "down"));
   const ctx: ApiContext = {
-    store,
+    store: observeStore(store, changes),
+    events,
     auth,
     quotas,
     dialer: registry,
@@ -313,6 +327,7 @@ async function startLocked(
       bodyLimit: o.bodyLimit,
       callTimeoutMs: o.callTimeoutMs,
       startPlanningFault: o.startPlanningFault,
+      eventsHeartbeatMs: o.eventsHeartbeatMs,
       screenshotLimit: positiveSize("screenshotLimit", o.screenshotLimit),
       storedScreenshotsPerUser: positiveSize("storedScreenshotsPerUser", o.storedScreenshotsPerUser),
     },
@@ -353,6 +368,7 @@ async function startLocked(
     store,
     auth,
     registry,
+    events,
     adminKey,
     runnerToken,
     stopSessionsOnHost: (hostId) => stopHostSessions(ctx, hostId, app.log),
@@ -379,6 +395,7 @@ async function startLocked(
           clearTimeout(cut);
         }
         endpoint.destroy();
+        changes.close();
         await store.close();
         await secureTree(o.dataDir).catch(() => {});
         lock.release();

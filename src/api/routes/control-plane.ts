@@ -5,17 +5,19 @@
 import type { FastifyInstance } from "fastify";
 import type { ApiContext } from "../context.ts";
 import { agentSyncRoutes } from "./agent-sync.ts";
+import { eventRoutes } from "./events.ts";
 import { externalAgentRoutes } from "./external-agents.ts";
 import { lifecycleRoutes } from "./lifecycle.ts";
 import { projectRoutes } from "./projects.ts";
 import { sampleProjectRoutes } from "./sample-projects.ts";
 import { sessionRoutes } from "./sessions.ts";
 import { specTaskRoutes } from "./spec-tasks.ts";
-import { userRoutes } from "./users.ts";
+import { userKeyRoutes, userRoutes } from "./users.ts";
 import { wolfInstanceRoutes } from "./wolf-instances.ts";
 
 export async function controlPlaneRoutes(app: FastifyInstance, ctx: ApiContext): Promise<void> {
   await userRoutes(app, ctx);
+  await userKeyRoutes(app, ctx);
   await sampleProjectRoutes(app, ctx);
   await projectRoutes(app, ctx);
   await specTaskRoutes(app, ctx);
@@ -24,4 +26,5 @@ export async function controlPlaneRoutes(app: FastifyInstance, ctx: ApiContext):
   await wolfInstanceRoutes(app, ctx);
   await lifecycleRoutes(app, ctx);
   await agentSyncRoutes(app, ctx);
+  await eventRoutes(app, ctx);
 }

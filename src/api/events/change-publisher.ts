@@ -1,0 +1,158 @@
+// Turns "this session / host / tunnel changed" into events on the bus, in the API's usual shapes
+// (the session view, the Wolf instance view, a tunnel's state): the ids reported by the store
+// observer and the tunnel registry are coalesced for one turn of the event loop, then each record
+// is read once and published once, whoever is watching. With nobody watching (no subscriber), a
+// change costs nothing: no read, no event.
+//
+// A tunnel event also republishes what it changes: `sandbox-{id}` coming or going flips that
+// session's sandbox_connected (and its owner sees the tunnel event), `wolf-{id}` that host's
+// tunnel_connected. The session's one read serves both.
+//
+// Bounds: at most maxPending ids wait for the next turn (default 10,000; a reconnect storm of
+// tunnels is coalesced under it); past it a change is dropped and logged (a client sees it with its
+// next event or reload). A failed read is logged at debug.
+
+import { InvalidOptionError } from "../../common/errors.ts";
+import type { Logger } from "../../common/logger.ts";
+import type { Store } from "../../store/index.ts";
+import type { TunnelDialer, TunnelStats } from "../../tunnel/types.ts";
+import { sessionView } from "../routes/route-views.ts";
+import { wolfInstanceView } from "../routes/wolf-instances.ts";
+import type { EventBus } from "./event-bus.ts";
+import type { ChangeSink } from "./store-observer.ts";
+
+export interface ChangePublisherOptions {
+  bus: EventBus;
+  /** The store read from (the plain one: reads need no observing). */
+  store: Store;
+  dialer: TunnelDialer;
+  logger: Logger;
+  /** Changes waiting for the next turn at most. Default 10,000. */
+  maxPending?: number;
+}
+
+export const CHANGE_PUBLISHER_DEFAULTS = Object.freeze({ maxPending: 10_000 });
+
+type TunnelState = { state: "up" | "down"; stats?: TunnelStats };
+
+const SANDBOX = "sandbox-";
+const WOLF = "wolf-";
+
+export class ChangePublisher implements ChangeSink {
+  readonly #o: Required<ChangePublisherOptions>;
+  readonly #sessions = new Set<string>();
+  readonly #hosts = new Set<string>();
+  /** runner id -> its latest state this turn. */
+  readonly #tunnels = new Map<string, TunnelState>();
+  #scheduled = false;
+  #closed = false;
+
+  constructor(options: ChangePublisherOptions) {
+    for (const name of ["bus", "store", "dialer", "logger"] as const) {
+      if (!options?.[name]) throw new InvalidOptionError(name, "is required");
+    }
+    this.#o = { ...CHANGE_PUBLISHER_DEFAULTS, ...options };
+    const max = this.#o.maxPending;
+    if (!Number.isSafeInteger(max) || max < 1) {
+      throw new InvalidOptionError("maxPending", `expected a positive integer, got ${max}`);
+    }
+  }
+
+  sessionChanged(id: string): void {
+    if (this.#admit(this.#sessions.has(id))) this.#sessions.add(id);
+  }
+
+  hostChanged(id: string): void {
+    if (this.#admit(this.#hosts.has(id))) this.#hosts.add(id);
+  }
+
+  /** A tunnel registered (`up`, with its figures then) or went away (`down`). */
+  tunnelChanged(runnerId: string, state: "up" | "down", stats?: TunnelStats): void {
+    if (!this.#admit(this.#tunnels.has(runnerId))) return;
+    this.#tunnels.set(runnerId, { state, stats });
+    if (runnerId.startsWith(SANDBOX)) this.#sessions.add(runnerId.slice(SANDBOX.length));
+    else if (runnerId.startsWith(WOLF)) this.#hosts.add(runnerId.slice(WOLF.length));
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#sessions.clear();
+    this.#hosts.clear();
+    this.#tunnels.clear();
+  }
+
+  /** Whether a change may be queued (and the flush is scheduled); `known`: it is queued already. */
+  #admit(known: boolean): boolean {
+    if (this.#closed || this.#o.bus.subscribers === 0) return false;
+    const pending = this.#sessions.size + this.#hosts.size + this.#tunnels.size;
+    if (!known && pending >= this.#o.maxPending) {
+      this.#o.logger.warn({ pending }, "too many changes waiting to be published; one dropped");
+      return false;
+    }
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(() => void this.#flush());
+    }
+    return true;
+  }
+
+  async #flush(): Promise<void> {
+    this.#scheduled = false;
+    const sessions = [...this.#sessions];
+    const hosts = new Set(this.#hosts);
+    const tunnels = new Map(this.#tunnels);
+    this.#sessions.clear();
+    this.#hosts.clear();
+    this.#tunnels.clear();
+    const owners = new Map<string, string>();
+    for (const id of sessions) {
+      const placed = await this.#publishSession(id, owners);
+      if (placed) hosts.add(placed); // the host's load may have changed with it
+    }
+    for (const [runnerId, t] of tunnels) this.#publishTunnel(runnerId, t, owners);
+    for (const id of hosts) await this.#publishHost(id);
+  }
+
+  /** Publishes the session's view; returns the host it is placed on, and notes its owner. */
+  async #publishSession(id: string, owners: Map<string, string>): Promise<string | null> {
+    const { store, dialer, bus, logger } = this.#o;
+    try {
+      const session = await store.sessions.get(id);
+      if (this.#closed) return null;
+      if (!session) {
+        // Deleted: nobody can be told but admins (the owner is gone with the record).
+        bus.publish({ type: "session", ownerId: null, data: { id, deleted: true } });
+        return null;
+      }
+      owners.set(id, session.ownerId);
+      const data = sessionView(session, dialer.isConnected(`${SANDBOX}${id}`));
+      bus.publish({ type: "session", ownerId: session.ownerId, data });
+      return session.wolfInstanceId;
+    } catch (err) {
+      logger.debug({ err, session_id: id }, "session change not published");
+      return null;
+    }
+  }
+
+  #publishTunnel(runnerId: string, t: TunnelState, owners: Map<string, string>): void {
+    if (this.#closed) return;
+    const sessionId = runnerId.startsWith(SANDBOX) ? runnerId.slice(SANDBOX.length) : null;
+    const owner = sessionId ? (owners.get(sessionId) ?? null) : null;
+    const data = sessionId
+      ? { runner_id: runnerId, state: t.state, session_id: sessionId, owner, stats: t.stats }
+      : { runner_id: runnerId, state: t.state, stats: t.stats };
+    this.#o.bus.publish({ type: "tunnel", ownerId: owner, data });
+  }
+
+  async #publishHost(id: string): Promise<void> {
+    const { store, dialer, bus, logger } = this.#o;
+    try {
+      const host = await store.wolfInstances.get(id);
+      if (this.#closed) return;
+      const data = host ? wolfInstanceView(host, dialer.isConnected(`${WOLF}${id}`)) : { id, deleted: true };
+      bus.publish({ type: "host", ownerId: null, data });
+    } catch (err) {
+      logger.debug({ err, wolf_id: id }, "host change not published");
+    }
+  }
+}
