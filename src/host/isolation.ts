@@ -25,7 +25,7 @@
 
 import { execFile } from "node:child_process";
 import { accessSync, constants, lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
-import { delimiter, dirname, join } from "node:path";
+import { basename, delimiter, dirname, join } from "node:path";
 import { InvalidOptionError } from "../common/errors.ts";
 import { HOST_ERROR_CODES, HostError } from "./host-errors.ts";
 
@@ -308,21 +308,35 @@ export function dropTo(setpriv: string, uid: number): string[] {
 }
 
 /**
- * The code a sandbox runs, as read-only binds: the checkout's src/ and package.json (not the whole
- * checkout: a data dir or keys beside it stay out), node_modules at its real path mounted where the
+ * The code a sandbox runs, as read-only binds: the checkout's src/ (an installed package's dist/)
+ * and package.json (not the whole checkout: a data dir or keys beside it stay out), node_modules at its real path mounted where the
  * checkout expects it, and the Node binary's installation when it lives outside the system dirs.
  */
-export function codeBinds(projectRoot: string, execPath = process.execPath): SandboxPaths["readOnly"] {
+export function codeBinds(
+  projectRoot: string,
+  codeDir = join(projectRoot, "src"),
+  execPath = process.execPath,
+): SandboxPaths["readOnly"] {
   const binds = [
-    { source: join(projectRoot, "src"), dest: join(projectRoot, "src") },
+    { source: codeDir, dest: codeDir },
     { source: join(projectRoot, "package.json"), dest: join(projectRoot, "package.json") },
   ];
+  // An installed package finds its dependencies in the node_modules that holds it
+  // (…/node_modules/revdial or …/node_modules/@scope/revdial); a checkout, in its own.
+  const parent = dirname(projectRoot);
+  const holder =
+    basename(parent) === "node_modules"
+      ? parent
+      : basename(dirname(parent)) === "node_modules"
+        ? dirname(parent)
+        : null;
   let modules: string | null = null;
   try {
-    modules = realpathSync(join(projectRoot, "node_modules"));
-    binds.push({ source: modules, dest: join(projectRoot, "node_modules") });
+    const wanted = holder ?? join(projectRoot, "node_modules");
+    modules = realpathSync(wanted);
+    binds.push({ source: modules, dest: wanted });
     // Symlinks inside node_modules (.bin) may point at its real path.
-    if (modules !== join(projectRoot, "node_modules")) binds.push({ source: modules, dest: modules });
+    if (modules !== wanted) binds.push({ source: modules, dest: modules });
   } catch {}
   const node = realpathSync(execPath);
   const covered = (p: string) =>

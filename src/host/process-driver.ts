@@ -87,8 +87,10 @@ export const PROCESS_DRIVER_DEFAULTS = Object.freeze({
   allowSharedFallback: false,
 });
 
-const LAUNCHER_PATH = fileURLToPath(new URL("./lobby-launcher.ts", import.meta.url));
-const MAIN_PATH = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+/** ".ts" when running the sources (a checkout), ".js" when running the build (an installed package). */
+const CODE_EXT = import.meta.url.endsWith(".ts") ? ".ts" : ".js";
+const LAUNCHER_PATH = fileURLToPath(new URL(`./lobby-launcher${CODE_EXT}`, import.meta.url));
+const MAIN_PATH = fileURLToPath(new URL(`../cli/main${CODE_EXT}`, import.meta.url));
 const PROJECT_ROOT = dirname(dirname(dirname(LAUNCHER_PATH)));
 /** sun_path holds 108 bytes with the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
@@ -210,7 +212,7 @@ export class ProcessDriver implements SandboxDriver {
       allowSharedFallback: this.#o.allowSharedFallback,
       codePaths: [
         join(PROJECT_ROOT, "package.json"),
-        join(PROJECT_ROOT, "src"),
+        dirname(dirname(LAUNCHER_PATH)),
         MAIN_PATH,
         LAUNCHER_PATH,
         join(PROJECT_ROOT, "node_modules"),
@@ -365,7 +367,12 @@ export class ProcessDriver implements SandboxDriver {
     };
     const argv = wrapCommand(
       iso,
-      { workDir, innerWorkDir: inner, appDir, readOnly: codeBinds(PROJECT_ROOT) },
+      {
+        workDir,
+        innerWorkDir: inner,
+        appDir,
+        readOnly: codeBinds(PROJECT_ROOT, dirname(dirname(LAUNCHER_PATH))),
+      },
       [process.execPath, LAUNCHER_PATH],
     );
     if (iso.mode === "unsafe-shared-user")
