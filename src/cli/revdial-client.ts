@@ -66,4 +66,4 @@ export async function main(args: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) await main(process.argv.slice(2));
+if (import.meta.main) void main(process.argv.slice(2));

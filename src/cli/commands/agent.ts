@@ -147,6 +147,10 @@ async function startDesktop(
   flags: AgentFlags,
   logger: Logger,
 ): Promise<{ address: string; close: () => Promise<void> }> {
+  // The packages the desktop needs are loaded now, so a missing one fails the start with its name.
+  const { loadSharp, loadX11 } = await import("../../agent/desktop/native-modules.ts");
+  await loadSharp();
+  if (flags.display || !process.env.WAYLAND_DISPLAY) await loadX11();
   const { startDesktopService } = await import("../../agent/desktop/desktop-service.ts");
   const service = await startDesktopService({ listen: flags.desktopListen, display: flags.display, logger });
   const bound = service.address;
