@@ -15,6 +15,7 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
   local: "local",
   target: "target",
   "log-level": "logLevel",
+  "log-format": "logFormat",
   display: "display",
   "desktop-listen": "desktopListen",
   "ca-file": "caFile",
@@ -32,6 +33,7 @@ export function parseClientFlags(args: string[]): AgentFlags {
   const flags: AgentFlags = {
     target: [],
     logLevel: "info",
+    logFormat: env("REVDIAL_LOG_FORMAT"),
     desktopListen: "127.0.0.1:9876",
     caFile: env("REVDIAL_CA_FILE"),
     insecure: insecureFromEnv(),

@@ -23,6 +23,8 @@ import {
   CliUsageError,
   durationOption,
   env,
+  LOG_FORMAT_OPTION,
+  logFormatOption,
   logLevelOption,
   PROTOCOL_OPTION,
   protocolOption,
@@ -50,6 +52,7 @@ interface RunFlags extends TlsFlags {
   label: string[];
   heartbeat: string;
   logLevel: string;
+  logFormat?: string;
   transport?: string;
   protocol?: string;
   isolation: string;
@@ -99,7 +102,11 @@ async function run(flags: RunFlags): Promise<void> {
   if (!Number.isInteger(max) || max < 1)
     throw new CliUsageError("--max-sandboxes must be a positive integer");
   const isolation = isolationFromFlags(flags);
-  const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-wolf" });
+  const logger = createLogger({
+    level: logLevelOption(flags.logLevel),
+    format: logFormatOption(flags.logFormat),
+    name: "revdial-wolf",
+  });
   let host: WolfHost;
   try {
     host = new WolfHost({
@@ -190,7 +197,8 @@ export function register(program: Command): void {
       "--state-dir <dir>",
       "the host's state (0700): lobby API socket, live sandboxes (default: under the OS temp dir)",
     )
-    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info")
+    .option(...LOG_FORMAT_OPTION, env("REVDIAL_LOG_FORMAT"));
   // The TLS flags may also be program-wide (register-commands.ts); the sandbox agent gets them as env.
   addTlsOptions(runCommand).action((_flags: RunFlags, cmd: Command) => run(cmd.optsWithGlobals<RunFlags>()));
 
