@@ -28,6 +28,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
+import { chooseApp } from "./default-app.ts";
 import { HOST_ERROR_CODES, HostAtCapacityError, HostError, LobbyNotFoundError } from "./host-errors.ts";
 import { claimUidRange, HostState, type LobbyRecord, procInfo, releaseUidRange } from "./host-state.ts";
 import {
@@ -52,7 +53,10 @@ export interface ProcessDriverOptions {
   stateDir: string;
   /** Lobbies at most (default 10). */
   maxSandboxes?: number;
-  /** A command started on each sandbox's display (`sh -c`), e.g. an editor. */
+  /**
+   * A command started on each sandbox's display (`sh -c`), e.g. an editor; default a terminal
+   * showing the session (default-app.ts); "" runs nothing.
+   */
   app?: string | null;
   /** The agent program each sandbox's agent runs and bridges (`revdial agent --agent-command`). */
   agentCommand?: string | null;
@@ -142,6 +146,8 @@ export async function processesOfUids(uids: number[]): Promise<number[]> {
 export class ProcessDriver implements SandboxDriver {
   readonly name = "process" as const;
   readonly #log: Logger;
+  /** Why sandboxes run no app when none was given (xterm missing), for start()'s log. */
+  readonly #appNote: string | null;
   readonly #o: Required<
     Omit<ProcessDriverOptions, "logger" | "onExit" | "app" | "sandboxUids" | "caPem" | "agentCommand">
   > & {
@@ -178,10 +184,12 @@ export class ProcessDriver implements SandboxDriver {
     for (const name of ["stopTimeoutMs", "startTimeoutMs"] as const)
       if (!(o[name] > 0)) throw new InvalidOptionError(name, "must be > 0");
     this.#log = options.logger;
+    const chosenApp = chooseApp(options.app);
+    this.#appNote = chosenApp.note;
     this.#o = {
       ...o,
       stateDir: options.stateDir,
-      app: options.app ?? null,
+      app: chosenApp.command,
       sandboxUids: options.sandboxUids,
       caPem: options.caPem ?? null,
       agentCommand: options.agentCommand ?? null,
@@ -220,6 +228,7 @@ export class ProcessDriver implements SandboxDriver {
       ],
     });
     if (iso.reason) this.#log.warn({ reason: iso.reason }, `sandbox isolation: ${iso.mode}`);
+    if (this.#appNote) this.#log.warn(this.#appNote);
     const window = iso.uids ? this.#claimUids(iso.uids) : null;
     const state = new HostState(this.#o.stateDir);
     mkdirSync(join(state.dir, "sandboxes"), { recursive: true, mode: 0o700 });
