@@ -308,6 +308,18 @@ export function dropTo(setpriv: string, uid: number): string[] {
 }
 
 /**
+ * Where the code's dependencies are: a checkout's own node_modules, or, for an installed package
+ * (…/node_modules/revdial or …/node_modules/@scope/revdial), the node_modules that holds it.
+ */
+export function modulesDirOf(projectRoot: string): string {
+  const parent = dirname(projectRoot);
+  if (basename(parent) === "node_modules") return parent;
+  if (basename(dirname(parent)) === "node_modules" && basename(parent).startsWith("@"))
+    return dirname(parent);
+  return join(projectRoot, "node_modules");
+}
+
+/**
  * The code a sandbox runs, as read-only binds: the checkout's src/ (an installed package's dist/)
  * and package.json (not the whole checkout: a data dir or keys beside it stay out), node_modules at its real path mounted where the
  * checkout expects it, and the Node binary's installation when it lives outside the system dirs.
@@ -321,18 +333,9 @@ export function codeBinds(
     { source: codeDir, dest: codeDir },
     { source: join(projectRoot, "package.json"), dest: join(projectRoot, "package.json") },
   ];
-  // An installed package finds its dependencies in the node_modules that holds it
-  // (…/node_modules/revdial or …/node_modules/@scope/revdial); a checkout, in its own.
-  const parent = dirname(projectRoot);
-  const holder =
-    basename(parent) === "node_modules"
-      ? parent
-      : basename(dirname(parent)) === "node_modules"
-        ? dirname(parent)
-        : null;
   let modules: string | null = null;
   try {
-    const wanted = holder ?? join(projectRoot, "node_modules");
+    const wanted = modulesDirOf(projectRoot);
     modules = realpathSync(wanted);
     binds.push({ source: modules, dest: wanted });
     // Symlinks inside node_modules (.bin) may point at its real path.

@@ -40,6 +40,7 @@ import {
   type Isolation,
   type IsolationRequest,
   IsolationUnavailableError,
+  modulesDirOf,
   type UidRange,
   wrapCommand,
 } from "./isolation.ts";
@@ -223,7 +224,7 @@ export class ProcessDriver implements SandboxDriver {
         dirname(dirname(LAUNCHER_PATH)),
         MAIN_PATH,
         LAUNCHER_PATH,
-        join(PROJECT_ROOT, "node_modules"),
+        modulesDirOf(PROJECT_ROOT),
         process.execPath,
       ],
     });
