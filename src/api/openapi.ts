@@ -86,7 +86,7 @@ export function addOpenApiRoute(app: FastifyInstance): void {
   });
 }
 
-const PROXY_METHODS = ["get", "post", "put", "patch", "delete"] as const;
+const PROXY_METHODS = ["get", "head", "post", "put", "patch", "delete"] as const;
 
 function withAdminProxy(doc: Schema): Schema {
   const path = PROXY_ROUTE.replace(":runnerId", "{runnerId}").replace("*", "{path}");

@@ -20,7 +20,7 @@ interface Operation {
 type Doc = { openapi: string; info: { title: string }; paths: Record<string, Record<string, Operation>> };
 
 const PROXY_PATH = "/api/v1/revdial/{runnerId}/proxy/{path}";
-const METHODS = new Set(["get", "post", "put", "patch", "delete"]);
+const METHODS = new Set(["get", "head", "post", "put", "patch", "delete"]);
 
 describe("OpenAPI document", () => {
   let dir: string;
@@ -89,6 +89,13 @@ describe("OpenAPI document", () => {
     assert.ok(doc.paths["/api/v1/revdial/connections"].get.security?.some((s) => "bearer" in s));
     const createUser = doc.paths["/api/v1/users"].post.requestBody?.content["application/json"].schema;
     assert.deepEqual(createUser?.required, ["name"]);
-    assert.deepEqual(Object.keys(doc.paths[PROXY_PATH]).sort(), ["delete", "get", "patch", "post", "put"]);
+    assert.deepEqual(Object.keys(doc.paths[PROXY_PATH]).sort(), [
+      "delete",
+      "get",
+      "head",
+      "patch",
+      "post",
+      "put",
+    ]);
   });
 });
