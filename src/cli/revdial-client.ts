@@ -26,7 +26,8 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
 const USAGE =
   "usage: revdial-client -server URL -runner-id ID (-token T | -token-file F | env REVDIAL_TOKEN)\n" +
   "                      [-local ADDR] [-target NAME=ADDR ...]\n" +
-  "                      [-ca-file FILE] [-insecure] [-transport ws|raw] [-protocol v3|v2]";
+  "                      [-ca-file FILE] [-insecure] [-transport ws|raw] [-protocol v3|v2]\n" +
+  "                      [-log-level LEVEL] [-log-format json|pretty]";
 
 /** Parses Go-style flags: `-name value`, `-name=value`, `--name value`; booleans `-desktop`, `-insecure`. */
 export function parseClientFlags(args: string[]): AgentFlags {

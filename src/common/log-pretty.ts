@@ -63,10 +63,14 @@ export function prettyDestination(fd: number, colour: boolean): { write(chunk: s
         .filter((l) => l.length > 0)
         .map((l) => prettyLine(l, colour))
         .join("");
-      try {
-        writeSync(fd, text);
-      } catch {
-        // The terminal is gone: nothing to tell anyone.
+      let buffer = Buffer.from(text);
+      for (let tries = 0; buffer.length > 0 && tries < 100; tries++) {
+        try {
+          buffer = buffer.subarray(writeSync(fd, buffer));
+        } catch (err) {
+          // A non-blocking terminal that is full: try again; anything else (it is gone): give up.
+          if ((err as NodeJS.ErrnoException).code !== "EAGAIN") break;
+        }
       }
       return true;
     },
