@@ -309,7 +309,8 @@ export function dropTo(setpriv: string, uid: number): string[] {
 
 /**
  * Where the code's dependencies are: a checkout's own node_modules, or, for an installed package
- * (…/node_modules/revdial or …/node_modules/@scope/revdial), the node_modules that holds it.
+ * (…/node_modules/revdial or …/node_modules/@scope/revdial), the node_modules that holds it, which
+ * also holds what a global install nests in the package's own node_modules.
  */
 export function modulesDirOf(projectRoot: string): string {
   const parent = dirname(projectRoot);
