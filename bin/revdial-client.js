@@ -1,4 +1,4 @@
 #!/usr/bin/env node
 import { launch } from "./launch.js";
 
-await launch("src/cli/revdial-client.ts", process.argv.slice(2));
+await launch("cli/revdial-client", process.argv.slice(2));

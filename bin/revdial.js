@@ -1,4 +1,4 @@
 #!/usr/bin/env node
 import { launch } from "./launch.js";
 
-await launch("src/cli/main.ts", process.argv.slice(2));
+await launch("cli/main", process.argv.slice(2));

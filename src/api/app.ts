@@ -17,6 +17,7 @@ import {
 } from "./error-handler.ts";
 import { frontedServer } from "./http-server.ts";
 import type { ApiMetrics } from "./metrics.ts";
+import { addOpenApiRoute, registerOpenApi } from "./openapi.ts";
 import { RequestLog } from "./request-log.ts";
 import { AdminProxy } from "./routes/admin-proxy.ts";
 import { controlPlaneRoutes } from "./routes/control-plane.ts";
@@ -67,6 +68,8 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
   refuseWhileClosing(app, closing);
   authenticateBeforeBody(app, ctx.auth);
   logEveryRequest(app, requestLog);
+  await registerOpenApi(app, ctx.auth.preHandler);
+  addOpenApiRoute(app);
 
   // Liveness: the process answers. It never touches the store, so an outage does not get a
   // healthy server (and its live tunnels) restarted.

@@ -108,13 +108,27 @@ export class Scheduler {
     );
   }
 
+  /**
+   * The sandbox's environment: its session id, and its task and project (ids and names) for what
+   * runs there, such as the terminal its display shows by default.
+   */
+  async sandboxEnv(session: Session): Promise<Record<string, string>> {
+    const env: Record<string, string> = { REVDIAL_SESSION_ID: session.id };
+    const task = session.specTaskId ? await this.#ctx.store.specTasks.get(session.specTaskId) : null;
+    if (!task) return env;
+    Object.assign(env, { REVDIAL_TASK_ID: task.id, REVDIAL_TASK_NAME: task.name });
+    const project = await this.#ctx.store.projects.get(task.projectId);
+    if (project) Object.assign(env, { REVDIAL_PROJECT_ID: project.id, REVDIAL_PROJECT_NAME: project.name });
+    return env;
+  }
+
   /** Asks the host to start the sandbox; returns the host's lobby id. */
   async createLobby(hostId: string, session: Session, sandboxToken: string): Promise<string> {
     const body = JSON.stringify({
       session_id: session.id,
       sandbox_token: sandboxToken,
       server_url: this.#ctx.config.publicUrl,
-      env: { REVDIAL_SESSION_ID: session.id },
+      env: await this.sandboxEnv(session),
     });
     const answer = await this.#call<{ lobby_id: string }>(hostId, "POST", "/lobbies", body);
     if (typeof answer?.lobby_id !== "string") throw hostFailed(hostId, "answered without a lobby_id");

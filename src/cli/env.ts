@@ -2,7 +2,7 @@
 // same way for every command.
 
 import { parseDuration } from "../common/duration.ts";
-import { LOG_LEVELS, type LogLevel } from "../common/logger.ts";
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../common/logger.ts";
 
 /** The first non-empty environment variable of `names`, else undefined. */
 export function env(...names: string[]): string | undefined {
@@ -29,6 +29,21 @@ export function logLevelOption(text: string | undefined): LogLevel {
   }
   return level as LogLevel;
 }
+
+/** --log-format (env REVDIAL_LOG_FORMAT): json or pretty; undefined picks by the terminal. */
+export function logFormatOption(text: string | undefined): LogFormat | undefined {
+  if (text === undefined || text === "") return undefined;
+  const format = text.toLowerCase();
+  if (!(LOG_FORMATS as readonly string[]).includes(format))
+    throw new CliUsageError(`--log-format must be one of ${LOG_FORMATS.join(", ")}`);
+  return format as LogFormat;
+}
+
+/** The --log-format option, for the long-running commands (server, agent, wolf run). */
+export const LOG_FORMAT_OPTION = [
+  "--log-format <format>",
+  "json|pretty; default pretty on a terminal, json otherwise (env REVDIAL_LOG_FORMAT)",
+] as const;
 
 export function sizeOption(name: string, text: string): number {
   const match = /^(\d+)\s*(b|kib|kb|k|mib|mb|m|gib|gb|g)?$/i.exec(text.trim());

@@ -15,6 +15,7 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
   local: "local",
   target: "target",
   "log-level": "logLevel",
+  "log-format": "logFormat",
   display: "display",
   "desktop-listen": "desktopListen",
   "ca-file": "caFile",
@@ -25,13 +26,15 @@ const VALUE_FLAGS: Record<string, keyof AgentFlags> = {
 const USAGE =
   "usage: revdial-client -server URL -runner-id ID (-token T | -token-file F | env REVDIAL_TOKEN)\n" +
   "                      [-local ADDR] [-target NAME=ADDR ...]\n" +
-  "                      [-ca-file FILE] [-insecure] [-transport ws|raw] [-protocol v3|v2]";
+  "                      [-ca-file FILE] [-insecure] [-transport ws|raw] [-protocol v3|v2]\n" +
+  "                      [-log-level LEVEL] [-log-format json|pretty]";
 
 /** Parses Go-style flags: `-name value`, `-name=value`, `--name value`; booleans `-desktop`, `-insecure`. */
 export function parseClientFlags(args: string[]): AgentFlags {
   const flags: AgentFlags = {
     target: [],
     logLevel: "info",
+    logFormat: env("REVDIAL_LOG_FORMAT"),
     desktopListen: "127.0.0.1:9876",
     caFile: env("REVDIAL_CA_FILE"),
     insecure: insecureFromEnv(),
@@ -66,4 +69,4 @@ export async function main(args: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) await main(process.argv.slice(2));
+if (import.meta.main) void main(process.argv.slice(2));

@@ -25,7 +25,7 @@
 
 import { execFile } from "node:child_process";
 import { accessSync, constants, lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
-import { delimiter, dirname, join } from "node:path";
+import { basename, delimiter, dirname, join } from "node:path";
 import { InvalidOptionError } from "../common/errors.ts";
 import { HOST_ERROR_CODES, HostError } from "./host-errors.ts";
 
@@ -308,21 +308,39 @@ export function dropTo(setpriv: string, uid: number): string[] {
 }
 
 /**
- * The code a sandbox runs, as read-only binds: the checkout's src/ and package.json (not the whole
- * checkout: a data dir or keys beside it stay out), node_modules at its real path mounted where the
+ * Where the code's dependencies are: a checkout's own node_modules, or, for an installed package
+ * (…/node_modules/revdial or …/node_modules/@scope/revdial), the node_modules that holds it, which
+ * also holds what a global install nests in the package's own node_modules.
+ */
+export function modulesDirOf(projectRoot: string): string {
+  const parent = dirname(projectRoot);
+  if (basename(parent) === "node_modules") return parent;
+  if (basename(dirname(parent)) === "node_modules" && basename(parent).startsWith("@"))
+    return dirname(parent);
+  return join(projectRoot, "node_modules");
+}
+
+/**
+ * The code a sandbox runs, as read-only binds: the checkout's src/ (an installed package's dist/)
+ * and package.json (not the whole checkout: a data dir or keys beside it stay out), node_modules at its real path mounted where the
  * checkout expects it, and the Node binary's installation when it lives outside the system dirs.
  */
-export function codeBinds(projectRoot: string, execPath = process.execPath): SandboxPaths["readOnly"] {
+export function codeBinds(
+  projectRoot: string,
+  codeDir = join(projectRoot, "src"),
+  execPath = process.execPath,
+): SandboxPaths["readOnly"] {
   const binds = [
-    { source: join(projectRoot, "src"), dest: join(projectRoot, "src") },
+    { source: codeDir, dest: codeDir },
     { source: join(projectRoot, "package.json"), dest: join(projectRoot, "package.json") },
   ];
   let modules: string | null = null;
   try {
-    modules = realpathSync(join(projectRoot, "node_modules"));
-    binds.push({ source: modules, dest: join(projectRoot, "node_modules") });
+    const wanted = modulesDirOf(projectRoot);
+    modules = realpathSync(wanted);
+    binds.push({ source: modules, dest: wanted });
     // Symlinks inside node_modules (.bin) may point at its real path.
-    if (modules !== join(projectRoot, "node_modules")) binds.push({ source: modules, dest: modules });
+    if (modules !== wanted) binds.push({ source: modules, dest: modules });
   } catch {}
   const node = realpathSync(execPath);
   const covered = (p: string) =>

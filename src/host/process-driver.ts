@@ -28,6 +28,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
+import { chooseApp } from "./default-app.ts";
 import { HOST_ERROR_CODES, HostAtCapacityError, HostError, LobbyNotFoundError } from "./host-errors.ts";
 import { claimUidRange, HostState, type LobbyRecord, procInfo, releaseUidRange } from "./host-state.ts";
 import {
@@ -39,6 +40,7 @@ import {
   type Isolation,
   type IsolationRequest,
   IsolationUnavailableError,
+  modulesDirOf,
   type UidRange,
   wrapCommand,
 } from "./isolation.ts";
@@ -52,7 +54,10 @@ export interface ProcessDriverOptions {
   stateDir: string;
   /** Lobbies at most (default 10). */
   maxSandboxes?: number;
-  /** A command started on each sandbox's display (`sh -c`), e.g. an editor. */
+  /**
+   * A command started on each sandbox's display (`sh -c`), e.g. an editor; default a terminal
+   * showing the session (default-app.ts); "" runs nothing.
+   */
   app?: string | null;
   /** The agent program each sandbox's agent runs and bridges (`revdial agent --agent-command`). */
   agentCommand?: string | null;
@@ -87,8 +92,10 @@ export const PROCESS_DRIVER_DEFAULTS = Object.freeze({
   allowSharedFallback: false,
 });
 
-const LAUNCHER_PATH = fileURLToPath(new URL("./lobby-launcher.ts", import.meta.url));
-const MAIN_PATH = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+/** ".ts" when running the sources (a checkout), ".js" when running the build (an installed package). */
+const CODE_EXT = import.meta.url.endsWith(".ts") ? ".ts" : ".js";
+const LAUNCHER_PATH = fileURLToPath(new URL(`./lobby-launcher${CODE_EXT}`, import.meta.url));
+const MAIN_PATH = fileURLToPath(new URL(`../cli/main${CODE_EXT}`, import.meta.url));
 const PROJECT_ROOT = dirname(dirname(dirname(LAUNCHER_PATH)));
 /** sun_path holds 108 bytes with the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
@@ -140,6 +147,8 @@ export async function processesOfUids(uids: number[]): Promise<number[]> {
 export class ProcessDriver implements SandboxDriver {
   readonly name = "process" as const;
   readonly #log: Logger;
+  /** Why sandboxes run no app when none was given (xterm missing), for start()'s log. */
+  readonly #appNote: string | null;
   readonly #o: Required<
     Omit<ProcessDriverOptions, "logger" | "onExit" | "app" | "sandboxUids" | "caPem" | "agentCommand">
   > & {
@@ -176,10 +185,12 @@ export class ProcessDriver implements SandboxDriver {
     for (const name of ["stopTimeoutMs", "startTimeoutMs"] as const)
       if (!(o[name] > 0)) throw new InvalidOptionError(name, "must be > 0");
     this.#log = options.logger;
+    const chosenApp = chooseApp(options.app);
+    this.#appNote = chosenApp.note;
     this.#o = {
       ...o,
       stateDir: options.stateDir,
-      app: options.app ?? null,
+      app: chosenApp.command,
       sandboxUids: options.sandboxUids,
       caPem: options.caPem ?? null,
       agentCommand: options.agentCommand ?? null,
@@ -210,14 +221,15 @@ export class ProcessDriver implements SandboxDriver {
       allowSharedFallback: this.#o.allowSharedFallback,
       codePaths: [
         join(PROJECT_ROOT, "package.json"),
-        join(PROJECT_ROOT, "src"),
+        dirname(dirname(LAUNCHER_PATH)),
         MAIN_PATH,
         LAUNCHER_PATH,
-        join(PROJECT_ROOT, "node_modules"),
+        modulesDirOf(PROJECT_ROOT),
         process.execPath,
       ],
     });
     if (iso.reason) this.#log.warn({ reason: iso.reason }, `sandbox isolation: ${iso.mode}`);
+    if (this.#appNote) this.#log.warn(this.#appNote);
     const window = iso.uids ? this.#claimUids(iso.uids) : null;
     const state = new HostState(this.#o.stateDir);
     mkdirSync(join(state.dir, "sandboxes"), { recursive: true, mode: 0o700 });
@@ -365,7 +377,12 @@ export class ProcessDriver implements SandboxDriver {
     };
     const argv = wrapCommand(
       iso,
-      { workDir, innerWorkDir: inner, appDir, readOnly: codeBinds(PROJECT_ROOT) },
+      {
+        workDir,
+        innerWorkDir: inner,
+        appDir,
+        readOnly: codeBinds(PROJECT_ROOT, dirname(dirname(LAUNCHER_PATH))),
+      },
       [process.execPath, LAUNCHER_PATH],
     );
     if (iso.mode === "unsafe-shared-user")

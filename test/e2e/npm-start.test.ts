@@ -15,7 +15,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
+import sharp from "sharp";
+import { DEFAULT_APP_PROGRAM } from "../../src/host/default-app.ts";
 import { localHostStateDir, procInfo } from "../../src/host/host-state.ts";
+import { which } from "../../src/host/isolation.ts";
 import { groupAlive } from "../../src/host/process-driver.ts";
 import { missingTools } from "../agent/desktop/xvfb.ts";
 import { MAIN, revdial } from "./cli-harness.ts";
@@ -61,7 +64,7 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it("fork, spectask start --wait, screenshot, wolf list, stop; SIGTERM leaves no sandbox", async () => {
+  it("fork, spectask start --wait, screenshot, wolf list, stop; SIGTERM leaves no sandbox", async (t) => {
     const fork = await revdial(
       ["project", "fork", "modern-todo-app", "--name", "RevDial Routing Test"],
       env,
@@ -83,6 +86,18 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     assert.equal(shot.code, 0, shot.stderr);
     const bytes = await readFile(join(dir, "shot.png"));
     assert.deepEqual(bytes.subarray(0, 4), Buffer.from([0x89, 0x50, 0x4e, 0x47]));
+    // By default a sandbox's display runs a terminal showing its session (src/host/default-app.ts):
+    // once the terminal is drawn, the screenshot is not one flat colour.
+    if (which(DEFAULT_APP_PROGRAM, "/usr/local/bin:/usr/bin:/bin")) {
+      const key = (await readFile(join(dir, "data", "admin.key"), "utf8")).trim();
+      const spread = await screenshotSpread(env.REVDIAL_URL, key, sessionId);
+      assert.ok(spread > 8, `the fresh sandbox's screenshot varies (pixel standard deviation ${spread})`);
+      assert.ok(
+        descendants(server.pid!).some((p) => p.cmd.startsWith(`${DEFAULT_APP_PROGRAM} `)),
+        "the default terminal runs in the sandbox",
+      );
+    } else
+      t.diagnostic(`${DEFAULT_APP_PROGRAM} is not installed: the default app's screenshot is not checked`);
 
     const wolves = await revdial(["wolf", "list"], env, dir);
     assert.match(wolves.stdout, /^local\s+local\s+online\s+1\/10\s+up\s+\S+$/m);
@@ -214,6 +229,26 @@ function descendants(root: number): { pid: number; pgrp: number; startTicks: num
       }
   }
   return out;
+}
+
+/**
+ * The largest per-channel standard deviation of the session's screenshot, taken again until it
+ * exceeds a flat screen's (the terminal may still be mapping) or 20 s have passed.
+ */
+async function screenshotSpread(url: string, key: string, sessionId: string): Promise<number> {
+  const deadline = Date.now() + 20_000;
+  let spread = 0;
+  for (let wait = 100; Date.now() < deadline; wait = Math.min(wait * 2, 1000)) {
+    const res = await fetch(`${url}/api/v1/external-agents/${sessionId}/screenshot`, {
+      headers: { authorization: `Bearer ${key}` },
+    });
+    assert.equal(res.status, 200);
+    const stats = await sharp(Buffer.from(await res.arrayBuffer())).stats();
+    spread = Math.max(...stats.channels.map((c) => c.stdev));
+    if (spread > 8) return spread;
+    await new Promise((r) => setTimeout(r, wait));
+  }
+  return spread;
 }
 
 /** The command lines of `root` and of every process below it. */

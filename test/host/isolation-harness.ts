@@ -230,8 +230,16 @@ export function assertRefused(r: Results, appApart: boolean, foreign: Set<string
   const keys = r.ownEnvKeys.found as string[];
   for (const key of ["HOME", "PATH", "DISPLAY", "XAUTHORITY"])
     assert.ok(keys.includes(key), `the app has ${key}`);
-  // Exactly the explicit environment (isolation.ts) plus the session's (the API sends REVDIAL_SESSION_ID).
-  const explicit = ["DISPLAY", "HOME", "LANG", "PATH", "REVDIAL_SESSION_ID", "USER", "XAUTHORITY"];
+  // Exactly the explicit environment (isolation.ts) plus the session's (the API sends
+  // REVDIAL_SESSION_ID, and its task's and project's ids and names: scheduler.ts sandboxEnv).
+  const session = [
+    "REVDIAL_SESSION_ID",
+    "REVDIAL_TASK_ID",
+    "REVDIAL_TASK_NAME",
+    "REVDIAL_PROJECT_ID",
+    "REVDIAL_PROJECT_NAME",
+  ];
+  const explicit = ["DISPLAY", "HOME", "LANG", "PATH", ...session, "USER", "XAUTHORITY"];
   assert.deepEqual(
     keys.filter((k) => !explicit.includes(k) && !["PWD", "OLDPWD", "SHLVL", "_"].includes(k)),
     [],

@@ -4,8 +4,8 @@
 // PNG uses zlib level 1 without adaptive filtering: a desktop is mostly flat colour, which compresses
 // well even at level 1, and the higher levels cost several times the time for a few percent of size.
 
-import sharp from "sharp";
 import type { CaptureRequest, ImageFormat, Screenshot } from "./desktop-types.ts";
+import { loadSharp } from "./native-modules.ts";
 
 export interface RawImage {
   /** Tightly packed pixels, `channels` bytes each, rows top to bottom. */
@@ -20,6 +20,7 @@ const PNG_COMPRESSION_LEVEL = 1;
 /** Encodes raw pixels in the requested format. */
 export async function encodeRaw(image: RawImage, request: CaptureRequest): Promise<Screenshot> {
   const { width, height, channels } = image;
+  const sharp = await loadSharp();
   const input = sharp(image.pixels, { raw: { width, height, channels } });
   const output =
     request.format === "png"
@@ -30,6 +31,7 @@ export async function encodeRaw(image: RawImage, request: CaptureRequest): Promi
 
 /** Re-encodes an already encoded image (from grim, or a clipboard) in `format`, unless it is already. */
 export async function convertImage(data: Buffer, request: CaptureRequest): Promise<Screenshot> {
+  const sharp = await loadSharp();
   const image = sharp(data);
   const meta = await image.metadata();
   const width = meta.width ?? 0;
@@ -45,6 +47,7 @@ export async function convertImage(data: Buffer, request: CaptureRequest): Promi
 /** Any image sharp can read, as PNG bytes. */
 export async function toPng(data: Buffer): Promise<Buffer> {
   if (sniffImageFormat(data) === "png") return data;
+  const sharp = await loadSharp();
   return sharp(data).png({ compressionLevel: PNG_COMPRESSION_LEVEL }).toBuffer();
 }
 

@@ -6,14 +6,8 @@
 // the session dead: all pending requests fail at once and the owner (x11-capture.ts) opens a new one.
 // Replies arrive in request order on one socket, so a session that lost a reply cannot be trusted again.
 
-import x11, {
-  type X11Callback,
-  type X11Client,
-  type X11CursorImage,
-  type X11Display,
-  type X11FixesExt,
-  type X11Screen,
-} from "x11";
+import type { X11Callback, X11Client, X11CursorImage, X11Display, X11FixesExt, X11Screen } from "x11";
+import { loadX11 } from "./native-modules.ts";
 import type { CursorImage, PixelLayout } from "./x11-pixels.ts";
 
 const Z_PIXMAP = 2;
@@ -37,7 +31,8 @@ export class X11Session {
   #fixes: Promise<X11FixesExt | undefined> | undefined;
 
   /** Connects to `display` (":N"); rejects after `timeoutMs`. */
-  static open(display: string, timeoutMs: number): Promise<X11Session> {
+  static async open(display: string, timeoutMs: number): Promise<X11Session> {
+    const x11 = await loadX11();
     return new Promise((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
       const client = x11.createClient({ display, shm: false }, (err, xDisplay) => {

@@ -14,6 +14,8 @@ import { isSessionId } from "../../store/ids.ts";
 import {
   CliUsageError,
   env,
+  LOG_FORMAT_OPTION,
+  logFormatOption,
   logLevelOption,
   PROTOCOL_OPTION,
   protocolOption,
@@ -34,6 +36,7 @@ export interface AgentFlags extends TlsFlags {
   local?: string;
   target: string[];
   logLevel: string;
+  logFormat?: string;
   desktop?: boolean;
   display?: string;
   desktopListen: string;
@@ -80,7 +83,8 @@ export function register(program: Command): void {
       "run this agent program (sh -c) and bridge it to the session's sync socket (env REVDIAL_AGENT_COMMAND)",
       env("REVDIAL_AGENT_COMMAND"),
     )
-    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info")
+    .option(...LOG_FORMAT_OPTION, env("REVDIAL_LOG_FORMAT"));
   // optsWithGlobals: the TLS flags may also be program-wide options (see register-commands.ts).
   addTlsOptions(command).action(async (_flags: AgentFlags, cmd: Command) =>
     runAgent(cmd.optsWithGlobals<AgentFlags>()),
@@ -97,7 +101,11 @@ export async function runAgent(
 ): Promise<void> {
   if (!flags.server) throw new CliUsageError("--server is required (or set REVDIAL_URL)");
   if (!flags.runnerId) throw new CliUsageError("--runner-id is required");
-  const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-agent" });
+  const logger = createLogger({
+    level: logLevelOption(flags.logLevel),
+    format: logFormatOption(flags.logFormat),
+    name: "revdial-agent",
+  });
   const token = await readSecret({
     value: flags.token,
     file: flags.tokenFile,
@@ -147,6 +155,10 @@ async function startDesktop(
   flags: AgentFlags,
   logger: Logger,
 ): Promise<{ address: string; close: () => Promise<void> }> {
+  // The packages the desktop needs are loaded now, so a missing one fails the start with its name.
+  const { loadSharp, loadX11 } = await import("../../agent/desktop/native-modules.ts");
+  await loadSharp();
+  if (flags.display || !process.env.WAYLAND_DISPLAY) await loadX11();
   const { startDesktopService } = await import("../../agent/desktop/desktop-service.ts");
   const service = await startDesktopService({ listen: flags.desktopListen, display: flags.display, logger });
   const bound = service.address;

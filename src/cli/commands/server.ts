@@ -7,13 +7,23 @@
 // No runner token exists unless the operator gives one (--runner-token-file, env
 // REVDIAL_RUNNER_TOKEN, or --runner-token, which warns: other local users can read it).
 
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import type { RunningServer } from "../../api/server.ts";
 import type { SecureContextTarget } from "../../api/tls-reloader.ts";
 import { hasCode } from "../../common/errors.ts";
 import { createLogger, type Logger } from "../../common/logger.ts";
 import { STORE_ERROR_CODES } from "../../store/store-errors.ts";
-import { CliUsageError, durationOption, env, logLevelOption, sizeOption } from "../env.ts";
+import {
+  CliUsageError,
+  durationOption,
+  env,
+  LOG_FORMAT_OPTION,
+  logFormatOption,
+  logLevelOption,
+  sizeOption,
+} from "../env.ts";
 import { readSecret } from "../secret-source.ts";
 import { onShutdownSignal } from "../signals.ts";
 
@@ -35,6 +45,7 @@ interface ServerFlags {
   storedScreenshotsPerUser: string;
   publicUrl?: string;
   logLevel: string;
+  logFormat?: string;
   tlsCert?: string;
   tlsKey?: string;
   withLocalHost?: boolean;
@@ -159,6 +170,7 @@ export function register(program: Command): void {
       "fatal|error|warn|info|debug|trace (env REVDIAL_LOG_LEVEL)",
       env("REVDIAL_LOG_LEVEL") ?? "info",
     )
+    .option(...LOG_FORMAT_OPTION, env("REVDIAL_LOG_FORMAT"))
     .action(async (flags: ServerFlags) => {
       try {
         await runServer(flags);
@@ -191,7 +203,11 @@ async function runServer(flags: ServerFlags): Promise<void> {
   // Everything the server writes is its own: the data dir's files, PGlite's WAL segments created
   // while it runs (PGlite applies the process umask to the files it creates later).
   process.umask(0o077);
-  const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-server" });
+  const logger = createLogger({
+    level: logLevelOption(flags.logLevel),
+    format: logFormatOption(flags.logFormat),
+    name: "revdial-server",
+  });
   const https = await tlsPairFromFlags(flags);
   const runnerToken = await readSecret({
     value: flags.runnerToken,
@@ -258,11 +274,39 @@ async function runServer(flags: ServerFlags): Promise<void> {
     }
     process.stdout.write(`listening on ${server.url}\n`);
     if (flags.withLocalHost) localHost = await startLocalHost(server, logger, flags.dataDir);
+    process.stdout.write(nextSteps(server.url, flags.dataDir));
   } catch (err) {
     // A failure after listening (the local host refused, say) stops the server too.
     await Promise.race([server.close(), new Promise((r) => setTimeout(r, 1500).unref())]);
     throw err;
   }
+}
+
+/**
+ * The banner's end: where the admin key is and the command to try next, with the variables it
+ * needs when the server is not on the CLI's defaults (http://127.0.0.1:8080, ./data).
+ */
+export function nextSteps(url: string, dataDir: string, cwd = process.cwd()): string {
+  const keyFile = join(dataDir, "admin.key");
+  const vars: string[] = [];
+  if (url !== "http://127.0.0.1:8080") vars.push(`REVDIAL_URL=${url}`);
+  if (resolve(cwd, dataDir) !== resolve(cwd, "data")) vars.push(`REVDIAL_DATA_DIR=${shellWord(dataDir)}`);
+  const prefix = vars.length ? `${vars.join(" ")} ` : "";
+  return [
+    "",
+    existsSync(keyFile)
+      ? `  admin key   ${keyFile} (revdial commands run here read it; or set REVDIAL_API_KEY)`
+      : `  admin key   not in ${keyFile}: set REVDIAL_API_KEY to an admin's key`,
+    `  API         ${url}/api/v1 (OpenAPI: ${url}/api/v1/openapi.json)`,
+    `  try next    ${prefix}npx revdial project fork modern-todo-app --name "My first project"`,
+    `              ${prefix}npx revdial spectask list`,
+    "",
+    "",
+  ].join("\n");
+}
+
+function shellWord(text: string): string {
+  return /^[A-Za-z0-9_./:=-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
 }
 
 /** The local host's id: its tunnel is `wolf-local`. */

@@ -23,6 +23,8 @@ import {
   CliUsageError,
   durationOption,
   env,
+  LOG_FORMAT_OPTION,
+  logFormatOption,
   logLevelOption,
   PROTOCOL_OPTION,
   protocolOption,
@@ -50,6 +52,7 @@ interface RunFlags extends TlsFlags {
   label: string[];
   heartbeat: string;
   logLevel: string;
+  logFormat?: string;
   transport?: string;
   protocol?: string;
   isolation: string;
@@ -99,7 +102,11 @@ async function run(flags: RunFlags): Promise<void> {
   if (!Number.isInteger(max) || max < 1)
     throw new CliUsageError("--max-sandboxes must be a positive integer");
   const isolation = isolationFromFlags(flags);
-  const logger = createLogger({ level: logLevelOption(flags.logLevel), name: "revdial-wolf" });
+  const logger = createLogger({
+    level: logLevelOption(flags.logLevel),
+    format: logFormatOption(flags.logFormat),
+    name: "revdial-wolf",
+  });
   let host: WolfHost;
   try {
     host = new WolfHost({
@@ -161,7 +168,10 @@ export function register(program: Command): void {
     .option("--name <name>", "display name (default: the id)")
     .option("--max-sandboxes <n>", "sandboxes at most", "10")
     .option("--driver <driver>", "process or docker", "process")
-    .option("--app <command>", "command started on each sandbox's display (process driver)")
+    .option(
+      "--app <command>",
+      "command started on each sandbox's display (process driver); default xterm showing the session, '' for none",
+    )
     .option(
       "--agent-command <cmd>",
       "agent program every sandbox runs, bridged to its session's sync socket (process driver; env REVDIAL_AGENT_COMMAND)",
@@ -190,7 +200,8 @@ export function register(program: Command): void {
       "--state-dir <dir>",
       "the host's state (0700): lobby API socket, live sandboxes (default: under the OS temp dir)",
     )
-    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info");
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info")
+    .option(...LOG_FORMAT_OPTION, env("REVDIAL_LOG_FORMAT"));
   // The TLS flags may also be program-wide (register-commands.ts); the sandbox agent gets them as env.
   addTlsOptions(runCommand).action((_flags: RunFlags, cmd: Command) => run(cmd.optsWithGlobals<RunFlags>()));
 
