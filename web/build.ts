@@ -16,4 +16,4 @@ for (const file of files) {
   await writeFile(path, file.bytes);
 }
 const bytes = files.reduce((n, f) => n + f.bytes.length, 0);
-process.stdout.write(`dashboard built: ${files.length} files, ${bytes} bytes in ${out}\n`);
+process.stderr.write(`dashboard built: ${files.length} files, ${bytes} bytes in ${out}\n`);
