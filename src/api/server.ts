@@ -40,6 +40,9 @@ import {
 import { DEFAULT_TIMINGS, type TunnelTimings } from "../tunnel/tunnel.ts";
 import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
+import type { Cluster } from "./cluster/cluster.ts";
+import { DRAIN_REASON } from "./cluster/cluster.ts";
+import { checkReplicaOptions, joinCluster, type ReplicaOptions } from "./cluster/replica.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError, toApiError } from "./http-errors.ts";
 import { LifecycleSweeper, type LifecycleSweeperOptions } from "./lifecycle-sweeper.ts";
@@ -101,6 +104,8 @@ export interface ServerOptions {
   hostSweepIntervalMs?: number;
   /** The lifecycle sweeper's bounds (src/api/lifecycle-sweeper.ts): interval 15 s, starting 45 s. */
   lifecycle?: Omit<LifecycleSweeperOptions, "ctx">;
+  /** Run as one replica of a cluster (src/api/cluster/); needs databaseUrl. */
+  replica?: ReplicaOptions | null;
   /** Tests only: see ApiConfig.startPlanningFault. */
   startPlanningFault?: (step: string) => void;
   logger: Logger;
@@ -131,6 +136,8 @@ export interface RunningServer {
   store: Store;
   auth: Auth;
   registry: TunnelRegistry;
+  /** Replica mode: this replica's part of the cluster; null for a single server. */
+  cluster: Cluster | null;
   /** The admin key when this start created it (printed once), else null. */
   adminKey: string | null;
   /** The runner token when the operator configured one, else null. */
@@ -182,7 +189,9 @@ function handshakeError(err: unknown): ApiError & { retryAfter?: number } {
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const o: ResolvedOptions = { ...DEFAULTS, ...options };
   const { host, port } = parseListen(o.listen);
-  const logger = o.logger;
+  const logger = o.replica ? o.logger.child({ replica_id: o.replica.replicaId }) : o.logger;
+  o.logger = logger;
+  if (o.replica) checkReplicaOptions(o.replica, o.databaseUrl);
   // The lock comes first: a second server on this data dir stops here, before touching any file.
   await ensureDir(o.dataDir, PRIVATE_DIR_MODE);
   const lock = await lockDataDir(o.dataDir, { logger });
@@ -300,13 +309,33 @@ async function startLocked(
   });
   undo.push(() => endpoint.destroy());
   metrics.addEndpointCounters(() => endpoint.counters());
+  // Replica mode: the cluster's dialer routes every call (local, or forwarded to the holder), and
+  // the background work below runs on the leader only.
+  let onLeader = (_leader: boolean): void => {};
+  let cluster: Cluster | null = null;
+  if (o.replica) {
+    cluster = await joinCluster({
+      replica: o.replica,
+      databaseUrl: o.databaseUrl as string,
+      listenHost: host,
+      registry,
+      logger,
+      gracePeriodMs: o.gracePeriodMs,
+      callTimeoutMs: o.callTimeoutMs,
+      tls: o.https,
+      metrics: metrics.clusterObserver(),
+      onLeader: (leader) => onLeader(leader),
+    });
+    const joined = cluster;
+    undo.push(() => joined.destroy());
+  }
   const publicUrl =
     o.publicUrl ?? `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
   const ctx: ApiContext = {
     store,
     auth,
     quotas,
-    dialer: registry,
+    dialer: cluster ?? registry,
     logger,
     config: {
       publicUrl,
@@ -317,7 +346,14 @@ async function startLocked(
       storedScreenshotsPerUser: positiveSize("storedScreenshotsPerUser", o.storedScreenshotsPerUser),
     },
   };
-  const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });
+  const app = await buildApp({
+    ctx,
+    endpoint,
+    metrics,
+    logger,
+    https: o.https,
+    replicaId: o.replica?.replicaId,
+  });
   undo.push(() => app.close());
   const tracker = new SandboxTracker({
     ctx,
@@ -325,11 +361,21 @@ async function startLocked(
     offlineAfterMs: o.hostOfflineAfterMs,
     sweepIntervalMs: o.hostSweepIntervalMs,
   });
-  tracker.start();
+  tracker.start(!cluster);
   undo.push(() => tracker.close());
   const sweeper = new LifecycleSweeper({ ...o.lifecycle, ctx });
-  sweeper.start();
+  if (!cluster) sweeper.start();
   undo.push(() => sweeper.close());
+  onLeader = (leader) => {
+    if (leader) {
+      sweeper.start();
+      tracker.startSweeps();
+    } else {
+      sweeper.stop();
+      tracker.stopSweeps();
+    }
+  };
+  if (cluster?.isLeader) onLeader(true);
   const snapshotFile = new SnapshotFile({ path: join(o.dataDir, SNAPSHOT_FILE_NAME), logger });
   const snapshotted = await snapshotFile.load();
   await expectKnownRunners(store, registry, o.gracePeriodMs, logger, snapshotted);
@@ -353,11 +399,14 @@ async function startLocked(
     store,
     auth,
     registry,
+    cluster,
     adminKey,
     runnerToken,
     stopSessionsOnHost: (hostId) => stopHostSessions(ctx, hostId, app.log),
     close() {
       closing ??= (async () => {
+        // Another replica takes the lead at once.
+        await cluster?.beginDrain();
         // The sweep in flight finishes while the tunnels it calls through are still up.
         await sweeper.close();
         endpoint.stopAccepting();
@@ -373,8 +422,10 @@ async function startLocked(
           // The listener stays open while tunnels drain, so agents that redial meanwhile get a 503
           // with Retry-After rather than a refused connection; then the HTTP answers still being
           // written finish.
-          await registry.close(o.drainTimeoutMs);
+          await registry.close(o.drainTimeoutMs, cluster ? DRAIN_REASON : undefined);
           await app.close();
+          // Forwarded calls in flight have finished with the answers above; then goodbye.
+          await cluster?.close();
         } finally {
           clearTimeout(cut);
         }
