@@ -166,6 +166,7 @@ export class ApiMetrics {
     forwarded(direction: "in" | "out"): void;
     lookup(result: "local" | "remote" | "grace" | "miss"): void;
     leader(leader: boolean): void;
+    sweep(): void;
   } {
     const registers = [this.registry];
     const forwarded = new client.Counter({
@@ -186,7 +187,13 @@ export class ApiMetrics {
       registers,
     });
     leader.set(0);
+    const sweeps = new client.Counter({
+      name: "revdial_cluster_directory_sweeps_total",
+      help: "Directory clean-ups (lapsed entries removed) run by this replica as the leader",
+      registers,
+    });
     return {
+      sweep: () => sweeps.inc(),
       forwarded: (direction) => forwarded.inc({ direction }),
       lookup: (result) => lookups.inc({ result }),
       leader: (is) => leader.set(is ? 1 : 0),

@@ -63,6 +63,8 @@ export interface TunnelDialer {
   isConnected(runnerId: string): boolean;
   /** Figures for every live tunnel. */
   list(): TunnelStats[];
+  /** A cluster's dialer: the runner ids live anywhere in the cluster (from its directory). */
+  liveRunnerIds?(): string[];
   /** A cluster's dialer: every live tunnel of the cluster, each with the replica holding it. */
   listAll?(): Promise<(TunnelStats & { replica: string })[]>;
   /**

@@ -69,6 +69,7 @@ export interface ClusterOptions {
     forwarded(direction: "in" | "out"): void;
     lookup(result: "local" | "remote" | "grace" | "miss"): void;
     leader(leader: boolean): void;
+    sweep(): void;
   };
 }
 
@@ -401,6 +402,15 @@ export class Cluster implements TunnelDialer {
     return this.directory.replica(entry.replicaId)?.alive === true;
   }
 
+  /** Runner ids live here or, as the directory says, on another live replica. */
+  liveRunnerIds(): string[] {
+    const ids = new Set(this.#registry.list().map((s) => s.runner_id));
+    for (const e of this.directory.entries())
+      if (e.state === "live" && e.replicaId !== this.replicaId && this.directory.replica(e.replicaId)?.alive)
+        ids.add(e.runnerId);
+    return [...ids];
+  }
+
   /** This replica's live tunnels. */
   list(): TunnelStats[] {
     return this.#registry.list();
@@ -454,6 +464,7 @@ export class Cluster implements TunnelDialer {
     this.#o.metrics?.leader(leader);
     if (leader) {
       this.#sweepTimer = setInterval(() => {
+        this.#o.metrics?.sweep();
         void this.directory
           .sweepExpired()
           .then((n) => {
