@@ -11,6 +11,7 @@
 // - the leader dies and the sweeps go on from another replica.
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import http2 from "node:http2";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
@@ -20,6 +21,7 @@ import { silentLogger } from "../../src/common/logger.ts";
 import { WolfHost } from "../../src/host/wolf-host.ts";
 import { type FakeDesktop, PNG_BYTES, startFakeDesktop } from "../api/control-plane-harness.ts";
 import { AgentDriver } from "../api/crash-harness.ts";
+import { MAIN } from "../e2e/cli-harness.ts";
 import { Cluster, clusterUnavailable, type Replica, until } from "./cluster-harness.ts";
 
 const skip = (await clusterUnavailable()) ?? false;
@@ -278,6 +280,54 @@ describe("three replicas behind a load balancer", { skip }, () => {
     const dup2 = (await connections()).filter((c) => c.runner_id === "dup-2");
     assert.equal(dup2.length, 1);
     assert.equal(dup2[0].replica, firstOut.i === 0 ? "r2" : "r1");
+  });
+
+  it("calls waiting in the grace period on two replicas complete when the agent comes back on a third", async () => {
+    const [r1, r2, r3] = cluster.replicas;
+    const first = agent("grace-1", r1.url);
+    void first.start();
+    await until(async () => (await connections()).some((c) => c.runner_id === "grace-1"), "grace-1 on r1");
+    await first.close();
+    await until(async () => !(await connections()).some((c) => c.runner_id === "grace-1"), "grace-1 gone");
+    const waitedOn = (r: Replica) =>
+      cluster.metric(r, 'revdial_cluster_directory_lookups_total{result="grace"}');
+    const before = await Promise.all([waitedOn(r1), waitedOn(r3)]);
+    const onR1 = cluster.call(r1.url, "GET", "/api/v1/revdial/grace-1/proxy/clipboard");
+    const onR3 = cluster.call(r3.url, "GET", "/api/v1/revdial/grace-1/proxy/clipboard");
+    await until(
+      async () => (await waitedOn(r1)) > before[0] && (await waitedOn(r3)) > before[1],
+      "both calls waiting",
+    );
+    const second = agent("grace-1", r2.url);
+    agents.push(second);
+    void second.start();
+    const [a, b] = await Promise.all([onR1, onR3]);
+    assert.equal(a.status, 200, a.bytes.toString());
+    assert.equal(a.replica, "r1");
+    assert.equal(b.status, 200, b.bytes.toString());
+    assert.equal(b.replica, "r3");
+    const conns = (await connections()).filter((c) => c.runner_id === "grace-1");
+    assert.deepEqual(
+      conns.map((c) => c.replica),
+      ["r2"],
+    );
+  });
+
+  it("`revdial connections` shows the whole cluster with each tunnel's replica", async () => {
+    const run = (args: string[]) =>
+      execFileSync(process.execPath, [MAIN, "connections", ...args], {
+        env: { ...process.env, REVDIAL_URL: cluster.replicas[2].url, REVDIAL_API_KEY: cluster.adminKey },
+        encoding: "utf8",
+      });
+    const rows = JSON.parse(run(["--json"])) as Conn[];
+    const api = await connections(cluster.replicas[0].url);
+    assert.deepEqual(
+      rows.map((r) => `${r.runner_id}@${r.replica}`).sort(),
+      api.map((r) => `${r.runner_id}@${r.replica}`).sort(),
+    );
+    const table = run([]);
+    assert.match(table.split("\n")[0], /RUNNER ID\s+REPLICA\s+PROTOCOL/);
+    assert.match(table, /load-0\s+r[123]\s/);
   });
 
   /** Calls through the load balancer to random load agents until `stop`, each with a deadline. */
