@@ -57,6 +57,22 @@ export function nginxSite(text: string, ports: number[], listen: number): string
   return replaceOnce(site, /^(\s*)listen 8080;/, `$1listen 127.0.0.1:${listen};`);
 }
 
+/** The HAProxy block of docs/replicas.md (its text `doc`) pointed at these replicas and this port. */
+export function haproxyConfig(text: string, ports: number[], listen: number): string {
+  const match = /```haproxy\n([\s\S]*?)```/.exec(text);
+  if (!match) throw new Error(`no haproxy block in ${DOC}`);
+  let conf = match[1];
+  const servers = conf.match(/^\s*server api-\d+ 127\.0\.0\.1:\d+ .*$/gm) ?? [];
+  if (servers.length !== ports.length)
+    throw new Error(`expected ${ports.length} servers in the haproxy block`);
+  servers.forEach((line, i) => {
+    conf = conf.replace(line, line.replace(/127\.0\.0\.1:\d+/, `127.0.0.1:${ports[i]}`));
+  });
+  return replaceOnce(conf, /^(\s*)bind :8080$/, `$1bind 127.0.0.1:${listen}`);
+}
+
+export { DOC as REPLICAS_DOC };
+
 export class Cluster {
   readonly replicas: Replica[] = [];
   dir = "";
@@ -65,9 +81,12 @@ export class Cluster {
   adminKey = "";
   lb!: ProxyProcess;
   readonly #extraArgs: string[];
+  readonly #lbConnections: number;
 
-  constructor(extraArgs: string[] = []) {
+  /** `extraArgs` go to every replica; `lbConnections` is nginx's worker_connections. */
+  constructor(extraArgs: string[] = [], lbConnections = 1024) {
     this.#extraArgs = extraArgs;
+    this.#lbConnections = lbConnections;
   }
 
   get lbUrl(): string {
@@ -100,7 +119,9 @@ export class Cluster {
     await mkdir(nginxDir, { recursive: true, mode: 0o700 });
     const ports = this.replicas.map((r) => r.port);
     const doc = await readFile(DOC, "utf8");
-    this.lb = await startNginx(nginxDir, (port) => nginxSite(doc, ports, port));
+    this.lb = await startNginx(nginxDir, (port) => nginxSite(doc, ports, port), {
+      workerConnections: this.#lbConnections,
+    });
     // The first replica creates the schema and the admin key; the others start in parallel.
     await this.startReplica(this.replicas[0]);
     await Promise.all(this.replicas.slice(1).map((r) => this.startReplica(r)));

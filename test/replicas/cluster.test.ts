@@ -12,7 +12,9 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { mkdir, readFile } from "node:fs/promises";
 import http2 from "node:http2";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
 import { TargetMap } from "../../src/agent/target-map.ts";
@@ -22,7 +24,15 @@ import { WolfHost } from "../../src/host/wolf-host.ts";
 import { type FakeDesktop, PNG_BYTES, startFakeDesktop } from "../api/control-plane-harness.ts";
 import { AgentDriver } from "../api/crash-harness.ts";
 import { MAIN } from "../e2e/cli-harness.ts";
-import { Cluster, clusterUnavailable, type Replica, until } from "./cluster-harness.ts";
+import { HAPROXY, startHaproxy } from "../e2e/proxy-process.ts";
+import {
+  Cluster,
+  clusterUnavailable,
+  haproxyConfig,
+  REPLICAS_DOC,
+  type Replica,
+  until,
+} from "./cluster-harness.ts";
 
 const skip = (await clusterUnavailable()) ?? false;
 if (skip) console.log(`# ${skip}`);
@@ -328,6 +338,41 @@ describe("three replicas behind a load balancer", { skip }, () => {
     const table = run([]);
     assert.match(table.split("\n")[0], /RUNNER ID\s+REPLICA\s+PROTOCOL/);
     assert.match(table, /load-0\s+r[123]\s/);
+  });
+
+  it("the documented HAProxy configuration carries agents and calls to the replicas too", {
+    skip: HAPROXY ? false : "SKIPPED: haproxy is not installed",
+  }, async () => {
+    const doc = await readFile(REPLICAS_DOC, "utf8");
+    const dir = join(cluster.dir, "haproxy");
+    await mkdir(dir, { mode: 0o700 });
+    const lb = await startHaproxy(dir, (port) =>
+      haproxyConfig(
+        doc,
+        cluster.replicas.map((r) => r.port),
+        port,
+      ),
+    );
+    try {
+      const url = `http://127.0.0.1:${lb.port}`;
+      const via = agent("haproxy-1", url);
+      agents.push(via);
+      void via.start();
+      await until(
+        async () => (await connections()).some((c) => c.runner_id === "haproxy-1"),
+        "agent via HAProxy",
+      );
+      const seen = new Set<string>();
+      for (let i = 0; i < 6; i++) {
+        const res = await cluster.call(url, "GET", "/api/v1/revdial/haproxy-1/proxy/clipboard");
+        assert.equal(res.status, 200, await lb.errorLog());
+        seen.add(String(res.replica));
+      }
+      assert.ok(seen.size >= 2, `calls spread over the replicas: ${[...seen]}`);
+      await via.close(500);
+    } finally {
+      await lb.stop();
+    }
   });
 
   /** Calls through the load balancer to random load agents until `stop`, each with a deadline. */
