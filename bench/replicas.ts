@@ -11,7 +11,9 @@
 // Options: --calls 3000, --concurrency 16, --tunnels 3000, --per-process 1000. Postgres at
 // REVDIAL_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test).
 
+import { readFileSync } from "node:fs";
 import http from "node:http";
+import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { TargetMap } from "../src/agent/target-map.ts";
@@ -68,17 +70,28 @@ interface Figures {
   p99: number;
   sequentialRps: number;
   concurrentRps: number;
+  /** CPU time of the replicas' processes per call, in ms (what the machine's load does not change). */
+  cpuPerCallMs: number;
 }
 
-async function measure(urls: { local: URL; forwarded: URL }, key: string, o: Options) {
+/** User + system CPU time of a process so far, in ms (/proc/PID/stat, clock ticks of 10 ms). */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+async function measure(urls: { local: URL; forwarded: URL }, key: string, o: Options, pids: number[]) {
   const samples = { local: [] as number[], forwarded: [] as number[] };
   const busy = { local: 0, forwarded: 0 };
+  const cpu = { local: 0, forwarded: 0 };
+  const cpuNow = () => pids.reduce((sum, pid) => sum + cpuMs(pid), 0);
   const rounds = 10;
   const per = Math.ceil(o.calls / rounds);
   for (const kind of ["local", "forwarded"] as const)
     for (let i = 0; i < 300; i++) await get(urls[kind], key); // warm-up
   for (let r = 0; r < rounds; r++) {
     for (const kind of ["local", "forwarded"] as const) {
+      const cpuBefore = cpuNow();
       for (let i = 0; i < per; i++) samples[kind].push(await get(urls[kind], key));
       // Throughput: `concurrency` callers for the same number of calls.
       const started = performance.now();
@@ -89,6 +102,7 @@ async function measure(urls: { local: URL; forwarded: URL }, key: string, o: Opt
         }),
       );
       busy[kind] += performance.now() - started;
+      cpu[kind] += cpuNow() - cpuBefore;
     }
   }
   const figures = (kind: "local" | "forwarded"): Figures => {
@@ -99,6 +113,7 @@ async function measure(urls: { local: URL; forwarded: URL }, key: string, o: Opt
       p99: quantile(sorted, 0.99),
       sequentialRps: (sorted.length / total) * 1000,
       concurrentRps: ((per * rounds) / busy[kind]) * 1000,
+      cpuPerCallMs: cpu[kind] / (2 * per * rounds),
     };
   };
   return { local: figures("local"), forwarded: figures("forwarded") };
@@ -160,6 +175,7 @@ export async function main(args: string[]): Promise<void> {
       { local: new URL(r1.url + path), forwarded: new URL(r2.url + path) },
       cluster.adminKey,
       o,
+      [r1, r2].map((r) => r.child?.pid as number),
     );
     const forwardedOut = await cluster.metric(r2, 'revdial_cluster_forwarded_calls_total{direction="out"}');
     console.log(
@@ -167,13 +183,15 @@ export async function main(args: string[]): Promise<void> {
     );
     const row = (name: string, x: Figures) =>
       console.log(
-        `   ${name.padEnd(10)} p50 ${x.p50.toFixed(3)} ms  p99 ${x.p99.toFixed(3)} ms  sequential ${x.sequentialRps.toFixed(0)} req/s  concurrent ${x.concurrentRps.toFixed(0)} req/s`,
+        `   ${name.padEnd(10)} p50 ${x.p50.toFixed(3)} ms  p99 ${x.p99.toFixed(3)} ms  sequential ${x.sequentialRps.toFixed(0)} req/s  concurrent ${x.concurrentRps.toFixed(0)} req/s  replicas' CPU ${x.cpuPerCallMs.toFixed(3)} ms/call`,
       );
     row("local", f.local);
     row("forwarded", f.forwarded);
     const hop = f.forwarded.p50 - f.local.p50;
     console.log(
-      `   the hop adds ${hop.toFixed(3)} ms p50 (bar ${HOP_BAR_MS} ms: ${hop <= HOP_BAR_MS ? "met" : "NOT met"}); forwarded/local p50 ${(f.forwarded.p50 / f.local.p50).toFixed(2)}x, concurrent req/s ${(f.forwarded.concurrentRps / f.local.concurrentRps).toFixed(2)}x; r2 forwarded ${forwardedOut} calls`,
+      `   the hop adds ${hop.toFixed(3)} ms p50 (bar ${HOP_BAR_MS} ms: ${hop <= HOP_BAR_MS ? "met" : "NOT met"}); forwarded/local p50 ${(f.forwarded.p50 / f.local.p50).toFixed(2)}x, concurrent req/s ${(f.forwarded.concurrentRps / f.local.concurrentRps).toFixed(2)}x, CPU ${(f.forwarded.cpuPerCallMs / f.local.cpuPerCallMs).toFixed(2)}x; r2 forwarded ${forwardedOut} calls; load average ${loadavg()
+        .map((x) => x.toFixed(1))
+        .join(" ")} on ${cpus().length} cores`,
     );
     await latencyAgent.close(500);
     latencyAgent = null;
