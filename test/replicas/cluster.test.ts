@@ -419,7 +419,7 @@ describe("three replicas behind a load balancer", { skip }, () => {
     await new Promise((r) => setTimeout(r, 700));
     await cluster.stopReplica(victim, "SIGKILL");
     await until(() => allLoadAgentsOff(victim), "every load agent back on another replica", 10_000);
-    await new Promise((r) => setTimeout(r, 500));
+    await new Promise((r) => setTimeout(r, 1000));
     stop.done = true;
     const results = await running;
     const failed = results.filter((r) => r.status !== 200);
@@ -437,6 +437,7 @@ describe("three replicas behind a load balancer", { skip }, () => {
     const code = await cluster.stopReplica(victim, "SIGTERM");
     assert.equal(code, 0, victim.log);
     await until(() => allLoadAgentsOff(victim), "every load agent on another replica", 10_000);
+    await new Promise((r) => setTimeout(r, 1000));
     stop.done = true;
     const results = await running;
     const failed = results.filter((r) => r.status !== 200);
