@@ -323,6 +323,37 @@ describe("three replicas behind a load balancer", { skip }, () => {
     );
   });
 
+  it("a replica whose LISTEN connection is cut follows the directory again: a replacement still reaches it", async () => {
+    const [r1, r2] = cluster.replicas;
+    const first = agent("relisten-1", r1.url);
+    agents.push(first);
+    const firstExit = first.start();
+    await until(
+      async () => (await connections()).some((c) => c.runner_id === "relisten-1"),
+      "relisten-1 on r1",
+    );
+    const db = new pg.Client({ connectionString: cluster.databaseUrl });
+    await db.connect();
+    try {
+      const listener =
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'revdial-directory-listen r1'";
+      const cut = await db.query(`SELECT pg_terminate_backend(pid) FROM (${listener}) l`);
+      assert.equal(cut.rowCount, 1, "r1's listening connection was there to cut");
+      await until(async () => (await db.query(listener)).rowCount === 1, "r1 listening again");
+    } finally {
+      await db.end();
+    }
+    const second = agent("relisten-1", r2.url);
+    agents.push(second);
+    void second.start();
+    assert.equal(await firstExit, "replaced");
+    const held = (await connections()).filter((c) => c.runner_id === "relisten-1");
+    assert.deepEqual(
+      held.map((c) => c.replica),
+      ["r2"],
+    );
+  });
+
   it("`revdial connections` shows the whole cluster with each tunnel's replica", async () => {
     const run = (args: string[]) =>
       execFileSync(process.execPath, [MAIN, "connections", ...args], {

@@ -142,6 +142,7 @@ export class Cluster implements TunnelDialer {
       databaseUrl: options.databaseUrl,
       logger: this.#log,
       retryMs: options.leaderRetryMs,
+      applicationName: `revdial-leader ${options.replicaId}`,
       onChange: (leader) => this.#onLeader(leader),
     });
   }

@@ -124,6 +124,7 @@ export class Directory extends EventEmitter<DirectoryEvents> {
       idleTimeoutMillis: 30_000,
       statement_timeout: 5000,
       keepAlive: true,
+      application_name: `revdial-directory ${options.replicaId}`,
     });
     this.#pool.on("error", (err) => this.#log.warn({ err: err.message }, "directory pool connection failed"));
   }
@@ -181,6 +182,7 @@ export class Directory extends EventEmitter<DirectoryEvents> {
       connectionString: this.#o.databaseUrl,
       connectionTimeoutMillis: 5000,
       keepAlive: true,
+      application_name: `revdial-directory-listen ${this.replicaId}`,
     });
     client.on("notification", (msg) => {
       if (msg.channel === DIRECTORY_CHANNEL && msg.payload) this.#onNotice(msg.payload);

@@ -16,6 +16,8 @@ export interface LeaderOptions {
   logger: Logger;
   /** How often a follower tries to take the lock (and the leader checks its session). Default 2 s. */
   retryMs?: number;
+  /** How the election's session shows in pg_stat_activity. */
+  applicationName?: string;
   /** Called with true when this replica becomes the leader, false when it stops being it. */
   onChange: (leader: boolean) => void;
 }
@@ -71,6 +73,7 @@ export class LeaderElection {
       connectionTimeoutMillis: 5000,
       keepAlive: true,
       statement_timeout: 5000,
+      application_name: this.#o.applicationName ?? "revdial-leader",
     });
     client.on("error", (err) => {
       if (this.#client !== client || this.#closed) return;
