@@ -148,6 +148,7 @@ export class Directory extends EventEmitter<DirectoryEvents> {
   }
 
   #beatFailed(err: Error): void {
+    if (this.#closed) return;
     this.#log.warn({ err: err.message }, "replica heartbeat failed");
   }
 

@@ -31,7 +31,8 @@ export class LeaderElection {
   #closed = false;
 
   constructor(options: LeaderOptions) {
-    this.#o = { retryMs: 2000, ...options };
+    // An option passed as undefined keeps the default (a setInterval of undefined would spin).
+    this.#o = { ...options, retryMs: options.retryMs ?? 2000 };
   }
 
   get isLeader(): boolean {
