@@ -61,8 +61,13 @@ export class PeerUnreachableError extends ApiError {
   }
 }
 
-function sameSecret(a: string, b: string): boolean {
-  return timingSafeEqual(createHash("sha256").update(a).digest(), createHash("sha256").update(b).digest());
+function digest(text: string): Buffer {
+  return createHash("sha256").update(text).digest();
+}
+
+/** Compared as digests: equal lengths, so timingSafeEqual never throws and the length does not leak. */
+function sameSecret(given: string, expected: Buffer): boolean {
+  return timingSafeEqual(digest(given), expected);
 }
 
 function one(v: string | string[] | undefined): string | undefined {
@@ -85,11 +90,13 @@ export interface PeerServerOptions {
 /** The peer endpoint: serves forwarded calls from the local registry. */
 export class PeerServer {
   readonly #o: PeerServerOptions;
+  readonly #secret: Buffer;
   readonly #server: Http2Server | Http2SecureServer;
   readonly #sessions = new Set<http2.ServerHttp2Session>();
 
   constructor(options: PeerServerOptions) {
     this.#o = options;
+    this.#secret = digest(options.secret);
     const settings = {
       initialWindowSize: STREAM_WINDOW,
       maxFrameSize: MAX_FRAME_SIZE,
@@ -123,7 +130,7 @@ export class PeerServer {
     const secret = one(headers[PEER_SECRET_HEADER]);
     if (secret === undefined)
       return this.#fail(stream, new ApiError(401, "RD_ERR_PEER_AUTH_REQUIRED", "peer secret required"));
-    if (!sameSecret(secret, this.#o.secret))
+    if (!sameSecret(secret, this.#secret))
       return this.#fail(stream, new ApiError(403, "RD_ERR_PEER_AUTH_FAILED", "wrong peer secret"));
     const path = headers[":path"];
     const runnerId = one(headers["revdial-runner"]) ?? "";
