@@ -304,10 +304,21 @@ describe("three replicas behind a load balancer", { skip }, () => {
     const before = await Promise.all([waitedOn(r1), waitedOn(r3)]);
     const onR1 = cluster.call(r1.url, "GET", "/api/v1/revdial/grace-1/proxy/clipboard");
     const onR3 = cluster.call(r3.url, "GET", "/api/v1/revdial/grace-1/proxy/clipboard");
+    const early: string[] = [];
+    for (const [name, p] of [
+      ["r1", onR1],
+      ["r3", onR3],
+    ] as const)
+      void p.then((x) => early.push(`${name}: ${x.status} ${x.bytes.toString().slice(0, 120)}`));
     await until(
       async () => (await waitedOn(r1)) > before[0] && (await waitedOn(r3)) > before[1],
       "both calls waiting",
-    );
+    ).catch(async (err: Error) => {
+      const now = await Promise.all([waitedOn(r1), waitedOn(r3)]);
+      throw new Error(
+        `${err.message}; before ${before}, now ${now}; settled: ${early.join(" | ") || "none"}`,
+      );
+    });
     const second = agent("grace-1", r2.url);
     agents.push(second);
     void second.start();

@@ -81,6 +81,8 @@ interface Held {
   tunnel: Tunnel;
   /** The claim's generation once the directory answered; null while pending or lost. */
   generation: number | null;
+  /** When the tunnel registered here (epoch ms): the claim's order. */
+  registeredAt: number;
 }
 
 /** How long a replica that failed to answer is skipped before it is tried again. */
@@ -192,11 +194,11 @@ export class Cluster implements TunnelDialer {
   #onConnected(runnerId: string): void {
     const tunnel = this.#registry.get(runnerId);
     if (!tunnel) return;
-    const held: Held = { tunnel, generation: null };
+    const held: Held = { tunnel, generation: null, registeredAt: Date.now() };
     this.#held.set(runnerId, held);
     this.#wake(runnerId);
     this.#enqueue(runnerId, async () => {
-      const generation = await this.directory.claim(runnerId);
+      const generation = await this.directory.claim(runnerId, held.registeredAt);
       if (generation === null) {
         this.#log.info({ runner_id: runnerId }, "a newer registration holds this runner elsewhere");
         this.#registry.replacedElsewhere(tunnel);
@@ -246,7 +248,7 @@ export class Cluster implements TunnelDialer {
       if (!entry) {
         this.#enqueue(runnerId, async () => {
           if (this.#held.get(runnerId) !== held) return;
-          const generation = await this.directory.claim(runnerId);
+          const generation = await this.directory.claim(runnerId, held.registeredAt);
           if (generation === null) this.#registry.replacedElsewhere(held.tunnel);
           else held.generation = generation;
         });

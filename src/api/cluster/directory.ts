@@ -11,10 +11,12 @@
 // connection comes back (NOTIFYs sent while it was away are lost). The replicas table is small and
 // read every heartbeat.
 //
-// Ordering: each claim takes a generation from one sequence; a row is only overwritten by a higher
-// generation (ON CONFLICT ... WHERE), and the mirror applies a notification only if its generation
-// is not older than what it has. So whatever order claims commit in, the highest generation wins
-// everywhere, and a claim that lost learns it from its own statement (no row returned).
+// Ordering: each claim's generation is its registration time (ms, on the registering replica) with a
+// sequence number for ties; a row is only overwritten by a higher generation (ON CONFLICT ... WHERE),
+// and the mirror applies a notification only if its generation is not older than what it has. So
+// whatever order claims commit in, the newest registration wins everywhere (up to the replicas'
+// clock skew, for registrations that close together), and a claim that lost learns it from its own
+// statement (no row returned).
 //
 // Leases: a replica killed without a goodbye stops renewing; its replica row lapses after
 // replicaLeaseMs (the others then treat its tunnels as in transit: calls wait for the agents to come
@@ -25,6 +27,9 @@ import pg from "pg";
 import type { Logger } from "../../common/logger.ts";
 
 export const DIRECTORY_CHANNEL = "revdial_directory";
+
+/** Claims in one millisecond are told apart by the sequence, modulo this (generation = ms * this + seq). */
+const GENERATION_TIE_SLOTS = 1024;
 
 export type EntryState = "live" | "grace";
 
@@ -295,21 +300,25 @@ export class Directory extends EventEmitter<DirectoryEvents> {
   }
 
   /**
-   * Records that this replica now holds the runner's live tunnel. Returns the claim's generation,
-   * or null when a newer registration elsewhere already holds it (this tunnel lost).
+   * Records that this replica now holds the runner's live tunnel, registered at `registeredAtMs`.
+   * The generation orders registrations by that time (then by the sequence, for ties), not by when
+   * the claim reaches the database: a claim delayed by a busy pool must not beat a newer
+   * registration elsewhere. Returns the claim's generation, or null when a newer registration
+   * already holds the runner (this tunnel lost).
    */
-  async claim(runnerId: string): Promise<number | null> {
+  async claim(runnerId: string, registeredAtMs: number): Promise<number | null> {
     const { rows } = await this.#pool.query<{ generation: string }>(
       `WITH up AS (
          INSERT INTO revdial_tunnels (runner_id, replica_id, generation, state, expires_at)
-         VALUES ($1, $2, nextval('revdial_tunnel_generation'), 'live', now() + $3 * interval '1 millisecond')
+         VALUES ($1, $2, $4::bigint * ${GENERATION_TIE_SLOTS} + nextval('revdial_tunnel_generation') % ${GENERATION_TIE_SLOTS},
+                 'live', now() + $3 * interval '1 millisecond')
          ON CONFLICT (runner_id) DO UPDATE
            SET replica_id = EXCLUDED.replica_id, generation = EXCLUDED.generation,
                state = 'live', expires_at = EXCLUDED.expires_at
            WHERE revdial_tunnels.generation < EXCLUDED.generation
          RETURNING runner_id, replica_id, generation, state, expires_at)
        ${NOTIFY_SELECT}`,
-      [runnerId, this.replicaId, this.#o.tunnelLeaseMs],
+      [runnerId, this.replicaId, this.#o.tunnelLeaseMs, Math.floor(registeredAtMs)],
     );
     return rows.length > 0 ? Number(rows[0].generation) : null;
   }
