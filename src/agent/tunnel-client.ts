@@ -16,6 +16,10 @@
 // allowed back) but must not spin: it waits the `retry-after=SECONDS` hint of the reason (60 s when
 // absent) before dialing again, and from then on the usual backoff applies to the refusals it gets.
 //
+// A replica that drains (SIGTERM in a cluster) closes with a reason or GOAWAY carrying
+// `reconnect=now`: the agent dials again at once, with no backoff, through the load balancer, which
+// sends it to another replica. An agent that does not know the hint reconnects with its backoff.
+//
 // An upgrade answered by a plain HTTP answer that the tunnel endpoint did not make (no
 // `Revdial-Handshake` header) is reported as a proxy that strips the Upgrade headers
 // (classifyUpgradeAnswer).
@@ -150,6 +154,8 @@ export class AgentClient extends EventEmitter {
   #cut: (() => void) | null = null;
   #sleep: { timer: NodeJS.Timeout; wake: () => void } | null = null;
   #stopping = false;
+  /** The last link closed with the `reconnect=now` hint: the next dial goes at once. */
+  #reconnectNow = false;
   #exit: AgentExit = "closed";
   #running: Promise<AgentExit> | null = null;
 
@@ -206,7 +212,8 @@ export class AgentClient extends EventEmitter {
         this.#logFailure(err as Error);
       }
       if (this.#stopping) break;
-      const delay = this.#backoff.next(floor);
+      const delay = this.#reconnectNow ? floor : this.#backoff.next(floor);
+      this.#reconnectNow = false;
       this.#setState("waiting", { retry_in_ms: delay });
       await this.#wait(delay);
     }
@@ -405,6 +412,7 @@ export class AgentClient extends EventEmitter {
       );
       return floorMs;
     }
+    if (RECONNECT_NOW.test(reason) || RECONNECT_NOW.test(goawayText)) this.#reconnectNow = true;
     if (!this.#stopping) this.#log.info({ code: closeCode ?? undefined, reason }, "tunnel lost");
     return 0;
   }
@@ -612,6 +620,9 @@ export function classifyUpgradeAnswer(
 function headerText(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
+
+/** The hint of a draining replica: dial again at once. */
+const RECONNECT_NOW = /(^|[;\s])reconnect=now\b/;
 
 /** The delay an eviction asks for: `retry-after=SECONDS` in its reason, else EVICTED_RETRY_AFTER_S. */
 export function evictionDelayMs(reason: string): number {

@@ -34,6 +34,8 @@ export interface AppParts {
   metrics: ApiMetrics;
   logger: Logger;
   https?: { key: Buffer; cert: Buffer } | null;
+  /** A cluster replica's id: every response carries it as `revdial-replica`. */
+  replicaId?: string | null;
 }
 
 /**
@@ -60,7 +62,7 @@ export async function buildApp(parts: AppParts): Promise<FastifyInstance> {
     frameworkErrors: answerFrameworkError,
     clientErrorHandler: answerClientError,
     forceCloseConnections: "idle",
-    serverFactory: frontedServer(proxy.handle, parts.https),
+    serverFactory: frontedServer(proxy.handle, parts.https, parts.replicaId),
     ...(parts.https ? { https: parts.https } : {}),
   }) as unknown as FastifyInstance;
   app.decorateRequest("principal", null);

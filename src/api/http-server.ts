@@ -21,18 +21,37 @@ interface ServerSettings {
 }
 
 /**
+ * Responses that always carry `revdial-replica: ID` (a cluster's replica says who answered),
+ * whatever wrote their head: Fastify, the admin proxy, an error path that cleared its headers.
+ */
+function replicaResponse(replicaId: string): typeof ServerResponse {
+  class ReplicaResponse extends http.ServerResponse {}
+  const writeHead = http.ServerResponse.prototype.writeHead;
+  // An implicit head (end() without writeHead) goes through writeHead too.
+  ReplicaResponse.prototype.writeHead = function (this: ServerResponse, ...args: unknown[]) {
+    if (!this.headersSent) this.setHeader("revdial-replica", replicaId);
+    return writeHead.apply(this, args as Parameters<typeof writeHead>);
+  } as typeof writeHead;
+  return ReplicaResponse as unknown as typeof ServerResponse;
+}
+
+/**
  * Fastify's `serverFactory`: the server for `tls` (null for plain HTTP), with `front` ahead of
- * Fastify's handler.
+ * Fastify's handler. With `replicaId`, every response carries `revdial-replica`.
  */
 export function frontedServer(
   front: FrontHandler,
   tls: { key: Buffer; cert: Buffer } | null | undefined,
+  replicaId?: string | null,
 ): FastifyServerFactory {
   return (fastify, opts) => {
     const handler = (req: IncomingMessage, res: ServerResponse): void => {
       if (!front(req, res)) fastify(req, res);
     };
-    const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
+    const options = replicaId ? { ServerResponse: replicaResponse(replicaId) } : {};
+    const server = tls
+      ? https.createServer({ ...tls, ...options }, handler)
+      : http.createServer(options, handler);
     // As Fastify sets up the server it makes itself (fastify/lib/server.js).
     const settings = opts as unknown as ServerSettings;
     server.keepAliveTimeout = settings.keepAliveTimeout;

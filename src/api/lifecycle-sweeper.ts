@@ -187,6 +187,12 @@ export class LifecycleSweeper {
     this.#timer.unref();
   }
 
+  /** Stops the interval (start() starts it again): a cluster's replica that is no longer the leader. */
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+
   /** Stops the interval and waits for the sweep in flight. Idempotent. */
   async close(): Promise<void> {
     this.#closed = true;

@@ -157,6 +157,49 @@ export class ApiMetrics {
     this.#byteSources.push(source);
   }
 
+  /**
+   * A replica's metrics (src/api/cluster/): calls forwarded to or served for another replica, and
+   * directory lookups on the call path by result (local, remote, grace: waited for a runner in
+   * transit, miss), and whether this replica is the leader.
+   */
+  clusterObserver(): {
+    forwarded(direction: "in" | "out"): void;
+    lookup(result: "local" | "remote" | "grace" | "miss"): void;
+    leader(leader: boolean): void;
+    sweep(): void;
+  } {
+    const registers = [this.registry];
+    const forwarded = new client.Counter({
+      name: "revdial_cluster_forwarded_calls_total",
+      help: "Calls forwarded to another replica (out) or served for one (in)",
+      labelNames: ["direction"],
+      registers,
+    });
+    const lookups = new client.Counter({
+      name: "revdial_cluster_directory_lookups_total",
+      help: "Tunnel directory lookups on the call path, by result (local, remote, grace, miss)",
+      labelNames: ["result"],
+      registers,
+    });
+    const leader = new client.Gauge({
+      name: "revdial_cluster_leader",
+      help: "1 while this replica is the cluster's leader (runs the background sweeps)",
+      registers,
+    });
+    leader.set(0);
+    const sweeps = new client.Counter({
+      name: "revdial_cluster_directory_sweeps_total",
+      help: "Directory clean-ups (lapsed entries removed) run by this replica as the leader",
+      registers,
+    });
+    return {
+      sweep: () => sweeps.inc(),
+      forwarded: (direction) => forwarded.inc({ direction }),
+      lookup: (result) => lookups.inc({ result }),
+      leader: (is) => leader.set(is ? 1 : 0),
+    };
+  }
+
   observer(): RegistryObserver {
     return {
       registered: (_id, protocol, replaced) => {

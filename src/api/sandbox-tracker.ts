@@ -72,11 +72,25 @@ export class SandboxTracker {
     this.#now = o.now ?? Date.now;
   }
 
-  start(): void {
+  /**
+   * Follows the tunnel events, and runs the offline sweep unless `sweeps` is false (a cluster's
+   * replica that is not the leader: startSweeps() when it becomes it).
+   */
+  start(sweeps = true): void {
     this.#events.on("connected", this.#onConnected);
     this.#events.on("disconnected", this.#onDisconnected);
+    if (sweeps) this.startSweeps();
+  }
+
+  startSweeps(): void {
+    if (this.#timer || this.#closed) return;
     this.#timer = setInterval(() => void this.sweep(), this.#sweepIntervalMs);
     this.#timer.unref();
+  }
+
+  stopSweeps(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
   }
 
   /** Stops listening and waits for work in flight. Idempotent. */

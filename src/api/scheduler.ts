@@ -72,9 +72,9 @@ export class Scheduler {
 
   /** Ids of hosts with a live `wolf-{id}` tunnel right now. */
   connectedHostIds(): string[] {
-    return this.#ctx.dialer
-      .list()
-      .map((t) => t.runner_id)
+    const dialer = this.#ctx.dialer;
+    // A cluster's replica knows the hosts connected to any replica.
+    return (dialer.liveRunnerIds?.() ?? dialer.list().map((t) => t.runner_id))
       .filter((id) => id.startsWith(WOLF_PREFIX))
       .map((id) => id.slice(WOLF_PREFIX.length));
   }

@@ -40,6 +40,9 @@ import {
 import { DEFAULT_TIMINGS, type TunnelTimings } from "../tunnel/tunnel.ts";
 import { buildApp } from "./app.ts";
 import { type Auth, createAuth, ensureAdminKey } from "./auth.ts";
+import type { Cluster } from "./cluster/cluster.ts";
+import { DRAIN_REASON } from "./cluster/cluster.ts";
+import { checkReplicaOptions, joinCluster, type ReplicaOptions } from "./cluster/replica.ts";
 import type { ApiContext } from "./context.ts";
 import { ChangePublisher } from "./events/change-publisher.ts";
 import { EventBus } from "./events/event-bus.ts";
@@ -106,6 +109,8 @@ export interface ServerOptions {
   lifecycle?: Omit<LifecycleSweeperOptions, "ctx">;
   /** Keep-alive and key re-check interval of GET /api/v1/events streams. Default 15 s. */
   eventsHeartbeatMs?: number;
+  /** Run as one replica of a cluster (src/api/cluster/); needs databaseUrl. */
+  replica?: ReplicaOptions | null;
   /** Tests only: see ApiConfig.startPlanningFault. */
   startPlanningFault?: (step: string) => void;
   logger: Logger;
@@ -138,6 +143,8 @@ export interface RunningServer {
   registry: TunnelRegistry;
   /** The live changes GET /api/v1/events streams; another source (another replica's) may publish too. */
   events: EventBus;
+  /** Replica mode: this replica's part of the cluster; null for a single server. */
+  cluster: Cluster | null;
   /** The admin key when this start created it (printed once), else null. */
   adminKey: string | null;
   /** The runner token when the operator configured one, else null. */
@@ -189,7 +196,9 @@ function handshakeError(err: unknown): ApiError & { retryAfter?: number } {
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const o: ResolvedOptions = { ...DEFAULTS, ...options };
   const { host, port } = parseListen(o.listen);
-  const logger = o.logger;
+  const logger = o.replica ? o.logger.child({ replica_id: o.replica.replicaId }) : o.logger;
+  o.logger = logger;
+  if (o.replica) checkReplicaOptions(o.replica, o.databaseUrl);
   // The lock comes first: a second server on this data dir stops here, before touching any file.
   await ensureDir(o.dataDir, PRIVATE_DIR_MODE);
   const lock = await lockDataDir(o.dataDir, { logger });
@@ -307,11 +316,31 @@ async function startLocked(
   });
   undo.push(() => endpoint.destroy());
   metrics.addEndpointCounters(() => endpoint.counters());
+  // Replica mode: the cluster's dialer routes every call (local, or forwarded to the holder), and
+  // the background work below runs on the leader only.
+  let onLeader = (_leader: boolean): void => {};
+  let cluster: Cluster | null = null;
+  if (o.replica) {
+    cluster = await joinCluster({
+      replica: o.replica,
+      databaseUrl: o.databaseUrl as string,
+      listenHost: host,
+      registry,
+      logger,
+      gracePeriodMs: o.gracePeriodMs,
+      callTimeoutMs: o.callTimeoutMs,
+      tls: o.https,
+      metrics: metrics.clusterObserver(),
+      onLeader: (leader) => onLeader(leader),
+    });
+    const joined = cluster;
+    undo.push(() => joined.destroy());
+  }
   const publicUrl =
     o.publicUrl ?? `${o.https ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
   // Live changes for GET /api/v1/events: the store's writes and the registry's tunnels feed the bus.
   const events = new EventBus({ logger });
-  const changes = new ChangePublisher({ bus: events, store, dialer: registry, logger });
+  const changes = new ChangePublisher({ bus: events, store, dialer: cluster ?? registry, logger });
   undo.push(() => changes.close());
   registry.on("connected", (runnerId, stats) => changes.tunnelChanged(runnerId, "up", stats));
   registry.on("disconnected", (runnerId) => changes.tunnelChanged(runnerId, "down"));
@@ -320,7 +349,7 @@ async function startLocked(
     events,
     auth,
     quotas,
-    dialer: registry,
+    dialer: cluster ?? registry,
     logger,
     config: {
       publicUrl,
@@ -332,7 +361,14 @@ async function startLocked(
       storedScreenshotsPerUser: positiveSize("storedScreenshotsPerUser", o.storedScreenshotsPerUser),
     },
   };
-  const app = await buildApp({ ctx, endpoint, metrics, logger, https: o.https });
+  const app = await buildApp({
+    ctx,
+    endpoint,
+    metrics,
+    logger,
+    https: o.https,
+    replicaId: o.replica?.replicaId,
+  });
   undo.push(() => app.close());
   const tracker = new SandboxTracker({
     ctx,
@@ -340,11 +376,21 @@ async function startLocked(
     offlineAfterMs: o.hostOfflineAfterMs,
     sweepIntervalMs: o.hostSweepIntervalMs,
   });
-  tracker.start();
+  tracker.start(!cluster);
   undo.push(() => tracker.close());
   const sweeper = new LifecycleSweeper({ ...o.lifecycle, ctx });
-  sweeper.start();
+  if (!cluster) sweeper.start();
   undo.push(() => sweeper.close());
+  onLeader = (leader) => {
+    if (leader) {
+      sweeper.start();
+      tracker.startSweeps();
+    } else {
+      sweeper.stop();
+      tracker.stopSweeps();
+    }
+  };
+  if (cluster?.isLeader) onLeader(true);
   const snapshotFile = new SnapshotFile({ path: join(o.dataDir, SNAPSHOT_FILE_NAME), logger });
   const snapshotted = await snapshotFile.load();
   await expectKnownRunners(store, registry, o.gracePeriodMs, logger, snapshotted);
@@ -369,11 +415,14 @@ async function startLocked(
     auth,
     registry,
     events,
+    cluster,
     adminKey,
     runnerToken,
     stopSessionsOnHost: (hostId) => stopHostSessions(ctx, hostId, app.log),
     close() {
       closing ??= (async () => {
+        // Another replica takes the lead at once.
+        await cluster?.beginDrain();
         // The sweep in flight finishes while the tunnels it calls through are still up.
         await sweeper.close();
         endpoint.stopAccepting();
@@ -389,8 +438,10 @@ async function startLocked(
           // The listener stays open while tunnels drain, so agents that redial meanwhile get a 503
           // with Retry-After rather than a refused connection; then the HTTP answers still being
           // written finish.
-          await registry.close(o.drainTimeoutMs);
+          await registry.close(o.drainTimeoutMs, cluster ? DRAIN_REASON : undefined);
           await app.close();
+          // Forwarded calls in flight have finished with the answers above; then goodbye.
+          await cluster?.close();
         } finally {
           clearTimeout(cut);
         }

@@ -63,6 +63,10 @@ export interface TunnelDialer {
   isConnected(runnerId: string): boolean;
   /** Figures for every live tunnel. */
   list(): TunnelStats[];
+  /** A cluster's dialer: the runner ids live anywhere in the cluster (from its directory). */
+  liveRunnerIds?(): string[];
+  /** A cluster's dialer: every live tunnel of the cluster, each with the replica holding it. */
+  listAll?(): Promise<(TunnelStats & { replica: string })[]>;
   /**
    * Closes the runner's live tunnel at once and fails calls waiting for it (RD_ERR_TUNNEL_EVICTED);
    * for a session that was stopped or whose keys were revoked. Never throws.

@@ -74,7 +74,11 @@ export interface ProxyProcess {
  * Starts nginx with `site(port)` in its `http` context; resolves once the port accepts connections.
  * `dir` must exist and be private to this nginx.
  */
-export async function startNginx(dir: string, site: (port: number) => string): Promise<ProxyProcess> {
+export async function startNginx(
+  dir: string,
+  site: (port: number) => string,
+  options: { workerConnections?: number } = {},
+): Promise<ProxyProcess> {
   if (!NGINX) throw new Error("nginx is not installed");
   const port = await freePort();
   for (const d of ["body", "proxy", "fastcgi", "uwsgi", "scgi"]) await mkdir(join(dir, d));
@@ -84,9 +88,10 @@ export async function startNginx(dir: string, site: (port: number) => string): P
   await writeFile(
     conf,
     `${user}worker_processes 1;
+worker_rlimit_nofile ${2 * (options.workerConnections ?? 1024) + 64};
 pid ${join(dir, "nginx.pid")};
 error_log ${join(dir, "error.log")} info;
-events { worker_connections 1024; }
+events { worker_connections ${options.workerConnections ?? 1024}; }
 http {
   access_log ${join(dir, "access.log")};
   client_body_temp_path ${join(dir, "body")};

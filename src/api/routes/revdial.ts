@@ -43,7 +43,8 @@ export async function revdialRoutes(
 }
 
 async function describeConnections(ctx: ApiContext) {
-  const stats = ctx.dialer.list();
+  // A cluster's replica lists every replica's tunnels, each with its `replica`.
+  const stats = ctx.dialer.listAll ? await ctx.dialer.listAll() : ctx.dialer.list();
   return Promise.all(
     stats.map(async (s) => {
       const sessionId = s.runner_id.startsWith("sandbox-") ? s.runner_id.slice("sandbox-".length) : null;

@@ -16,6 +16,8 @@
 //   changes only on "connected", "disconnected" and "grace-ended", so a follower (the registry
 //   snapshot) needs no polling.
 // - close(drainMs) sends GOAWAY to every tunnel and resolves once all have drained (bounded).
+// - replacedElsewhere() / endGraceElsewhere(): a cluster's directory says the runner is live on
+//   another replica (src/api/cluster/cluster.ts).
 // No state outside the instance: two registries in one process do not see each other.
 
 import { EventEmitter } from "node:events";
@@ -84,7 +86,7 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
   readonly #grace = new Map<string, Grace>();
   /** Bytes carried by tunnels that have closed, so totals survive reconnects. */
   readonly #closedBytes = { in: 0, out: 0 };
-  /** Tunnels closed by evict(): their close starts no grace period. */
+  /** Tunnels closed by evict() or replacedElsewhere(): their close starts no grace period. */
   readonly #evicted = new WeakSet<Tunnel>();
   #closed = false;
 
@@ -195,6 +197,34 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
     this.emit("disconnected", runnerId, `evicted: ${reason}`);
     void live.close(CLOSE.EVICTED, `evicted: ${reason}; retry-after=${EVICTED_RETRY_AFTER_S}`, 0);
     return true;
+  }
+
+  /**
+   * A newer registration for the runner is live on another replica (a cluster's directory says so):
+   * closes `tunnel` with close code REPLACED, as a local replacement does, if it is still the live
+   * one, and starts no grace period. Never throws; true if it closed something.
+   */
+  replacedElsewhere(tunnel: Tunnel): boolean {
+    const runnerId = tunnel.runnerId;
+    if (this.#live.get(runnerId) !== tunnel) return false;
+    this.#evicted.add(tunnel);
+    // Gone from here at once, as on eviction: no call reaches it while its link closes.
+    this.#live.delete(runnerId);
+    this.#log.info({ runner_id: runnerId }, "tunnel replaced by a newer registration on another replica");
+    this.#observer.unregistered?.(runnerId);
+    this.emit("disconnected", runnerId, "replaced");
+    void tunnel.close(CLOSE.REPLACED, "replaced");
+    return true;
+  }
+
+  /**
+   * The runner came back on another replica: a grace period here is over (calls waiting in it, if
+   * any, fail with "no connection"; the cluster's dialer sends its own elsewhere). Never throws.
+   */
+  endGraceElsewhere(runnerId: string): void {
+    if (!this.#grace.has(runnerId)) return;
+    this.#endGrace(runnerId, (w) => w.reject(new TunnelNotConnectedError(runnerId)));
+    this.emit("grace-ended", runnerId);
   }
 
   #endGrace(runnerId: string, settle: (w: Waiter) => void): void {
@@ -310,13 +340,11 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
    * Drains every tunnel: GOAWAY, calls in flight finish within `drainMs` (each tunnel's own drain
    * timeout by default), then the links close. Waiting calls fail. Idempotent.
    */
-  async close(drainMs?: number): Promise<void> {
+  async close(drainMs?: number, reason = "server shutting down"): Promise<void> {
     this.#closed = true;
     for (const id of [...this.#grace.keys()])
       this.#endGrace(id, (w) => w.reject(new TunnelNotConnectedError(id)));
-    await Promise.all(
-      [...this.#live.values()].map((t) => t.close(CLOSE.SHUTDOWN, "server shutting down", drainMs)),
-    );
+    await Promise.all([...this.#live.values()].map((t) => t.close(CLOSE.SHUTDOWN, reason, drainMs)));
   }
 
   /** Cuts every tunnel at once. Idempotent. */

@@ -1,11 +1,12 @@
-// `revdial connections`: the live tunnels on the server (admin), as a table or --json.
+// `revdial connections`: the live tunnels on the server (admin), as a table or --json. A cluster's
+// replica lists the whole cluster's, with a `replica` column (docs/replicas.md).
 
 import type { Command } from "commander";
 import type { TunnelStats } from "../../tunnel/types.ts";
 import { createApiClient } from "../api-client.ts";
 import { formatJson, formatTable } from "../output.ts";
 
-type Connection = TunnelStats & { session_id: string | null; owner: string | null };
+type Connection = TunnelStats & { session_id: string | null; owner: string | null; replica?: string };
 
 function bytes(n: number): string {
   if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(1)}G`;
@@ -25,9 +26,11 @@ export function register(program: Command): void {
         process.stdout.write(formatJson(rows));
         return;
       }
+      const clustered = rows.some((r) => r.replica !== undefined);
       process.stdout.write(
         formatTable(rows, [
           { header: "runner id", value: (r) => r.runner_id },
+          ...(clustered ? [{ header: "replica", value: (r: Connection) => r.replica ?? null }] : []),
           { header: "protocol", value: (r) => r.protocol },
           { header: "transport", value: (r) => r.transport },
           { header: "connected at", value: (r) => r.connected_at },

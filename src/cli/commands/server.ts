@@ -52,6 +52,10 @@ interface ServerFlags {
   drainTimeout: string;
   admissionRate: string;
   admissionBurst?: string;
+  replicaId?: string;
+  advertise?: string;
+  peerSecretFile?: string;
+  peerListen?: string;
 }
 
 /** Longer than the drain by this much, a shutdown is stuck: the process exits 1. */
@@ -166,6 +170,25 @@ export function register(program: Command): void {
       "also run a sandbox host `local` (process driver) in this process, with a host key minted at start",
     )
     .option(
+      "--replica-id <id>",
+      "run as one replica of a cluster behind a load balancer; needs DATABASE_URL (env REVDIAL_REPLICA_ID; docs/replicas.md)",
+      env("REVDIAL_REPLICA_ID"),
+    )
+    .option(
+      "--advertise <url>",
+      "replica: the URL other replicas reach this one at, http:// (h2c) or https:// (env REVDIAL_ADVERTISE_URL)",
+      env("REVDIAL_ADVERTISE_URL"),
+    )
+    .option(
+      "--peer-secret-file <file>",
+      "replica: the secret shared by the replicas for calls between them (or env REVDIAL_PEER_SECRET)",
+    )
+    .option(
+      "--peer-listen <host:port>",
+      "replica: where the peer endpoint listens; default the listen host and the advertise URL's port (env REVDIAL_PEER_LISTEN)",
+      env("REVDIAL_PEER_LISTEN"),
+    )
+    .option(
       "--log-level <level>",
       "fatal|error|warn|info|debug|trace (env REVDIAL_LOG_LEVEL)",
       env("REVDIAL_LOG_LEVEL") ?? "info",
@@ -222,8 +245,9 @@ async function runServer(flags: ServerFlags): Promise<void> {
     running: countOption("--quota-running", flags.quotaRunning),
     calls: countOption("--quota-calls", flags.quotaCalls),
   };
+  const replica = await replicaFromFlags(flags);
   // Loaded here so that agents and client commands do not pay for the server's modules.
-  const { startServer } = await import("../../api/server.ts");
+  const { startServer, parseListen } = await import("../../api/server.ts");
   const server = await startServer({
     listen: flags.listen,
     dataDir: flags.dataDir,
@@ -246,6 +270,10 @@ async function runServer(flags: ServerFlags): Promise<void> {
     storedScreenshotsPerUser: sizeOption("--stored-screenshots-per-user", flags.storedScreenshotsPerUser),
     publicUrl: flags.publicUrl,
     https,
+    replica: replica && {
+      ...replica,
+      peerListen: flags.peerListen ? parseListen(flags.peerListen) : undefined,
+    },
     logger,
   });
   // The signal handler goes in before "listening on" is printed: a supervisor that stops the
@@ -356,6 +384,26 @@ async function mintLocalHostKey(server: RunningServer): Promise<string> {
   }
   const { apiKey } = await server.auth.createHostKey(LOCAL_HOST_ID, admin.id, { replace: true });
   return apiKey;
+}
+
+/** Replica mode's flags, all or none; the peer secret from a file or the environment only. */
+async function replicaFromFlags(
+  flags: ServerFlags,
+): Promise<{ replicaId: string; advertiseUrl: string; peerSecret: string } | null> {
+  const secret = await readSecret({
+    file: flags.peerSecretFile,
+    envNames: ["REVDIAL_PEER_SECRET"],
+    flag: "--peer-secret",
+  });
+  if (!flags.replicaId && !flags.advertise && !flags.peerSecretFile) return null;
+  if (!flags.replicaId) throw new CliUsageError("--advertise and --peer-secret-file need --replica-id");
+  if (!flags.advertise)
+    throw new CliUsageError("--replica-id needs --advertise URL (env REVDIAL_ADVERTISE_URL)");
+  if (!secret)
+    throw new CliUsageError(
+      "--replica-id needs the peer secret: --peer-secret-file FILE or env REVDIAL_PEER_SECRET",
+    );
+  return { replicaId: flags.replicaId, advertiseUrl: flags.advertise, peerSecret: secret };
 }
 
 function quotaDefault(name: string, fallback: number): string {

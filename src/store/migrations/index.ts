@@ -4,6 +4,7 @@
 import { migration001 } from "./001-initial-schema.ts";
 import { migration002 } from "./002-host-keys.ts";
 import { migration003 } from "./003-agent-sync-interactions.ts";
+import { migration004 } from "./004-cluster-directory.ts";
 
 export interface Migration {
   readonly version: number;
@@ -11,4 +12,9 @@ export interface Migration {
   readonly sql: string;
 }
 
-export const MIGRATIONS: readonly Migration[] = Object.freeze([migration001, migration002, migration003]);
+export const MIGRATIONS: readonly Migration[] = Object.freeze([
+  migration001,
+  migration002,
+  migration003,
+  migration004,
+]);
