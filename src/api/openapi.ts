@@ -48,17 +48,22 @@ export async function registerOpenApi(app: FastifyInstance, authHook: unknown): 
         },
       },
     },
+    // A wildcard route (`/ui/*`) is documented with its rest as a parameter named `path`.
     transform: ({ schema, url, route }) => ({
       schema: documented(schema as Schema, url, route, authHook),
-      url,
+      url: url.endsWith("*") ? `${url.slice(0, -1)}{${WILDCARD_PARAM}}` : url,
     }),
   });
 }
+
+/** The name a wildcard route's rest has in the document. */
+export const WILDCARD_PARAM = "path";
 
 /** The route's schema as the document shows it (a copy: the route's own is left alone). */
 function documented(schema: Schema | undefined, url: string, route: RouteOptions, authHook: unknown): Schema {
   const out: Schema = { ...(schema ?? {}) };
   const names = [...url.matchAll(/:([A-Za-z0-9_]+)/g)].map((m) => m[1]);
+  if (url.endsWith("*")) names.push(WILDCARD_PARAM);
   if (names.length > 0 && !out.params) {
     out.params = {
       type: "object",
