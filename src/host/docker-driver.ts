@@ -532,7 +532,14 @@ export class DockerDriver implements SandboxDriver {
         } catch {}
         const output = await this.#tail(lobby.containerId);
         this.#log.warn(
-          { lobby_id: lobbyId, session_id: sessionId, container: lobby.containerId.slice(0, 12), code, oom, output },
+          {
+            lobby_id: lobbyId,
+            session_id: sessionId,
+            container: lobby.containerId.slice(0, 12),
+            code,
+            oom,
+            output,
+          },
           "sandbox container exited on its own",
         );
         const wasRunning = lobby.info.state === "running";
