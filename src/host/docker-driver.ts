@@ -324,7 +324,10 @@ export class DockerDriver implements SandboxDriver {
       (l) => l.info.sessionId === spec.sessionId && l.info.state === "running",
     );
     if (existing) return Promise.resolve({ ...existing.info });
-    if (this.#lobbies.size + this.#creating.size >= this.#o.maxSandboxes)
+    // A create in flight is in #lobbies once its container exists: count each sandbox once.
+    const live = new Set([...this.#lobbies.values()].map((l) => l.info.sessionId));
+    const inFlight = [...this.#creating.keys()].filter((sid) => !live.has(sid)).length;
+    if (this.#lobbies.size + inFlight >= this.#o.maxSandboxes)
       return Promise.reject(new HostAtCapacityError(this.#o.maxSandboxes));
     const creating = this.#launch(spec).finally(() => this.#creating.delete(spec.sessionId));
     this.#creating.set(spec.sessionId, creating);

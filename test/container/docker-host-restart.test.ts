@@ -15,7 +15,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
-import { LABELS } from "../../src/host/docker-driver.ts";
+import { silentLogger } from "../../src/common/logger.ts";
+import { DockerDriver, LABELS } from "../../src/host/docker-driver.ts";
 import type { DockerEngine } from "../../src/host/docker-engine.ts";
 import { MAIN, revdial } from "../e2e/cli-harness.ts";
 import { World } from "../host/host-harness.ts";
@@ -41,6 +42,25 @@ describe("wolf run --driver docker without an engine", () => {
     assert.notEqual(run.code, 0);
     assert.match(run.stderr, /no Docker engine reachable at unix:\/\/\/nonexistent\/docker\.sock/);
     assert.match(run.stderr, /start Docker or use --driver process/);
+  });
+});
+
+describe("docker driver: the image", { skip: env.skip }, () => {
+  it("a host whose engine lacks the image fails at start, naming the command that builds it", async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), "revdial-dock-noimage-"));
+    after(() => rmSync(stateDir, { recursive: true, force: true }));
+    const driver = new DockerDriver({
+      logger: silentLogger(),
+      endpoint: env.endpoint,
+      image: "revdial-no-such-image",
+      stateDir,
+    });
+    await assert.rejects(driver.start(), (err: Error & { code: string }) => {
+      assert.equal(err.code, "RD_ERR_HOST_DOCKER_UNAVAILABLE");
+      assert.match(err.message, /has no image revdial-no-such-image:latest/);
+      assert.match(err.message, /revdial image build --tag revdial-no-such-image:latest/);
+      return true;
+    });
   });
 });
 
