@@ -366,7 +366,7 @@ export class DockerDriver implements SandboxDriver {
     const dir = join(this.#o.stateDir, "containers", lobbyId);
     const agentEnv = { ...this.#o.agentEnv };
     if (this.#o.caPem) agentEnv.REVDIAL_CA_FILE = join(WORK_DIR, "ca.pem");
-    const app = this.#o.app ?? `exec xterm -T "revdial session ${spec.sessionId}"`;
+    const app = this.#o.app ?? defaultApp(spec.sessionId, this.#o.screen);
     const launch: LauncherSpec = {
       sessionId: spec.sessionId,
       serverUrl: spec.serverUrl,
@@ -609,6 +609,18 @@ export class DockerDriver implements SandboxDriver {
     if (!lobby) return Promise.reject(new LobbyNotFoundError(lobbyId));
     return this.engine.memoryUsage(lobby.containerId);
   }
+}
+
+/**
+ * The default desktop program: an xterm filling the screen (its fixed font is 6x13 pixels), titled
+ * with the session, that says which session and workspace this is, then runs a shell there.
+ */
+export function defaultApp(sessionId: string, screen: string): string {
+  const [w, h] = screen.split("x").map(Number);
+  const geometry = `${Math.floor(w / 6)}x${Math.floor(h / 13)}+0+0`;
+  // The session id is checked by the lobby API (ses_ and 26 letters/digits): safe in the quotes.
+  const banner = `echo "revdial session ${sessionId}"; echo "workspace: $HOME"; echo; exec sh`;
+  return `exec xterm -T "revdial ${sessionId}" -geometry ${geometry} -e sh -c '${banner}'`;
 }
 
 function readReady(dir: string): { display: string | null } | null {
