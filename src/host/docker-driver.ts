@@ -27,7 +27,18 @@
 // start() fails at once, naming the fix, when no engine answers or the image is missing.
 
 import { randomUUID } from "node:crypto";
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chownSync,
+  closeSync,
+  constants,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { InvalidOptionError } from "../common/errors.ts";
@@ -623,12 +634,35 @@ export function defaultApp(sessionId: string, screen: string): string {
   return `exec xterm -T "revdial ${sessionId}" -geometry ${geometry} -e sh -c '${banner}'`;
 }
 
+/** Longest start report the host reads: the sandbox can write that file. */
+const MAX_READY_BYTES = 16 * 1024;
+
+/**
+ * The entry's start report, or null. The sandbox can write its run dir, so the file is opened
+ * without following a symlink, must be a regular file, and is read up to MAX_READY_BYTES.
+ */
 function readReady(dir: string): { display: string | null } | null {
-  const file = join(dir, "run", "ready.json");
-  if (!existsSync(file)) return null;
+  let fd: number;
   try {
-    return JSON.parse(readFileSync(file, "utf8")) as { display: string | null };
+    fd = openSync(
+      join(dir, "run", "ready.json"),
+      constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK,
+    );
   } catch {
     return null;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.size > MAX_READY_BYTES) return null;
+    const buf = Buffer.alloc(st.size);
+    const n = readSync(fd, buf, 0, st.size, 0);
+    const parsed = JSON.parse(buf.subarray(0, n).toString("utf8")) as { display?: unknown };
+    const display =
+      typeof parsed.display === "string" && /^:\d{1,5}$/.test(parsed.display) ? parsed.display : null;
+    return { display };
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
   }
 }
