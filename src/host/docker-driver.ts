@@ -1,9 +1,10 @@
 // The docker driver: each sandbox is one container of a Docker engine (Docker, or podman's
 // compatible service), reached over the Engine API on its socket (docker-engine.ts), never the CLI.
-// The container runs the sandbox image (`revdial image build`, sandbox-image.ts): its entry
-// (container-entry.ts) starts the same launcher as the process driver (Xvfb, `revdial agent
-// --desktop` dialing OUT to the API as sandbox-{session}, the desktop program), so both drivers
-// keep one behaviour.
+// The container runs the sandbox image (`revdial image build`, sandbox-image.ts), whose entry point
+// is the same launcher as the process driver's (lobby-launcher.ts: Xvfb, `revdial agent --desktop`
+// dialing OUT to the API as sandbox-{session}, the desktop program), under the engine's init, so
+// both drivers keep one behaviour. Its start report (one JSON line on stdout) is read from the
+// container's log.
 //
 // Each container: the engine's init (--init); memory, CPU and pids limits; an unprivileged uid, no
 // privileges, every capability dropped, no-new-privileges; a read-only root with a tmpfs /tmp and a
@@ -13,7 +14,7 @@
 // docs/containers.md for the host gateway names).
 //
 // Secrets: the sandbox's rds- key is written into the launch file (/run/revdial/launch.json, 0600,
-// the container's uid, bound in from the state dir), which the entry reads and deletes before it
+// the container's uid, bound in from the state dir), which the launcher reads and deletes before it
 // starts anything; it is never on a command line nor in the container's environment. The host's own
 // key is never given to the container.
 //
@@ -27,18 +28,7 @@
 // start() fails at once, naming the fix, when no engine answers or the image is missing.
 
 import { randomUUID } from "node:crypto";
-import {
-  chownSync,
-  closeSync,
-  constants,
-  fstatSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { chownSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { InvalidOptionError } from "../common/errors.ts";
@@ -270,7 +260,7 @@ export class DockerDriver implements SandboxDriver {
       const lobbyId = labels[LABELS.lobby];
       const sessionId = labels[LABELS.session];
       const dir = lobbyId ? join(this.#o.stateDir, "containers", lobbyId) : "";
-      const ready = dir ? readReady(dir) : null;
+      const ready = c.State === "running" ? await this.#readyReport(c.Id) : null;
       if (this.#o.adopt && c.State === "running" && lobbyId && sessionId && ready) {
         const lobby: Lobby = {
           info: {
@@ -402,7 +392,7 @@ export class DockerDriver implements SandboxDriver {
         `HOME=${WORK_DIR}`,
         "LANG=C.UTF-8",
         "PATH=/usr/local/bin:/usr/bin:/bin",
-        `REVDIAL_RUN_DIR=${RUN_DIR}`,
+        `REVDIAL_LAUNCH_FILE=${RUN_DIR}/launch.json`,
       ],
       WorkingDir: WORK_DIR,
       Labels: {
@@ -506,11 +496,22 @@ export class DockerDriver implements SandboxDriver {
     }
   }
 
-  /** Waits for the entry's ready.json; fails when the container stops first or the deadline passes. */
+  /** The launcher's start report, from the container's stdout, or null while there is none. */
+  async #readyReport(id: string): Promise<{ display: string | null } | null> {
+    let out: string;
+    try {
+      out = await this.engine.logs(id, "all", { stdout: true, stderr: false });
+    } catch {
+      return null;
+    }
+    return parseReady(out);
+  }
+
+  /** Waits for the launcher's start report; fails when the container stops first or the deadline passes. */
   async #waitReady(lobby: Lobby): Promise<{ display: string | null }> {
     const deadline = Date.now() + this.#o.startTimeoutMs;
     for (let wait = 20; ; wait = Math.min(wait * 2, 250)) {
-      const ready = readReady(lobby.dir);
+      const ready = await this.#readyReport(lobby.containerId);
       if (ready) return ready;
       if (lobby.stopping || !this.#lobbies.has(lobby.info.lobbyId))
         throw new Error("it stopped while starting");
@@ -634,35 +635,19 @@ export function defaultApp(sessionId: string, screen: string): string {
   return `exec xterm -T "revdial ${sessionId}" -geometry ${geometry} -e sh -c '${banner}'`;
 }
 
-/** Longest start report the host reads: the sandbox can write that file. */
-const MAX_READY_BYTES = 16 * 1024;
-
 /**
- * The entry's start report, or null. The sandbox can write its run dir, so the file is opened
- * without following a symlink, must be a regular file, and is read up to MAX_READY_BYTES.
+ * The launcher's start report: the first line of its stdout that is a JSON object (the sandbox
+ * can write there too, so only a display of the form :N is taken from it).
  */
-function readReady(dir: string): { display: string | null } | null {
-  let fd: number;
-  try {
-    fd = openSync(
-      join(dir, "run", "ready.json"),
-      constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK,
-    );
-  } catch {
-    return null;
+export function parseReady(stdout: string): { display: string | null } | null {
+  for (const line of stdout.split("\n").slice(0, 50)) {
+    if (!line.startsWith("{") || line.length > 16 * 1024) continue;
+    try {
+      const parsed = JSON.parse(line) as { display?: unknown };
+      const display =
+        typeof parsed.display === "string" && /^:\d{1,5}$/.test(parsed.display) ? parsed.display : null;
+      return { display };
+    } catch {}
   }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile() || st.size > MAX_READY_BYTES) return null;
-    const buf = Buffer.alloc(st.size);
-    const n = readSync(fd, buf, 0, st.size, 0);
-    const parsed = JSON.parse(buf.subarray(0, n).toString("utf8")) as { display?: unknown };
-    const display =
-      typeof parsed.display === "string" && /^:\d{1,5}$/.test(parsed.display) ? parsed.display : null;
-    return { display };
-  } catch {
-    return null;
-  } finally {
-    closeSync(fd);
-  }
+  return null;
 }

@@ -372,9 +372,13 @@ export class DockerEngine {
     return { code: inspected.ExitCode ?? -1, ...out };
   }
 
-  /** The last `tail` lines the container wrote, stdout and stderr together. */
-  async logs(id: string, tail = 20): Promise<string> {
-    const res = await this.#send(`/containers/${id}/logs`, { query: { stdout: true, stderr: true, tail } });
+  /** The last `tail` lines the container wrote (all with tail "all"), stdout and stderr together unless asked. */
+  async logs(
+    id: string,
+    tail: number | "all" = 20,
+    streams = { stdout: true, stderr: true },
+  ): Promise<string> {
+    const res = await this.#send(`/containers/${id}/logs`, { query: { ...streams, tail } });
     const raw = Buffer.from(await readAll(res, true), "latin1");
     if ((res.statusCode ?? 0) >= 400)
       throw new DockerEngineError(

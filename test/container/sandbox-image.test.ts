@@ -22,7 +22,6 @@ describe("sandbox image recipe", () => {
       "node",
       "revdial/package.json",
       "revdial/src/cli/main.ts",
-      "revdial/src/host/container-entry.ts",
       "revdial/src/host/lobby-launcher.ts",
       "revdial/node_modules/fastify/package.json",
       "revdial/node_modules/sharp/package.json",
@@ -58,7 +57,7 @@ describe("sandbox image recipe", () => {
     const n = saveContext(dir);
     assert.ok(n > 100);
     assert.ok(statSync(join(dir, "node")).mode & 0o100, "node is executable");
-    assert.ok(existsSync(join(dir, "revdial/src/host/container-entry.ts")));
+    assert.ok(existsSync(join(dir, "revdial/src/host/lobby-launcher.ts")));
     assert.match(readFileSync(join(dir, "Containerfile"), "utf8"), /^COPY revdial \/opt\/revdial$/m);
     assert.throws(() => saveContext(dir), /is not empty/);
   });
