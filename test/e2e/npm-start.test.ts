@@ -85,7 +85,7 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
     assert.deepEqual(bytes.subarray(0, 4), Buffer.from([0x89, 0x50, 0x4e, 0x47]));
 
     const wolves = await revdial(["wolf", "list"], env, dir);
-    assert.match(wolves.stdout, /^local\s+local\s+online\s+1\/10\s+up\s+\S+$/m);
+    assert.match(wolves.stdout, /^local\s+local\s+online\s+1\/10\s+up\s+\S+\s+process\s+-$/m);
 
     const second = await revdial(
       ["spectask", "start", (JSON.parse(list.stdout) as { id: string }[])[1].id, "--wait"],

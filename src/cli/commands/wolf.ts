@@ -72,9 +72,9 @@ export const WOLF_COLUMNS: readonly Column<WolfView>[] = [
   { header: "status", value: (w) => w.status },
   { header: "load", value: (w) => `${w.connected_sandboxes}/${w.max_sandboxes}` },
   { header: "tunnel", value: (w) => (w.tunnel_connected ? "up" : "down") },
+  { header: "last heartbeat", value: (w) => w.last_heartbeat },
   { header: "driver", value: (w) => w.labels?.["revdial.driver"] ?? "-" },
   { header: "engine", value: (w) => w.labels?.["revdial.engine"] ?? "-" },
-  { header: "last heartbeat", value: (w) => w.last_heartbeat },
 ];
 
 function collect(value: string, previous: string[]): string[] {
