@@ -176,10 +176,10 @@ export function register(program: Command): void {
     .option("--name <name>", "display name (default: the id)")
     .option("--max-sandboxes <n>", "sandboxes at most", "10")
     .option("--driver <driver>", "process or docker", "process")
-    .option("--app <command>", "command started on each sandbox's display (process driver)")
+    .option("--app <command>", "command started on each sandbox's display (docker driver default: an xterm)")
     .option(
       "--agent-command <cmd>",
-      "agent program every sandbox runs, bridged to its session's sync socket (process driver; env REVDIAL_AGENT_COMMAND)",
+      "agent program every sandbox runs, bridged to its session's sync socket (env REVDIAL_AGENT_COMMAND; with --driver docker it runs inside the container)",
       env("REVDIAL_AGENT_COMMAND"),
     )
     .option("--label <key=value>", "a label (repeatable)", collect, [])
