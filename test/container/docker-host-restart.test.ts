@@ -41,7 +41,10 @@ describe("wolf run --driver docker without an engine", () => {
     );
     assert.notEqual(run.code, 0);
     assert.match(run.stderr, /no Docker engine reachable at unix:\/\/\/nonexistent\/docker\.sock/);
-    assert.match(run.stderr, /start Docker or use --driver process/);
+    assert.match(
+      run.stderr,
+      /start Docker, or podman's service \(podman system service unix:\/\/\/PATH, then --docker-host unix:\/\/\/PATH\), or use --driver process/,
+    );
   });
 });
 
