@@ -257,7 +257,10 @@ export class DockerDriver implements SandboxDriver {
     const kept = new Set<string>();
     for (const c of left) {
       const labels = c.Labels ?? {};
-      const lobbyId = labels[LABELS.lobby];
+      // Labels are the engine's, but a lobby id becomes a path here: only a UUID is taken.
+      const lobbyId = /^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$/.test(labels[LABELS.lobby] ?? "")
+        ? labels[LABELS.lobby]
+        : "";
       const sessionId = labels[LABELS.session];
       const dir = lobbyId ? join(this.#o.stateDir, "containers", lobbyId) : "";
       const ready = c.State === "running" ? await this.#readyReport(c.Id) : null;
@@ -269,7 +272,7 @@ export class DockerDriver implements SandboxDriver {
             state: "running",
             pid: null,
             display: ready.display,
-            startedAt: new Date(),
+            startedAt: c.Created ? new Date(c.Created * 1000) : new Date(),
           },
           containerId: c.Id,
           dir,

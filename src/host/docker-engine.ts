@@ -34,6 +34,8 @@ export interface ContainerSummary {
   Image: string;
   State: string;
   Labels: Record<string, string> | null;
+  /** Unix seconds. */
+  Created?: number;
 }
 
 export interface ContainerInspect {
