@@ -4,6 +4,7 @@
 import type { Command } from "commander";
 import * as connections from "./commands/connections.ts";
 import * as doctor from "./commands/doctor.ts";
+import * as image from "./commands/image.ts";
 import * as project from "./commands/project.ts";
 import * as session from "./commands/session.ts";
 import * as spectask from "./commands/spectask.ts";
@@ -12,7 +13,7 @@ import * as wolf from "./commands/wolf.ts";
 import { addTlsOptions, type TlsFlags } from "./tls-options.ts";
 
 export function registerControlPlaneCommands(program: Command): void {
-  for (const command of [user, project, spectask, session, connections, doctor, wolf])
+  for (const command of [user, project, spectask, session, connections, doctor, wolf, image])
     command.register(program);
   addTlsOptions(program);
   // The commands build their API client from the environment (createApiClient), so the flags are

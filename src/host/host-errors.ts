@@ -29,7 +29,8 @@ export class DockerUnavailableError extends HostError {
     super(
       HOST_ERROR_CODES.dockerUnavailable,
       500,
-      `driver docker: no Docker engine reachable at ${endpoint} (${reason}); start Docker or use --driver process`,
+      `driver docker: no Docker engine reachable at ${endpoint} (${reason}); start Docker, or podman's ` +
+        "service (podman system service unix:///PATH, then --docker-host unix:///PATH), or use --driver process",
     );
   }
 }

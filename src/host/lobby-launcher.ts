@@ -4,7 +4,8 @@
 // stops the sandbox by signalling the whole group.
 //
 // Input: one JSON line on stdin (LauncherSpec, the agent's token included), so no secret is in this
-// process's environment or command line, where the sandbox's own app could read it.
+// process's environment or command line, where the sandbox's own app could read it. In a container
+// (docker driver), the file REVDIAL_LAUNCH_FILE names instead, removed once read.
 //
 // It starts a private X display (Xvfb picks a free display number and reports it through
 // -displayfd; no TCP, no abstract socket, the MIT-MAGIC-COOKIE-1 the host wrote into the sandbox's
@@ -19,6 +20,7 @@
 // and exits 1.
 
 import { type ChildProcess, type StdioOptions, spawn } from "node:child_process";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { dropTo, which } from "./isolation.ts";
@@ -188,6 +190,13 @@ async function launch(spec: LauncherSpec): Promise<void> {
 }
 
 async function readSpec(): Promise<LauncherSpec> {
+  // In a container (docker driver), the spec is a file of the launch dir: read, then removed.
+  const file = process.env.REVDIAL_LAUNCH_FILE;
+  if (file) {
+    const text = readFileSync(file, "utf8");
+    rmSync(file, { force: true });
+    return JSON.parse(text) as LauncherSpec;
+  }
   const lines = createInterface({ input: process.stdin });
   for await (const line of lines) {
     lines.close();

@@ -19,7 +19,7 @@ import { Backoff, waitOrAbort } from "../common/backoff.ts";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
 import { ControlPlaneCallError, ControlPlaneClient } from "./control-plane-client.ts";
-import { DockerDriver } from "./docker-driver.ts";
+import { DockerDriver, type DockerDriverOptions } from "./docker-driver.ts";
 import { defaultStateDir } from "./host-state.ts";
 import type { IsolationRequest, UidRange } from "./isolation.ts";
 import { type LobbyServer, startLobbyServer } from "./lobby-server.ts";
@@ -63,6 +63,8 @@ export interface WolfHostOptions {
   allowSharedFallback?: boolean;
   /** uids of the users isolation mode (default 200000-200999). */
   sandboxUids?: UidRange;
+  /** Docker driver settings: engine, image, limits, network (docker-driver.ts). */
+  docker?: Partial<Omit<DockerDriverOptions, "logger" | "onExit">>;
   logger: Logger;
 }
 
@@ -132,8 +134,7 @@ export class WolfHost {
 
   #makeDriver(driver: "process" | "docker" | SandboxDriver): SandboxDriver {
     if (typeof driver === "object") return driver;
-    if (driver === "docker") return new DockerDriver({ logger: this.#log });
-    if (driver !== "process")
+    if (driver !== "process" && driver !== "docker")
       throw new InvalidOptionError("driver", `expected process or docker, got "${driver}"`);
     const agent = this.#o.agent;
     const agentEnv: Record<string, string> = {};
@@ -141,6 +142,20 @@ export class WolfHost {
     if (agent?.protocol) agentEnv.REVDIAL_PROTOCOL = agent.protocol;
     if (agent?.tls?.rejectUnauthorized === false) agentEnv.REVDIAL_INSECURE = "1";
     const ca = agent?.tls?.ca as string[] | undefined;
+    if (driver === "docker")
+      return new DockerDriver({
+        logger: this.#log,
+        hostId: this.id,
+        stateDir: this.stateDir,
+        maxSandboxes: this.maxSandboxes,
+        app: this.#o.app,
+        agentCommand: this.#o.agentCommand,
+        stopTimeoutMs: this.#o.stopTimeoutMs,
+        agentEnv,
+        caPem: ca ? ca.join("\n") : null,
+        ...this.#o.docker,
+        onExit: (exit) => this.#reportExit(exit),
+      });
     return new ProcessDriver({
       logger: this.#log,
       stateDir: this.stateDir,
@@ -217,7 +232,7 @@ export class WolfHost {
       id: this.id,
       name: this.name,
       maxSandboxes: this.maxSandboxes,
-      labels: this.#o.labels ?? {},
+      labels: this.#labels(),
     };
     while (!this.#stop.signal.aborted) {
       try {
@@ -232,6 +247,12 @@ export class WolfHost {
         await waitOrAbort(wait, this.#stop.signal);
       }
     }
+  }
+
+  /** The operator's labels, plus the driver's name (revdial.driver) and the docker driver's engine (revdial.engine). */
+  #labels(): Record<string, string> {
+    const own = this.driver instanceof DockerDriver ? this.driver.labels() : {};
+    return { "revdial.driver": this.driver.name, ...own, ...this.#o.labels };
   }
 
   #scheduleHeartbeat(): void {
@@ -251,7 +272,7 @@ export class WolfHost {
           id: this.id,
           name: this.name,
           maxSandboxes: this.maxSandboxes,
-          labels: this.#o.labels ?? {},
+          labels: this.#labels(),
         });
       }
     } catch (err) {

@@ -100,7 +100,7 @@ describe("npm start: server with a local host, then fork, start, screenshot", {
       t.diagnostic(`${DEFAULT_APP_PROGRAM} is not installed: the default app's screenshot is not checked`);
 
     const wolves = await revdial(["wolf", "list"], env, dir);
-    assert.match(wolves.stdout, /^local\s+local\s+online\s+1\/10\s+up\s+\S+$/m);
+    assert.match(wolves.stdout, /^local\s+local\s+online\s+1\/10\s+up\s+\S+\s+process\s+-$/m);
 
     const second = await revdial(
       ["spectask", "start", (JSON.parse(list.stdout) as { id: string }[])[1].id, "--wait"],

@@ -3,7 +3,8 @@
 // `revdial wolf run`: a sandbox host. Registers with the API using its host key, heartbeats,
 // dials out as `wolf-{id}` and serves its lobby API through that tunnel; sandboxes are made by the
 // process driver (Xvfb + `revdial agent --desktop` per sandbox, one process group each) or the
-// docker driver. SIGTERM/SIGINT stop every sandbox, then exit 0; exit 3 when another host took the id.
+// docker driver (a container per sandbox: --image, --docker-host, --memory, --cpus, --pids-limit,
+// --network; docs/containers.md). SIGTERM/SIGINT stop every sandbox, then exit 0; exit 3 when another host took the id.
 // `revdial wolf list`: the hosts the API knows, with their load.
 // The key of `wolf run` comes from --token-file, `--token -` (stdin), env REVDIAL_TOKEN (or the
 // seed's REVDIAL_RUNNER_TOKEN), or --token (warned about: visible to local users).
@@ -11,13 +12,14 @@
 import type { Command } from "commander";
 import type { wolfInstanceView } from "../../api/routes/wolf-instances.ts";
 import { createLogger } from "../../common/logger.ts";
+import { DockerDriver, parseBytes } from "../../host/docker-driver.ts";
 import {
   ISOLATION_CHOICES,
   type IsolationRequest,
   parseUidRange,
   type UidRange,
 } from "../../host/isolation.ts";
-import { WolfHost } from "../../host/wolf-host.ts";
+import { WolfHost, type WolfHostOptions } from "../../host/wolf-host.ts";
 import { createApiClient } from "../api-client.ts";
 import {
   CliUsageError,
@@ -59,6 +61,12 @@ interface RunFlags extends TlsFlags {
   unsafeSharedUser?: boolean;
   sandboxUids: string;
   stateDir?: string;
+  image?: string;
+  dockerHost?: string;
+  memory: string;
+  cpus: string;
+  pidsLimit: string;
+  network: string;
 }
 
 export const WOLF_COLUMNS: readonly Column<WolfView>[] = [
@@ -68,6 +76,8 @@ export const WOLF_COLUMNS: readonly Column<WolfView>[] = [
   { header: "load", value: (w) => `${w.connected_sandboxes}/${w.max_sandboxes}` },
   { header: "tunnel", value: (w) => (w.tunnel_connected ? "up" : "down") },
   { header: "last heartbeat", value: (w) => w.last_heartbeat },
+  { header: "driver", value: (w) => w.labels?.["revdial.driver"] ?? "-" },
+  { header: "engine", value: (w) => w.labels?.["revdial.engine"] ?? "-" },
 ];
 
 function collect(value: string, previous: string[]): string[] {
@@ -127,6 +137,7 @@ async function run(flags: RunFlags): Promise<void> {
       },
       ...isolation,
       stateDir: flags.stateDir,
+      docker: flags.driver === "docker" ? dockerFromFlags(flags) : undefined,
       logger,
     });
   } catch (err) {
@@ -139,7 +150,11 @@ async function run(flags: RunFlags): Promise<void> {
     await host.close();
     throw err;
   }
-  const iso = host.isolation ? `, isolation: ${host.isolation}` : "";
+  const iso = host.isolation
+    ? `, isolation: ${host.isolation}`
+    : host.driver instanceof DockerDriver
+      ? `, engine: ${host.driver.describeEngine()}`
+      : "";
   process.stdout.write(
     `Wolf instance ${host.id} running (driver ${host.driver.name}${iso}, max ${host.maxSandboxes})\n`,
   );
@@ -170,11 +185,11 @@ export function register(program: Command): void {
     .option("--driver <driver>", "process or docker", "process")
     .option(
       "--app <command>",
-      "command started on each sandbox's display (process driver); default xterm showing the session, '' for none",
+      "command started on each sandbox's display; default xterm showing the session, '' for none",
     )
     .option(
       "--agent-command <cmd>",
-      "agent program every sandbox runs, bridged to its session's sync socket (process driver; env REVDIAL_AGENT_COMMAND)",
+      "agent program every sandbox runs, bridged to its session's sync socket (env REVDIAL_AGENT_COMMAND; with --driver docker it runs inside the container)",
       env("REVDIAL_AGENT_COMMAND"),
     )
     .option("--label <key=value>", "a label (repeatable)", collect, [])
@@ -199,6 +214,20 @@ export function register(program: Command): void {
     .option(
       "--state-dir <dir>",
       "the host's state (0700): lobby API socket, live sandboxes (default: under the OS temp dir)",
+    )
+    .option("--image <image>", "sandbox image (docker driver; `revdial image build`)", "revdial-sandbox")
+    .option(
+      "--docker-host <url>",
+      "engine socket (docker driver; env DOCKER_HOST, default unix:///var/run/docker.sock)",
+      env("DOCKER_HOST"),
+    )
+    .option("--memory <size>", "memory limit per sandbox, swap included (docker driver)", "1g")
+    .option("--cpus <n>", "CPUs per sandbox (docker driver)", "1")
+    .option("--pids-limit <n>", "processes and threads per sandbox (docker driver)", "256")
+    .option(
+      "--network <mode>",
+      "sandbox network (docker driver): auto (host when the API is on loopback, else bridge), host, bridge or a network name",
+      "auto",
     )
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", env("REVDIAL_LOG_LEVEL") ?? "info")
     .option(...LOG_FORMAT_OPTION, env("REVDIAL_LOG_FORMAT"));
@@ -257,6 +286,29 @@ export function register(program: Command): void {
     .action(async (flags: { json?: boolean }) => {
       printList(await createApiClient().get<WolfView[]>("/api/v1/wolf-instances"), WOLF_COLUMNS, flags.json);
     });
+}
+
+/** The docker driver's flags to its options. */
+function dockerFromFlags(flags: RunFlags): WolfHostOptions["docker"] {
+  const cpus = Number(flags.cpus);
+  const pids = Number(flags.pidsLimit);
+  if (!(cpus > 0)) throw new CliUsageError("--cpus must be a number > 0");
+  if (!Number.isInteger(pids) || pids < 16)
+    throw new CliUsageError("--pids-limit must be an integer of at least 16");
+  let memoryBytes: number;
+  try {
+    memoryBytes = parseBytes(flags.memory);
+  } catch {
+    throw new CliUsageError(`--memory: expected a size like 512m or 2g, got "${flags.memory}"`);
+  }
+  return {
+    endpoint: flags.dockerHost || undefined,
+    image: flags.image,
+    memoryBytes,
+    cpus,
+    pidsLimit: pids,
+    network: flags.network,
+  };
 }
 
 /** --isolation and --unsafe-shared-user (an alias of --isolation unsafe-shared-user) to the host's options. */
