@@ -327,7 +327,9 @@ export class PeerPool {
       this.#o.connectTimeoutMs ?? 2000,
     );
     timer.unref();
+    let connected = false;
     session.once("connect", () => {
+      connected = true;
       clearTimeout(timer);
       session.setLocalWindowSize(CONNECTION_WINDOW);
     });
@@ -336,7 +338,10 @@ export class PeerPool {
       if (this.#sessions.get(url) === session) this.#sessions.delete(url);
     };
     session.on("error", (err) => {
-      this.#o.logger.debug({ err: err.message, peer: replicaId }, "peer link failed");
+      // A link that never came up (refused, a certificate not trusted) is a misconfiguration or a
+      // dead peer: the operator should see it. A link that broke later is a peer going away.
+      if (connected) this.#o.logger.debug({ err: err.message, peer: replicaId }, "peer link failed");
+      else this.#o.logger.warn({ err: err.message, peer: replicaId, url }, "peer link could not be set up");
       forget();
     });
     session.once("close", forget);
