@@ -49,12 +49,14 @@ export function wolfRunnerId(hostId: string): string {
  * waiters failed) is used when it exists; before it does, the live tunnel is destroyed, which
  * cuts it the same way but leaves its grace waiters to their deadline.
  */
-export function evictTunnel(dialer: TunnelDialer, runnerId: string, reason: string): void {
+export async function evictTunnel(dialer: TunnelDialer, runnerId: string, reason: string): Promise<void> {
   const d = dialer as TunnelDialer & {
     evict?: (id: string, reason: string) => void;
     get?: (id: string) => { destroy(err?: Error): void } | undefined;
   };
-  if (typeof d.evict === "function") d.evict(runnerId, reason);
+  // A cluster's tunnel on another replica is closed there before this returns (bounded).
+  if (typeof d.evictEverywhere === "function") await d.evictEverywhere(runnerId, reason);
+  else if (typeof d.evict === "function") d.evict(runnerId, reason);
   else d.get?.(runnerId)?.destroy(new Error(reason));
 }
 
@@ -182,7 +184,7 @@ export class Scheduler {
   async cutSandbox(sessionId: string, reason: string): Promise<void> {
     await this.#ctx.store.apiKeys.revokeForSession(sessionId);
     this.#ctx.auth.forgetSession(sessionId);
-    evictTunnel(this.#ctx.dialer, sandboxRunnerId(sessionId), reason);
+    await evictTunnel(this.#ctx.dialer, sandboxRunnerId(sessionId), reason);
   }
 
   /**

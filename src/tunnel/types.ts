@@ -72,6 +72,11 @@ export interface TunnelDialer {
    * for a session that was stopped or whose keys were revoked. Never throws.
    */
   evict(runnerId: string, reason: string): boolean;
+  /**
+   * A cluster's dialer: evict(), resolved once the tunnel is closed wherever it is held (bounded:
+   * false when its replica did not answer in time). Never rejects.
+   */
+  evictEverywhere?(runnerId: string, reason: string): Promise<boolean>;
 }
 
 /** Events the registry emits, for the API to follow sandboxes and hosts coming and going. */

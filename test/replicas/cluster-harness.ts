@@ -73,23 +73,33 @@ export function haproxyConfig(text: string, ports: number[], listen: number): st
 
 export { DOC as REPLICAS_DOC };
 
+export interface ClusterOptions {
+  /** False: no nginx in front (tests that call the replicas directly). */
+  loadBalancer?: boolean;
+  /** The replicas serve HTTPS with this pair, and advertise https:// peer endpoints (TLS peer links). */
+  https?: { certFile: string; keyFile: string };
+}
+
 export class Cluster {
   readonly replicas: Replica[] = [];
   dir = "";
   database = "";
   databaseUrl = "";
   adminKey = "";
-  lb!: ProxyProcess;
+  lb: ProxyProcess | null = null;
   readonly #extraArgs: string[];
   readonly #lbConnections: number;
+  readonly #options: ClusterOptions;
 
   /** `extraArgs` go to every replica; `lbConnections` is nginx's worker_connections. */
-  constructor(extraArgs: string[] = [], lbConnections = 1024) {
+  constructor(extraArgs: string[] = [], lbConnections = 1024, options: ClusterOptions = {}) {
     this.#extraArgs = extraArgs;
     this.#lbConnections = lbConnections;
+    this.#options = options;
   }
 
   get lbUrl(): string {
+    if (!this.lb) throw new Error("this cluster has no load balancer");
     return `http://127.0.0.1:${this.lb.port}`;
   }
 
@@ -119,9 +129,10 @@ export class Cluster {
     await mkdir(nginxDir, { recursive: true, mode: 0o700 });
     const ports = this.replicas.map((r) => r.port);
     const doc = await readFile(DOC, "utf8");
-    this.lb = await startNginx(nginxDir, (port) => nginxSite(doc, ports, port), {
-      workerConnections: this.#lbConnections,
-    });
+    if (this.#options.loadBalancer !== false)
+      this.lb = await startNginx(nginxDir, (port) => nginxSite(doc, ports, port), {
+        workerConnections: this.#lbConnections,
+      });
     // The first replica creates the schema and the admin key; the others start in parallel.
     await this.startReplica(this.replicas[0]);
     await Promise.all(this.replicas.slice(1).map((r) => this.startReplica(r)));
@@ -129,7 +140,8 @@ export class Cluster {
   }
 
   async startReplica(r: Replica): Promise<void> {
-    const lbPort = this.lb.port;
+    const scheme = this.#options.https ? "https" : "http";
+    const publicUrl = this.lb ? this.lbUrl : `${scheme}://127.0.0.1:${this.replicas[0].port}`;
     const child = spawn(
       process.execPath,
       [
@@ -142,15 +154,18 @@ export class Cluster {
         "--replica-id",
         r.id,
         "--advertise",
-        `http://127.0.0.1:${r.peerPort}`,
+        `${scheme}://127.0.0.1:${r.peerPort}`,
         "--peer-secret-file",
         join(this.dir, "peer.secret"),
         "--public-url",
-        `http://127.0.0.1:${lbPort}`,
+        publicUrl,
         "--grace-period",
         "15s",
         "--drain-timeout",
         "5s",
+        ...(this.#options.https
+          ? ["--tls-cert", this.#options.https.certFile, "--tls-key", this.#options.https.keyFile]
+          : []),
         ...this.#extraArgs,
       ],
       {

@@ -439,26 +439,61 @@ export class Cluster implements TunnelDialer {
   }
 
   evict(runnerId: string, reason: string): boolean {
-    const local = this.#registry.evict(runnerId, reason);
+    if (this.#evictLocal(runnerId, reason)) return true;
+    const remote = this.#remoteHolder(runnerId) !== null;
+    void this.#evictRemote(runnerId, reason, 2000);
+    return remote;
+  }
+
+  #evictLocal(runnerId: string, reason: string): boolean {
+    if (!this.#registry.evict(runnerId, reason)) return false;
+    this.#enqueue(runnerId, () => this.directory.release(runnerId, null));
+    return true;
+  }
+
+  /** The live replica other than this one that the directory says holds the runner, if any. */
+  #remoteHolder(runnerId: string): { replicaId: string; advertiseUrl: string } | null {
     const entry = this.directory.lookup(runnerId);
-    if (local || !entry || entry.replicaId === this.replicaId) {
-      if (local || entry) this.#enqueue(runnerId, () => this.directory.release(runnerId, null));
-      return local;
+    if (!entry || entry.replicaId === this.replicaId) return null;
+    return this.directory.replica(entry.replicaId) ?? null;
+  }
+
+  /**
+   * evict(), done when it is done: a tunnel held on another replica is closed by that replica
+   * before this resolves (within `timeoutMs`; a replica that does not answer in time is logged and
+   * the call resolves false: its tunnel lapses with its lease, or is closed when it answers). True
+   * when a live tunnel was closed, here or there. Never rejects.
+   */
+  async evictEverywhere(runnerId: string, reason: string, timeoutMs = 2000): Promise<boolean> {
+    return this.#evictLocal(runnerId, reason) || this.#evictRemote(runnerId, reason, timeoutMs);
+  }
+
+  async #evictRemote(runnerId: string, reason: string, timeoutMs: number): Promise<boolean> {
+    const entry = this.directory.lookup(runnerId);
+    if (!entry) return false;
+    if (entry.replicaId === this.replicaId) {
+      // Our own entry without a tunnel (it just dropped): nothing to close, the entry goes.
+      this.#enqueue(runnerId, () => this.directory.release(runnerId, null));
+      return false;
     }
     const replica = this.directory.replica(entry.replicaId);
     if (!replica) return false;
-    void this.#peers
-      .json(replica.advertiseUrl, replica.replicaId, "/peer/v1/evict", {
-        "revdial-runner": runnerId,
-        "revdial-reason": reason,
-      })
-      .catch((err: Error) =>
-        this.#log.warn(
-          { runner_id: runnerId, peer: replica.replicaId, err: err.message },
-          "remote eviction failed",
-        ),
+    try {
+      const answer = await this.#peers.json<{ evicted: boolean }>(
+        replica.advertiseUrl,
+        replica.replicaId,
+        "/peer/v1/evict",
+        { "revdial-runner": runnerId, "revdial-reason": reason },
+        timeoutMs,
       );
-    return true;
+      return answer.evicted === true;
+    } catch (err) {
+      this.#log.warn(
+        { runner_id: runnerId, peer: replica.replicaId, err: (err as Error).message },
+        "remote eviction failed",
+      );
+      return false;
+    }
   }
 
   // --- leader -------------------------------------------------------------------------------------

@@ -27,11 +27,11 @@ import http2, {
   type ServerHttp2Stream,
 } from "node:http2";
 import type { AddressInfo } from "node:net";
-import { type Duplex, PassThrough, type Readable } from "node:stream";
+import { type Duplex, PassThrough, Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
 import type { Logger } from "../../common/logger.ts";
 import { CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW } from "../../tunnel/constants.ts";
-import { TunnelAbortedError, TunnelTimeoutError } from "../../tunnel/errors.ts";
+import { TunnelAbortedError, TunnelStreamError, TunnelTimeoutError } from "../../tunnel/errors.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
 import { ApiError, errorBody, retryAfterOf, statusOf } from "../http-errors.ts";
 import type { TunnelRegistry } from "../tunnel/tunnel-registry.ts";
@@ -41,6 +41,10 @@ export const PEER_SECRET_HEADER = "revdial-peer-secret";
 export const FORWARDED_HEADER = "revdial-forwarded-by";
 export const REPLICA_HEADER = "revdial-replica";
 const BODY_END = "revdial-body-end";
+/** On an answer whose body the peer had whole: its length. The caller reads it whole too. */
+const WHOLE = "revdial-whole";
+/** Answers up to this size, sent whole, are collected by the caller before it resolves. */
+const WHOLE_MAX = 64 * 1024;
 
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
 
@@ -93,6 +97,11 @@ export class PeerServer {
   readonly #secret: Buffer;
   readonly #server: Http2Server | Http2SecureServer;
   readonly #sessions = new Set<http2.ServerHttp2Session>();
+  /**
+   * The secret a session's first authenticated stream carried: its later streams (the same TCP
+   * connection, from a peer that proved it knows the secret) are checked against it without hashing.
+   */
+  readonly #accepted = new WeakMap<http2.ServerHttp2Session, string>();
 
   constructor(options: PeerServerOptions) {
     this.#o = options;
@@ -130,8 +139,12 @@ export class PeerServer {
     const secret = one(headers[PEER_SECRET_HEADER]);
     if (secret === undefined)
       return this.#fail(stream, new ApiError(401, "RD_ERR_PEER_AUTH_REQUIRED", "peer secret required"));
-    if (!sameSecret(secret, this.#secret))
-      return this.#fail(stream, new ApiError(403, "RD_ERR_PEER_AUTH_FAILED", "wrong peer secret"));
+    const session = stream.session as http2.ServerHttp2Session;
+    if (this.#accepted.get(session) !== secret) {
+      if (!sameSecret(secret, this.#secret))
+        return this.#fail(stream, new ApiError(403, "RD_ERR_PEER_AUTH_FAILED", "wrong peer secret"));
+      this.#accepted.set(session, secret);
+    }
     const path = headers[":path"];
     const runnerId = one(headers["revdial-runner"]) ?? "";
     const from = one(headers[FORWARDED_HEADER]) ?? "?";
@@ -210,15 +223,20 @@ export class PeerServer {
         signal: abort.signal,
       });
       if (stream.destroyed) return void res.body.destroy();
-      stream.respond({
+      const head: http2.OutgoingHttpHeaders = {
         ":status": 200,
         "revdial-status": String(res.status),
         "revdial-headers": JSON.stringify(res.headers),
-      });
+      };
       if (res.whole) {
+        // All of it is here: the caller may collect it and hand it on whole (no body stream).
+        head[WHOLE] = String(res.whole.length);
+        if (res.whole.length === 0) return void stream.respond(head, { endStream: true });
+        stream.respond(head);
         stream.end(res.whole);
         return;
       }
+      stream.respond(head);
       res.body.once("error", () => stream.close(NGHTTP2_INTERNAL_ERROR));
       stream.once("close", () => res.body.destroy());
       res.body.pipe(stream);
@@ -309,7 +327,9 @@ export class PeerPool {
       this.#o.connectTimeoutMs ?? 2000,
     );
     timer.unref();
+    let connected = false;
     session.once("connect", () => {
+      connected = true;
       clearTimeout(timer);
       session.setLocalWindowSize(CONNECTION_WINDOW);
     });
@@ -318,7 +338,10 @@ export class PeerPool {
       if (this.#sessions.get(url) === session) this.#sessions.delete(url);
     };
     session.on("error", (err) => {
-      this.#o.logger.debug({ err: err.message, peer: replicaId }, "peer link failed");
+      // A link that never came up (refused, a certificate not trusted) is a misconfiguration or a
+      // dead peer: the operator should see it. A link that broke later is a peer going away.
+      if (connected) this.#o.logger.debug({ err: err.message, peer: replicaId }, "peer link failed");
+      else this.#o.logger.warn({ err: err.message, peer: replicaId, url }, "peer link could not be set up");
       forget();
     });
     session.once("close", forget);
@@ -335,10 +358,9 @@ export class PeerPool {
   ): ClientHttp2Stream {
     if (this.#closed) throw new PeerUnreachableError(replicaId, new Error("closing"));
     const session = this.#session(url, replicaId);
-    return session.request(
-      { ...headers, [PEER_SECRET_HEADER]: this.#o.secret, [FORWARDED_HEADER]: this.#o.replicaId },
-      options,
-    );
+    headers[PEER_SECRET_HEADER] = this.#o.secret;
+    headers[FORWARDED_HEADER] = this.#o.replicaId;
+    return session.request(headers, options);
   }
 
   /**
@@ -381,6 +403,8 @@ export class PeerPool {
       }
       let settled = false;
       let bodySent = false;
+      /** The peer answered 200: the call was served, whatever happens to its answer now. */
+      let served = false;
       const settle = (err: Error | null, res?: TunnelResponse) => {
         if (settled) return;
         settled = true;
@@ -397,7 +421,7 @@ export class PeerPool {
       const onAbort = () => settle(new TunnelAbortedError({ cause: req.signal?.reason }));
       if (req.signal?.aborted) return onAbort();
       req.signal?.addEventListener("abort", onAbort, { once: true });
-      stream.on("wantTrailers", () => stream.sendTrailers({ [BODY_END]: "complete" }));
+      if (body !== null) stream.on("wantTrailers", () => stream.sendTrailers({ [BODY_END]: "complete" }));
       const sendBody = () => {
         if (bodySent || settled) return;
         bodySent = true;
@@ -410,7 +434,7 @@ export class PeerPool {
         src.pipe(stream);
       };
       if (body !== null && !streamed) sendBody();
-      stream.once("continue", sendBody);
+      if (streamed) stream.once("continue", sendBody);
       stream.once("response", (h) => {
         const status = Number(h[":status"]);
         if (status === 200) {
@@ -420,20 +444,51 @@ export class PeerPool {
           try {
             resHeaders = JSON.parse(one(h["revdial-headers"]) ?? "{}");
           } catch {}
+          const resStatus = Number(h["revdial-status"]) || 502;
+          const wholeLength = Number(one(h[WHOLE]) ?? Number.NaN);
+          if (wholeLength >= 0 && wholeLength <= WHOLE_MAX) {
+            // Collected here, and handed on whole: no body stream for the caller to read. A stream
+            // cut before its end fails the call (the call was served: it is not sent again).
+            const chunks: Buffer[] = [];
+            let size = 0;
+            stream.on("data", (c: Buffer) => {
+              chunks.push(c);
+              size += c.length;
+            });
+            stream.once("end", () => {
+              if (size !== wholeLength)
+                return settle(
+                  new TunnelStreamError(
+                    runnerId,
+                    `replica ${replicaId} sent ${size} of ${wholeLength} bytes`,
+                  ),
+                );
+              settle(
+                null,
+                wholeAnswer(resStatus, resHeaders, chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)),
+              );
+            });
+            stream.once("error", (err) => settle(new TunnelStreamError(runnerId, err.message)));
+            served = true;
+            return;
+          }
           stream.on("error", () => {});
-          return settle(null, {
-            status: Number(h["revdial-status"]) || 502,
-            headers: resHeaders,
-            body: stream,
-          });
+          return settle(null, { status: resStatus, headers: resHeaders, body: stream });
         }
         settle(peerError(status, h, replicaId));
         stream.resume();
       });
-      stream.once("error", (err) => settle(settled ? err : new PeerUnreachableError(replicaId, err)));
+      stream.once("error", (err) => {
+        if (!served) settle(new PeerUnreachableError(replicaId, err));
+      });
       stream.once("close", () => {
-        if (!settled)
-          settle(new PeerUnreachableError(replicaId, new Error(`stream closed (code ${stream.rstCode})`)));
+        if (settled) return;
+        const cause = new Error(`stream closed (code ${stream.rstCode})`);
+        settle(
+          served
+            ? new TunnelStreamError(runnerId, cause.message)
+            : new PeerUnreachableError(replicaId, cause),
+        );
       });
     });
   }
@@ -550,6 +605,24 @@ export class PeerPool {
     for (const s of this.#sessions.values()) s.close();
     this.#sessions.clear();
   }
+}
+
+/** An answer whose body is all here: `whole`, and a body stream made only when read. */
+function wholeAnswer(
+  status: number,
+  headers: Record<string, string | string[]>,
+  whole: Buffer,
+): TunnelResponse {
+  let body: Readable | null = null;
+  return {
+    status,
+    headers,
+    whole,
+    get body(): Readable {
+      body ??= Readable.from(whole.length > 0 ? [whole] : []);
+      return body;
+    },
+  };
 }
 
 function peerError(status: number, h: IncomingHttpHeaders, replicaId: string): ApiError {

@@ -34,7 +34,7 @@ import {
 } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError } from "../http-errors.ts";
-import { Scheduler, wolfRunnerId } from "../scheduler.ts";
+import { evictTunnel, Scheduler, wolfRunnerId } from "../scheduler.ts";
 
 /** A host id: what follows `wolf-` in its runner id. */
 const HOST_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
@@ -154,8 +154,8 @@ function requireAdminWrite(principal: Principal): void {
 }
 
 /** Cuts a host's live tunnel at once (its keys are gone); a no-op until the registry has evict(). */
-function evictHost(ctx: ApiContext, hostId: string, reason: string): void {
-  (ctx.dialer as { evict?: (id: string, reason: string) => void }).evict?.(wolfRunnerId(hostId), reason);
+function evictHost(ctx: ApiContext, hostId: string, reason: string): Promise<void> {
+  return evictTunnel(ctx.dialer, wolfRunnerId(hostId), reason);
 }
 
 function notFound(id: string): ApiError {
@@ -202,7 +202,7 @@ export async function wolfInstanceRoutes(app: FastifyInstance, ctx: ApiContext):
       const { id } = request.params;
       if (!(await ctx.store.wolfInstances.get(id))) throw notFound(id);
       const { apiKey } = await ctx.auth.createHostKey(id, principal.userId as string, { replace: true });
-      evictHost(ctx, id, "host key rotated");
+      await evictHost(ctx, id, "host key rotated");
       request.log.info({ wolf_id: id }, "Wolf instance key rotated");
       return { id, key: apiKey };
     },
@@ -265,7 +265,7 @@ export async function wolfInstanceRoutes(app: FastifyInstance, ctx: ApiContext):
       requireAdminWrite(principalOf(request));
       if (!(await ctx.store.wolfInstances.delete(request.params.id))) throw notFound(request.params.id);
       ctx.auth.forgetHost(request.params.id);
-      evictHost(ctx, request.params.id, "host deleted");
+      await evictHost(ctx, request.params.id, "host deleted");
       request.log.info({ wolf_id: request.params.id }, "Wolf instance deleted");
       return { message: "Wolf instance deleted", id: request.params.id };
     },

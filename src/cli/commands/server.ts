@@ -56,6 +56,8 @@ interface ServerFlags {
   advertise?: string;
   peerSecretFile?: string;
   peerListen?: string;
+  sweepInterval: string;
+  hostOfflineAfter: string;
 }
 
 /** Longer than the drain by this much, a shutdown is stuck: the process exits 1. */
@@ -189,6 +191,16 @@ export function register(program: Command): void {
       env("REVDIAL_PEER_LISTEN"),
     )
     .option(
+      "--sweep-interval <duration>",
+      "how often the lifecycle sweeper and the hosts' offline check run (on a cluster's leader only) (env REVDIAL_SWEEP_INTERVAL)",
+      env("REVDIAL_SWEEP_INTERVAL") ?? "15s",
+    )
+    .option(
+      "--host-offline-after <duration>",
+      "a host with no heartbeat for this long and no tunnel goes offline (env REVDIAL_HOST_OFFLINE_AFTER)",
+      env("REVDIAL_HOST_OFFLINE_AFTER") ?? "90s",
+    )
+    .option(
       "--log-level <level>",
       "fatal|error|warn|info|debug|trace (env REVDIAL_LOG_LEVEL)",
       env("REVDIAL_LOG_LEVEL") ?? "info",
@@ -260,6 +272,9 @@ async function runServer(flags: ServerFlags): Promise<void> {
     },
     gracePeriodMs: durationOption("--grace-period", flags.gracePeriod),
     drainTimeoutMs: durationOption("--drain-timeout", flags.drainTimeout),
+    hostSweepIntervalMs: durationOption("--sweep-interval", flags.sweepInterval),
+    lifecycle: { intervalMs: durationOption("--sweep-interval", flags.sweepInterval) },
+    hostOfflineAfterMs: durationOption("--host-offline-after", flags.hostOfflineAfter),
     admissionRate: positiveNumber("--admission-rate", flags.admissionRate, false),
     admissionBurst:
       flags.admissionBurst === undefined
