@@ -31,7 +31,10 @@ runtime = "runc"
 CONF
 mv "$conf.tmp" "$conf"
 rm -f "$sock"
-# Its own session, so it outlives the shell that started it; --time=0: never exits on idle.
+# Its own session, so it outlives the shell that started it; --time=0: never exits on idle. It runs
+# from /: its containers' conmon inherits its working directory, and one that is later deleted (a
+# checkout removed) makes every container start fail ("Failed to get working directory").
+cd /
 CONTAINERS_CONF="$conf" setsid nohup podman system service --time=0 "unix://$sock" \
   >>"$dir/service.log" 2>&1 </dev/null &
 echo $! >"$dir/service.pid"
