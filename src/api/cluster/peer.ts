@@ -27,13 +27,14 @@ import http2, {
   type ServerHttp2Stream,
 } from "node:http2";
 import type { AddressInfo } from "node:net";
-import { type Duplex, PassThrough, Readable } from "node:stream";
+import { type Duplex, PassThrough, type Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
 import type { Logger } from "../../common/logger.ts";
 import { CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW } from "../../tunnel/constants.ts";
 import { TunnelAbortedError, TunnelStreamError, TunnelTimeoutError } from "../../tunnel/errors.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
 import { ApiError, errorBody, retryAfterOf, statusOf } from "../http-errors.ts";
+import { wholeAnswer } from "../tunnel/http1-exchange.ts";
 import type { TunnelRegistry } from "../tunnel/tunnel-registry.ts";
 
 export const PEER_SECRET_HEADER = "revdial-peer-secret";
@@ -605,24 +606,6 @@ export class PeerPool {
     for (const s of this.#sessions.values()) s.close();
     this.#sessions.clear();
   }
-}
-
-/** An answer whose body is all here: `whole`, and a body stream made only when read. */
-function wholeAnswer(
-  status: number,
-  headers: Record<string, string | string[]>,
-  whole: Buffer,
-): TunnelResponse {
-  let body: Readable | null = null;
-  return {
-    status,
-    headers,
-    whole,
-    get body(): Readable {
-      body ??= Readable.from(whole.length > 0 ? [whole] : []);
-      return body;
-    },
-  };
 }
 
 function peerError(status: number, h: IncomingHttpHeaders, replicaId: string): ApiError {

@@ -322,7 +322,7 @@ export class Http1Exchange {
 }
 
 /** An answer whose body is all here: `whole`, and a body stream made only when read. */
-function wholeAnswer(
+export function wholeAnswer(
   status: number,
   headers: Record<string, string | string[]>,
   whole: Buffer,
