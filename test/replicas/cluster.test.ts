@@ -13,7 +13,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdir, readFile } from "node:fs/promises";
-import http2 from "node:http2";
+import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
@@ -21,6 +21,7 @@ import { TargetMap } from "../../src/agent/target-map.ts";
 import { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { silentLogger } from "../../src/common/logger.ts";
 import { WolfHost } from "../../src/host/wolf-host.ts";
+import { encodeFrame, encodeHello, FRAME, MUX_VERSION } from "../../src/tunnel/mux-frames.ts";
 import { type FakeDesktop, PNG_BYTES, startFakeDesktop } from "../api/control-plane-harness.ts";
 import { AgentDriver } from "../api/crash-harness.ts";
 import { MAIN } from "../e2e/cli-harness.ts";
@@ -51,10 +52,11 @@ describe("three replicas behind a load balancer", { skip }, () => {
   const agents: AgentClient[] = [];
   const LOAD_AGENTS = 12;
 
-  const agent = (runnerId: string, serverUrl: string) =>
+  const agent = (runnerId: string, serverUrl: string, protocol: "v2" | "v3" = "v3") =>
     new AgentClient({
       serverUrl,
       runnerId,
+      protocol,
       token: cluster.adminKey,
       targets: new TargetMap({ desktop: new URL(desktop.url).host }, null),
       logger: silentLogger(),
@@ -208,52 +210,107 @@ describe("three replicas behind a load balancer", { skip }, () => {
     assert.deepEqual(left, [], "stopped sandboxes gone from the cluster when the stops answered");
   });
 
+  it("a v2 agent's calls cross the hop too: bodies both ways, errors as the holder gives them", async () => {
+    const [r1, r2, r3] = cluster.replicas;
+    const v2 = agent("v2-agent", r1.url, "v2");
+    agents.push(v2);
+    void v2.start();
+    await until(
+      async () => (await connections(r2.url)).some((c) => c.runner_id === "v2-agent" && c.replica === "r1"),
+      "v2-agent on r1",
+    );
+    for (const r of [r2, r3]) {
+      const data = `v2 via ${r.id} ${"z".repeat(200_000)}`;
+      const payload = JSON.stringify({ type: "text", data });
+      const set = await fetch(`${r.url}/api/v1/revdial/v2-agent/proxy/clipboard`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${cluster.adminKey}`, "content-type": "application/json" },
+        body: payload,
+      });
+      assert.equal(set.status, 200, await set.clone().text());
+      assert.equal(set.headers.get("revdial-replica"), r.id);
+      await set.arrayBuffer();
+      assert.equal(desktop.seen.at(-1)?.body, payload, "the body arrived whole");
+      const got = await cluster.call(r.url, "GET", "/api/v1/revdial/v2-agent/proxy/clipboard");
+      assert.equal(got.status, 200);
+      assert.equal((got.body as { data: string }).data, data, "a 200 KB answer came back whole");
+      const missing = await cluster.call(r.url, "GET", "/api/v1/revdial/v2-agent/proxy/no-such-path");
+      assert.equal(missing.status, 404, "the sandbox's own 404 comes back as it is");
+    }
+    await v2.close();
+    await until(
+      async () => !(await connections(r2.url)).some((c) => c.runner_id === "v2-agent"),
+      "v2-agent gone",
+    );
+  });
+
   it("the peer endpoint refuses a missing or a wrong secret, and nothing reaches a sandbox", async () => {
     const target = cluster.replicas[0];
-    const session = http2.connect(`http://127.0.0.1:${target.peerPort}`);
-    session.on("error", () => {});
-    const ask = (secret: string | null) =>
-      new Promise<{ status: number; error: string }>((resolve, reject) => {
-        const headers: Record<string, string> = {
-          ":method": "POST",
-          ":path": "/peer/v1/call",
-          "revdial-runner": "load-0",
-          "revdial-method": "POST",
-          "revdial-path": "/clipboard",
-          "revdial-headers": "{}",
-          "revdial-has-body": "1",
+    // An attacker on the peer port: the handshake, then (without waiting for its answer) a v3
+    // session that asks for a call with a body to the sandbox, all in one write.
+    const body = JSON.stringify({ type: "text", data: "attacker" });
+    const smuggled = Buffer.concat([
+      encodeHello({ version: MUX_VERSION, window: 512 * 1024, maxData: 64 * 1024 }),
+      encodeFrame(
+        FRAME.OPEN,
+        0,
+        1,
+        Buffer.from(JSON.stringify({ op: "call", runner: "load-0", target: "desktop" })),
+      ),
+      encodeFrame(
+        FRAME.DATA,
+        0,
+        1,
+        Buffer.from(
+          `POST /clipboard HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+        ),
+      ),
+    ]);
+    const ask = (hello: Record<string, unknown> | string) =>
+      new Promise<{ answer: Record<string, unknown>; rest: Buffer; closed: boolean }>((resolve, reject) => {
+        const socket = net.connect(target.peerPort, "127.0.0.1");
+        let buf = Buffer.alloc(0);
+        let closed = false;
+        const done = () => {
+          clearTimeout(timer);
+          socket.destroy();
+          const nl = buf.indexOf(10);
+          const line = buf.subarray(0, nl < 0 ? buf.length : nl).toString();
+          assert.match(line, /^REVDIAL-PEER\/2 /, `the peer answered ${JSON.stringify(line)}`);
+          resolve({ answer: JSON.parse(line.slice(15)), rest: buf.subarray(nl + 1), closed });
         };
-        if (secret !== null) headers["revdial-peer-secret"] = secret;
-        const stream = session.request(headers);
-        let status = 0;
-        let error = "";
-        stream.on("response", (h) => {
-          status = Number(h[":status"]);
-          error = String(h["revdial-error"] ?? "");
+        const timer = setTimeout(done, 1500);
+        socket.on("data", (c: Buffer) => {
+          buf = Buffer.concat([buf, c]);
         });
-        stream.on("error", reject);
-        stream.resume();
-        stream.on("end", () => resolve({ status, error }));
-        stream.end(JSON.stringify({ type: "text", data: "attacker" }));
+        socket.on("error", reject);
+        socket.on("close", () => {
+          closed = true;
+          done();
+        });
+        const line = typeof hello === "string" ? hello : `REVDIAL-PEER/2 ${JSON.stringify(hello)}`;
+        socket.write(Buffer.concat([Buffer.from(`${line}\n`), smuggled]));
       });
     const before = desktop.seen.length;
-    const missing = await ask(null);
-    assert.equal(missing.status, 401);
-    assert.match(missing.error, /RD_ERR_PEER_AUTH_REQUIRED/);
-    const wrong = await ask("correct-horse-battery-staple-pee");
-    assert.equal(wrong.status, 403);
-    assert.match(wrong.error, /RD_ERR_PEER_AUTH_FAILED/);
-    const empty = await ask("");
-    assert.equal(empty.status, 403);
+    const missing = await ask({ replica: "attacker" });
+    assert.equal(missing.answer.status, 401);
+    assert.equal(missing.answer.code, "RD_ERR_PEER_AUTH_REQUIRED");
+    assert.ok(missing.closed, "the peer closed the connection");
+    assert.equal(missing.rest.length, 0, "no v3 session started");
+    const wrong = await ask({ replica: "attacker", secret: "correct-horse-battery-staple-pee" });
+    assert.equal(wrong.answer.status, 403);
+    assert.equal(wrong.answer.code, "RD_ERR_PEER_AUTH_FAILED");
+    assert.ok(wrong.closed && wrong.rest.length === 0);
+    const empty = await ask({ replica: "attacker", secret: "" });
+    assert.equal(empty.answer.status, 403);
+    const garbage = await ask("GET /peer HTTP/1.1");
+    assert.equal(garbage.answer.code, "RD_ERR_PEER_PROTOCOL");
     assert.equal(desktop.seen.length, before, "no refused call reached the sandbox");
-    // The same call with the secret is served (by whichever replica holds load-0 or not): the
+    // The same bytes with the secret start a session (the peer's HELLO follows its answer): the
     // refusals above were the secret's doing.
-    const right = await ask("correct-horse-battery-staple-peer");
-    assert.ok(
-      right.status === 200 || /RD_ERR_PEER_NOT_HELD/.test(right.error),
-      `${right.status} ${right.error}`,
-    );
-    session.close();
+    const right = await ask({ replica: "test", secret: "correct-horse-battery-staple-peer" });
+    assert.equal(right.answer.ok, true);
+    assert.equal(right.rest[0], FRAME.HELLO, "the peer's v3 HELLO follows");
   });
 
   it("two agents with one runner id on two replicas: exactly one stays live", async () => {

@@ -1,14 +1,13 @@
-// Replicas whose peer endpoints advertise https:// URLs: the peer link is HTTP/2 over TLS with the
+// Replicas whose peer endpoints advertise https:// URLs: the peer link is TLS with the
 // server's --tls-cert/--tls-key (here a throwaway CA's pair, the certificate file holding the chain).
 // A call to the replica without the tunnel is forwarded over that link and answered intact, the
-// cluster-wide list crosses it too, and the peer endpoint speaks no cleartext HTTP/2.
+// cluster-wide list crosses it too, and the peer endpoint speaks no cleartext.
 
 import assert from "node:assert/strict";
 import { readFile, writeFile } from "node:fs/promises";
 import http from "node:http";
-import http2 from "node:http2";
 import https from "node:https";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { TargetMap } from "../../src/agent/target-map.ts";
@@ -102,22 +101,22 @@ describe("replicas advertising https:// peer endpoints", { skip }, () => {
     );
   });
 
-  it("the peer endpoint speaks no cleartext HTTP/2: an h2c client gets no answer", async () => {
+  it("the peer endpoint speaks TLS only: a cleartext handshake gets no answer", async () => {
     const [r1] = cluster.replicas;
-    const session = http2.connect(`http://127.0.0.1:${r1.peerPort}`);
-    session.on("error", () => {});
-    const outcome = await new Promise<string>((resolve) => {
-      const stream = session.request({
-        ":method": "GET",
-        ":path": "/peer/v1/tunnels",
-        "revdial-peer-secret": "correct-horse-battery-staple-peer",
+    const socket = net.connect(r1.peerPort, "127.0.0.1");
+    socket.on("error", () => {});
+    const got = await new Promise<string>((resolve) => {
+      let buf = "";
+      socket.on("data", (c: Buffer) => {
+        buf += c.toString("latin1");
       });
-      stream.on("response", (h) => resolve(`answered ${h[":status"]}`));
-      stream.on("error", (err) => resolve(`refused: ${err.message}`));
-      stream.on("close", () => resolve("closed"));
-      stream.end();
+      socket.on("close", () => resolve(buf));
+      setTimeout(() => resolve(buf), 1500);
+      socket.write(
+        `REVDIAL-PEER/2 ${JSON.stringify({ replica: "x", secret: "correct-horse-battery-staple-peer" })}\n`,
+      );
     });
-    session.destroy();
-    assert.doesNotMatch(outcome, /^answered/);
+    socket.destroy();
+    assert.doesNotMatch(got, /REVDIAL-PEER/, "no peer answer on a cleartext connection");
   });
 });

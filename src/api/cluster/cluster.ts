@@ -482,8 +482,7 @@ export class Cluster implements TunnelDialer {
       const answer = await this.#peers.json<{ evicted: boolean }>(
         replica.advertiseUrl,
         replica.replicaId,
-        "/peer/v1/evict",
-        { "revdial-runner": runnerId, "revdial-reason": reason },
+        { op: "evict", runner: runnerId, reason },
         timeoutMs,
       );
       return answer.evicted === true;

@@ -1,6 +1,6 @@
 // The API's end of one protocol-v3 tunnel (docs/protocol.md, v3): a MuxSession over the agent's
-// link, and an HTTP/1.1 client of its own whose connections are v3 streams the agent pipes to its
-// targets. Connections are pooled per target and reused while the target keeps them alive, so a
+// link, and an HTTP/1.1 client of its own (mux-http-client.ts) whose connections are v3 streams the
+// agent pipes to its targets. Connections are pooled per target and reused while the target keeps them alive, so a
 // call costs one request written and one answer read: no stream set-up, no HTTP work at the agent.
 //
 // Contracts (the same as the v2 tunnel's, so the registry and the routes cannot tell them apart):
@@ -18,15 +18,10 @@
 //   `close` is emitted once.
 
 import { EventEmitter } from "node:events";
-import { Duplex, Readable } from "node:stream";
+import type { Duplex } from "node:stream";
 import type { Logger } from "../../common/logger.ts";
 import { CLOSE, DEFAULT_TARGET } from "../../tunnel/constants.ts";
-import {
-  TunnelAbortedError,
-  TunnelClosedError,
-  TunnelStreamError,
-  TunnelTimeoutError,
-} from "../../tunnel/errors.ts";
+import { TunnelClosedError, TunnelStreamError } from "../../tunnel/errors.ts";
 import { MUX_CODE } from "../../tunnel/mux-frames.ts";
 import type { MuxLink } from "../../tunnel/mux-link.ts";
 import {
@@ -39,8 +34,8 @@ import {
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
 
-import { Http1Exchange, StaleConnectionError } from "./http1-exchange.ts";
 import { type LinkFailure, LinkWatch } from "./link-watch.ts";
+import { type Acquired, MuxHttpClient, type Pending } from "./mux-http-client.ts";
 
 export interface MuxTunnelOptions {
   runnerId: string;
@@ -55,26 +50,6 @@ export interface MuxTunnelOptions {
 /** How long one call must have had the link to itself before its window grows (#windowFor). */
 const ALONE_AFTER_MS = 200;
 
-/** Idle connections kept per target. */
-const MAX_IDLE_PER_TARGET = 128;
-
-/**
- * An idle pooled connection is closed after this long: under the keep-alive timeout of common
- * servers (Node's is 5 s), so the target rarely closes one just as a call reuses it.
- */
-const IDLE_TIMEOUT_MS = 4000;
-
-interface Conn {
-  stream: MuxStream;
-  host: string;
-  idleSince: number;
-}
-
-/** What a call in progress can be cancelled through (the OPENED wait or the exchange). */
-interface Pending {
-  cancel(err: Error): void;
-}
-
 export class MuxTunnel extends EventEmitter implements Tunnel {
   readonly runnerId: string;
   readonly protocol = "mux" as const;
@@ -87,9 +62,7 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
   readonly #session: MuxSession;
   readonly #watch: LinkWatch;
   readonly #onLinkFailure: (kind: LinkFailure) => void;
-  readonly #idle = new Map<string, Conn[]>();
-  #idleCount = 0;
-  #idleTimer: NodeJS.Timeout | null = null;
+  readonly #http: MuxHttpClient;
   #rttMs: number | null = null;
   /** When two calls last shared the link (#windowFor). */
   #sharedAt = 0;
@@ -118,10 +91,19 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
         // An agent that leaves in order says why; it takes no new calls from now on.
         if (reason) this.#link.closeReason ??= reason.slice(0, 120);
         this.#closing = true;
-        this.#dropIdle();
+        this.#http.dropIdle();
       },
       onProtocolError: (message) => this.#log.warn({ err: message }, "tunnel protocol error"),
       windowFor: () => this.#windowFor(),
+    });
+    this.#http = new MuxHttpClient({
+      runnerId: this.runnerId,
+      callTimeoutMs: this.#timings.callTimeoutMs,
+      now: this.#now,
+      openStream: (target) => this.#session.open(target),
+      closing: () => this.#closing || this.#closed,
+      closeReason: () => this.#link.closeReason ?? "tunnel is closing",
+      failure: (code, message) => this.#streamFailure(code, message),
     });
     this.#link.onClose((reason) => this.#finish(reason));
     this.#watch = new LinkWatch({
@@ -148,7 +130,7 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
    */
   #windowFor(): number {
     const now = this.#now();
-    if (this.#session.streamCount - this.#idleCount > 1) this.#sharedAt = now;
+    if (this.#session.streamCount - this.#http.idleCount > 1) this.#sharedAt = now;
     return now - this.#sharedAt >= ALONE_AFTER_MS ? MUX_WINDOW_ALONE : MUX_WINDOW;
   }
 
@@ -174,223 +156,38 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
       connected_at: this.connectedAt.toISOString(),
       remote_address: this.remoteAddress,
       rtt_ms: this.#rttMs,
-      active_streams: this.#session.streamCount - this.#idleCount,
+      active_streams: this.#session.streamCount - this.#http.idleCount,
       bytes_in: this.#link.bytesIn,
       bytes_out: this.#link.bytesOut,
     };
   }
 
   request(req: TunnelRequest): Promise<TunnelResponse> {
-    const target = req.target ?? DEFAULT_TARGET;
-    const replayable = req.body == null || typeof req.body === "string" || Buffer.isBuffer(req.body);
-    const isHead = req.method.toUpperCase() === "HEAD";
-    // A streamed body may fail while the call still waits for its stream (OPENED): the exchange sees
-    // that when it starts (http1-exchange.ts), so the error must not go unheard meanwhile.
-    if (req.body instanceof Readable) req.body.on("error", () => {});
-    return this.#withDeadline(req.timeoutMs ?? this.#timings.callTimeoutMs, req.signal, async (track) => {
-      for (let attempt = 0; ; attempt++) {
-        // A retry takes a fresh stream: the pooled one just failed as stale, and so may its neighbours.
-        const conn = await this.#acquire(target, track, attempt > 0);
-        if ("refused" in conn) return refusalAnswer(conn.refused, conn.message);
-        const exchange = new Http1Exchange(
-          conn.stream,
-          {
-            runnerId: this.runnerId,
-            host: conn.host,
-            reused: conn.reused,
-            release: () => this.#release(target, conn.stream, conn.host),
-            discard: () => {},
-            failure: (code, message) => this.#streamFailure(code, message),
-          },
-          isHead,
-        );
-        track({ cancel: (err) => exchange.abort(err) });
-        try {
-          return await exchange.start(req);
-        } catch (err) {
-          if (err instanceof StaleConnectionError && attempt === 0 && replayable && !this.#closed) continue;
-          if (err instanceof StaleConnectionError) throw this.#streamFailure(MUX_CODE.CANCEL, err.message);
-          throw err;
-        }
-      }
-    });
+    return this.#http.request(req, req.target ?? DEFAULT_TARGET);
   }
 
   open(target: string, options: OpenOptions = {}): Promise<Duplex> {
-    return this.#withDeadline(
-      options.timeoutMs ?? this.#timings.callTimeoutMs,
-      options.signal,
-      async (track) => {
-        const conn = await this.#acquire(target, track, true);
-        if ("refused" in conn)
-          throw new TunnelStreamError(this.runnerId, `agent answered ${conn.refused} to CONNECT ${target}`);
-        return streamDuplex(conn.stream, (code, message) => this.#streamFailure(code, message));
-      },
-    );
+    return this.#http.open(target, options);
   }
 
   /**
-   * Runs `work` under a deadline and the caller's signal. `work` reports what can be cancelled now
-   * through `track`; on the deadline or an abort that is cancelled and the call rejects.
+   * A connection to `target` for a caller that speaks HTTP over it itself (a forwarded call's
+   * splice, ../cluster/peer.ts): pooled unless `fresh`. Give it back with release() once its
+   * exchange is complete, or reset it.
    */
-  #withDeadline<T>(
-    timeoutMs: number,
-    signal: AbortSignal | undefined,
-    work: (track: (p: Pending) => void) => Promise<T>,
-  ): Promise<T> {
-    if (this.#closed || this.#closing)
-      return Promise.reject(new TunnelClosedError(this.runnerId, "tunnel is closing"));
-    if (signal?.aborted) return Promise.reject(new TunnelAbortedError({ cause: signal.reason }));
-    return new Promise<T>((resolve, reject) => {
-      let pending: Pending | null = null;
-      let done = false;
-      const finish = () => {
-        done = true;
-        clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
-      };
-      const fail = (err: Error) => {
-        if (done) return;
-        finish();
-        pending?.cancel(err);
-        reject(err);
-      };
-      const timer = setTimeout(() => fail(new TunnelTimeoutError(this.runnerId, timeoutMs)), timeoutMs);
-      const onAbort = () => fail(new TunnelAbortedError({ cause: signal?.reason }));
-      signal?.addEventListener("abort", onAbort, { once: true });
-      work((p) => {
-        pending = p;
-      }).then(
-        (value) => {
-          if (done) {
-            // Settled by the deadline meanwhile: what came late is not wanted.
-            if (value instanceof Duplex) value.destroy();
-            else (value as { body?: Readable }).body?.destroy();
-            return;
-          }
-          finish();
-          resolve(value);
-        },
-        (err: Error) => {
-          if (done) return;
-          finish();
-          reject(err);
-        },
-      );
-    });
+  acquire(target: string, track: (p: Pending) => void, fresh: boolean): Promise<Acquired> {
+    return this.#http.acquire(target, track, fresh);
   }
 
-  /** A pooled connection to `target`, or a new stream once the agent says it is connected. */
-  #acquire(
-    target: string,
-    track: (p: Pending) => void,
-    fresh = false,
-  ): Promise<{ stream: MuxStream; host: string; reused: boolean } | { refused: number; message: string }> {
-    if (!fresh) {
-      const list = this.#idle.get(target);
-      const conn = list?.pop();
-      if (conn) {
-        this.#idleCount--;
-        if (list?.length === 0) this.#idle.delete(target);
-        return Promise.resolve({ stream: conn.stream, host: conn.host, reused: true });
-      }
-    }
-    if (this.#closed || this.#closing)
-      return Promise.reject(
-        new TunnelClosedError(this.runnerId, this.#link.closeReason ?? "tunnel is closing"),
-      );
-    const stream = this.#session.open(target);
-    if (!stream) return Promise.reject(new TunnelClosedError(this.runnerId, "tunnel takes no new streams"));
-    return new Promise((resolve, reject) => {
-      track({
-        cancel: (err) => {
-          stream.reset(MUX_CODE.CANCEL, "");
-          reject(err);
-        },
-      });
-      stream.onOpened = (host) => resolve({ stream, host: host || target, reused: false });
-      stream.onReset = (code, message) => {
-        if (code === MUX_CODE.REFUSED) resolve({ refused: 403, message });
-        else if (code === MUX_CODE.UNREACHABLE) resolve({ refused: 502, message });
-        else reject(this.#streamFailure(code, message));
-      };
-    });
+  /** A connection from acquire() whose exchange is complete: back to the pool. */
+  release(target: string, stream: MuxStream, host: string): void {
+    this.#http.release(target, stream, host);
   }
 
   #streamFailure(code: number, message: string): Error {
     if (code === LINK_LOST || this.#closed)
       return new TunnelClosedError(this.runnerId, this.#link.closeReason ?? (message || "link lost"));
     return new TunnelStreamError(this.runnerId, message || `stream reset by the agent (code ${code})`);
-  }
-
-  /** A connection whose exchange is complete: kept for the next call, or closed past the bound. */
-  #release(target: string, stream: MuxStream, host: string): void {
-    if (this.#closing || this.#closed || stream.closed) {
-      stream.reset(MUX_CODE.CANCEL, "");
-      return;
-    }
-    let list = this.#idle.get(target);
-    if (!list) {
-      list = [];
-      this.#idle.set(target, list);
-    }
-    if (list.length >= MAX_IDLE_PER_TARGET) {
-      stream.reset(MUX_CODE.CANCEL, "");
-      return;
-    }
-    const conn: Conn = { stream, host, idleSince: this.#now() };
-    const drop = () => this.#removeIdle(target, conn);
-    // While idle, anything from the target ends the connection: it closed it, or broke HTTP/1.1.
-    stream.onData = () => {
-      drop();
-      stream.reset(MUX_CODE.CANCEL, "");
-    };
-    stream.onEnd = () => {
-      drop();
-      stream.reset(MUX_CODE.CANCEL, "");
-    };
-    stream.onReset = drop;
-    stream.onDrain = () => {};
-    list.push(conn);
-    this.#idleCount++;
-    this.#armIdleTimer();
-  }
-
-  #removeIdle(target: string, conn: Conn): void {
-    const list = this.#idle.get(target);
-    if (!list) return;
-    const i = list.indexOf(conn);
-    if (i < 0) return;
-    list.splice(i, 1);
-    this.#idleCount--;
-    if (list.length === 0) this.#idle.delete(target);
-  }
-
-  #armIdleTimer(): void {
-    if (this.#idleTimer || this.#idleCount === 0) return;
-    this.#idleTimer = setTimeout(() => {
-      this.#idleTimer = null;
-      const cutoff = this.#now() - IDLE_TIMEOUT_MS;
-      for (const [target, list] of [...this.#idle]) {
-        // Oldest first: the pool hands out the newest (LIFO), so the old ones are the spares.
-        while (list.length > 0 && list[0].idleSince <= cutoff) {
-          const conn = list.shift() as Conn;
-          this.#idleCount--;
-          conn.stream.reset(MUX_CODE.CANCEL, "");
-        }
-        if (list.length === 0) this.#idle.delete(target);
-      }
-      this.#armIdleTimer();
-    }, IDLE_TIMEOUT_MS / 2);
-    this.#idleTimer.unref();
-  }
-
-  #dropIdle(): void {
-    for (const list of this.#idle.values()) for (const conn of list) conn.stream.reset(MUX_CODE.CANCEL, "");
-    this.#idle.clear();
-    this.#idleCount = 0;
-    if (this.#idleTimer) clearTimeout(this.#idleTimer);
-    this.#idleTimer = null;
   }
 
   /** Sends GOAWAY, lets calls in flight finish within the drain, then closes the link. */
@@ -403,7 +200,7 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
     if (!this.#closed && !this.#drained) {
       this.#closing = true;
       this.#session.goaway(MUX_CODE.NONE, reason);
-      this.#dropIdle();
+      this.#http.dropIdle();
       const finish = () => {
         clearTimeout(cut);
         this.#drained = () => {};
@@ -433,73 +230,8 @@ export class MuxTunnel extends EventEmitter implements Tunnel {
     if (this.#closed) return;
     this.#closed = true;
     this.#watch.stop();
-    if (this.#idleTimer) clearTimeout(this.#idleTimer);
-    this.#idle.clear();
-    this.#idleCount = 0;
+    this.#http.forget();
     this.emit("close", reason);
     this.#session.close(code, reason);
   }
-}
-
-/** The answer the v2 agent itself gave for a refused (403) or unreachable (502) target. */
-function refusalAnswer(status: number, message: string): TunnelResponse {
-  return {
-    status,
-    headers: {
-      "content-type": "text/plain; charset=utf-8",
-      "content-length": String(Buffer.byteLength(message)),
-    },
-    body: Readable.from([Buffer.from(message)]),
-  };
-}
-
-/** A raw stream (open()) as a Duplex, with backpressure both ways. */
-function streamDuplex(stream: MuxStream, failure: (code: number, message: string) => Error): Duplex {
-  let owed = 0;
-  let waiting: ((err?: Error | null) => void) | null = null;
-  const duplex = new Duplex({
-    allowHalfOpen: true,
-    highWaterMark: 256 * 1024,
-    read() {
-      if (owed > 0) {
-        const n = owed;
-        owed = 0;
-        stream.consumed(n);
-      }
-    },
-    write(chunk: Buffer, _enc, cb) {
-      if (stream.closed) return cb(failure(LINK_LOST, "stream closed"));
-      if (stream.write(chunk)) cb();
-      else waiting = cb;
-    },
-    final(cb) {
-      stream.end();
-      cb();
-    },
-    destroy(err, cb) {
-      if (!stream.closed) stream.reset(MUX_CODE.CANCEL, "");
-      cb(err);
-    },
-  });
-  stream.onData = (chunk) => {
-    if (duplex.push(chunk)) stream.consumed(chunk.length);
-    else owed += chunk.length;
-  };
-  stream.onEnd = () => duplex.push(null);
-  stream.onDrain = () => {
-    const cb = waiting;
-    waiting = null;
-    cb?.();
-  };
-  stream.onReset = (code, message) => {
-    const cb = waiting;
-    waiting = null;
-    const err = failure(code, message || "stream reset");
-    cb?.(err);
-    if (!duplex.destroyed) duplex.destroy(duplex.readableEnded && duplex.writableFinished ? undefined : err);
-  };
-  stream.onClose = () => {
-    if (duplex.readableEnded && duplex.writableFinished && !duplex.destroyed) duplex.destroy();
-  };
-  return duplex;
 }
