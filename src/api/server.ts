@@ -309,6 +309,8 @@ async function startLocked(
         if (!principal) throw new ApiError(401, "RD_ERR_AUTH_REQUIRED", "missing or invalid token");
         const grant = await auth.authorizeRunner(principal, runnerId);
         if (purpose === "tunnel") quotas.admitTunnel(principal, grant);
+        // The key is the tunnel's owner: revoking it cuts the tunnel (routes/users.ts).
+        return principal.keyId;
       } catch (err) {
         throw handshakeError(err);
       }

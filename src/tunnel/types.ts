@@ -77,6 +77,12 @@ export interface TunnelDialer {
    * false when its replica did not answer in time). Never rejects.
    */
   evictEverywhere?(runnerId: string, reason: string): Promise<boolean>;
+  /**
+   * Evicts every tunnel that registered with the credential `owner` (a revoked key), wherever it
+   * is held: resolves with how many were cut (bounded: a replica that does not answer in time is
+   * logged and not counted). Never rejects.
+   */
+  evictOwnedBy?(owner: string, reason: string): Promise<number>;
 }
 
 /** Events the registry emits, for the API to follow sandboxes and hosts coming and going. */

@@ -52,12 +52,17 @@ describe("three replicas behind a load balancer", { skip }, () => {
   const agents: AgentClient[] = [];
   const LOAD_AGENTS = 12;
 
-  const agent = (runnerId: string, serverUrl: string, protocol: "v2" | "v3" = "v3") =>
+  const agent = (
+    runnerId: string,
+    serverUrl: string,
+    protocol: "v2" | "v3" = "v3",
+    token = cluster.adminKey,
+  ) =>
     new AgentClient({
       serverUrl,
       runnerId,
       protocol,
-      token: cluster.adminKey,
+      token,
       targets: new TargetMap({ desktop: new URL(desktop.url).host }, null),
       logger: silentLogger(),
     });
@@ -242,6 +247,39 @@ describe("three replicas behind a load balancer", { skip }, () => {
       async () => !(await connections(r2.url)).some((c) => c.runner_id === "v2-agent"),
       "v2-agent gone",
     );
+  });
+
+  it("revoking a key on one replica cuts the tunnel it registered on another", async () => {
+    const [r1, r2, r3] = cluster.replicas;
+    const user = (await cluster.call(r2.url, "POST", "/api/v1/users", { name: "erin" })).body as {
+      id: string;
+      api_key: string;
+    };
+    const minted = await cluster.call(r2.url, "POST", `/api/v1/users/${user.id}/keys`, {});
+    assert.equal(minted.status, 201, JSON.stringify(minted.body));
+    const key = minted.body as { id: string; api_key: string };
+    const made = await fetch(`${r2.url}/api/v1/sessions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${user.api_key}`, "content-type": "application/json" },
+      body: "{}",
+    });
+    assert.equal(made.status, 201);
+    const runner = `sandbox-${((await made.json()) as { id: string }).id}`;
+    const a = agent(runner, r1.url, "v3", key.api_key);
+    agents.push(a);
+    void a.start();
+    await until(
+      async () => (await connections(r3.url)).some((c) => c.runner_id === runner && c.replica === "r1"),
+      `${runner} on r1`,
+    );
+    const revoked = await cluster.call(r3.url, "DELETE", `/api/v1/users/${user.id}/keys/${key.id}`);
+    assert.equal(revoked.status, 200, JSON.stringify(revoked.body));
+    // Cut on r1 before the revocation on r3 answered.
+    const list = await connections(r1.url);
+    assert.ok(!list.some((c) => c.runner_id === runner), "the revoked key's tunnel is gone from the cluster");
+    const call = await cluster.call(r2.url, "GET", `/api/v1/revdial/${runner}/proxy/clipboard`);
+    assert.equal(call.status, 503);
+    await a.close(100);
   });
 
   it("the peer endpoint refuses a missing or a wrong secret, and nothing reaches a sandbox", async () => {

@@ -468,6 +468,31 @@ export class Cluster implements TunnelDialer {
     return this.#evictLocal(runnerId, reason) || this.#evictRemote(runnerId, reason, timeoutMs);
   }
 
+  async evictOwnedBy(owner: string, reason: string, timeoutMs = 2000): Promise<number> {
+    // The registry's "disconnected" events release the directory entries (#onDisconnected).
+    let cut = this.#registry.evictOwned(owner, reason).length;
+    const others = this.directory.replicas().filter((r) => r.alive && r.replicaId !== this.replicaId);
+    const answers = await Promise.allSettled(
+      others.map((r) =>
+        this.#peers.json<{ evicted: number }>(
+          r.advertiseUrl,
+          r.replicaId,
+          { op: "evict-owner", owner, reason },
+          timeoutMs,
+        ),
+      ),
+    );
+    answers.forEach((a, i) => {
+      if (a.status === "fulfilled") cut += Number(a.value.evicted) || 0;
+      else
+        this.#log.warn(
+          { peer: others[i].replicaId, err: (a.reason as Error).message },
+          "remote eviction of a revoked key's tunnels failed",
+        );
+    });
+    return cut;
+  }
+
   async #evictRemote(runnerId: string, reason: string, timeoutMs: number): Promise<boolean> {
     const entry = this.directory.lookup(runnerId);
     if (!entry) return false;

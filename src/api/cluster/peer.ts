@@ -19,7 +19,8 @@
 //   Nothing reaches a tunnel before that. An HTTP/2 preface (a replica of an older version) is told
 //   so, and logged.
 // - A stream's OPEN payload is JSON: {"op":"call","runner","target","fresh"}, {"op":"open",
-//   "runner","target"}, {"op":"tunnels"} or {"op":"evict","runner","reason"}. The peer serves it from
+//   "runner","target"}, {"op":"tunnels"}, {"op":"evict","runner","reason"} or {"op":"evict-owner",
+//   "owner","reason"} (the tunnels a revoked key registered). The peer serves it from
 //   its LOCAL registry only, never forwarding again (the loop guard): a call crosses at most one
 //   hop. It answers OPENED (for a call: JSON {"host","reused","mode"}), or a RESET before OPENED:
 //   REFUSED / UNREACHABLE for a target the agent refused (the caller answers 403 / 502, as for a
@@ -254,7 +255,14 @@ export class PeerServer {
   }
 
   #onOpen(session: MuxSession, stream: MuxStream, payload: string, from: string): undefined {
-    let op: { op?: string; runner?: unknown; target?: unknown; fresh?: unknown; reason?: unknown };
+    let op: {
+      op?: string;
+      runner?: unknown;
+      target?: unknown;
+      fresh?: unknown;
+      reason?: unknown;
+      owner?: unknown;
+    };
     try {
       op = JSON.parse(payload);
     } catch {
@@ -265,6 +273,13 @@ export class PeerServer {
     if (op.op === "evict") {
       const reason = typeof op.reason === "string" ? op.reason : "evicted";
       return reply(session, stream, { evicted: this.#o.registry.evict(runnerId, reason) });
+    }
+    if (op.op === "evict-owner") {
+      const reason = typeof op.reason === "string" ? op.reason : "credential revoked";
+      const owner = typeof op.owner === "string" ? op.owner : "";
+      return reply(session, stream, {
+        evicted: owner ? this.#o.registry.evictOwned(owner, reason).length : 0,
+      });
     }
     if (op.op !== "call" && op.op !== "open")
       return fail(stream, new ApiError(404, "RD_ERR_NOT_FOUND", `no peer operation ${String(op.op)}`));

@@ -187,7 +187,9 @@ export async function userKeyRoutes(app: FastifyInstance, ctx: ApiContext): Prom
         throw new ApiError(404, "RD_ERR_KEY_NOT_FOUND", `key ${keyId} of user ${id} not found`);
       }
       ctx.auth.forgetKey(keyId);
-      request.log.info({ user_id: id, key_id: keyId }, "user key revoked");
+      // Tunnels the key registered go with it, on whichever replica holds them.
+      const tunnels = (await ctx.dialer.evictOwnedBy?.(keyId, "key revoked")) ?? 0;
+      request.log.info({ user_id: id, key_id: keyId, tunnels_cut: tunnels }, "user key revoked");
       return { message: "key revoked", id: keyId };
     },
   );

@@ -60,9 +60,15 @@ export interface TunnelEndpointOptions {
   /**
    * Accepts the handshake or throws a HandshakeError-shaped error. `purpose` is `tunnel` for a new
    * tunnel (control connection) and `data` for a v1 data connection of a live one, which must not
-   * count as another tunnel (quotas).
+   * count as another tunnel (quotas). For a tunnel it may resolve with the id of the credential
+   * that authorized it (its owner): revoking that credential cuts the tunnel
+   * (TunnelRegistry.evictOwned).
    */
-  authorize(req: IncomingMessage, runnerId: string, purpose: "tunnel" | "data"): Promise<void>;
+  authorize(
+    req: IncomingMessage,
+    runnerId: string,
+    purpose: "tunnel" | "data",
+  ): Promise<string | undefined | void>;
   /** Tunnels this server holds at most; past it, 429. Default 20,000. */
   maxTunnels?: number;
   /** Largest WebSocket message accepted from an agent. Default 4 MiB. */
@@ -104,6 +110,8 @@ export class TunnelEndpoint {
    * with the credentials its data connections were last authorized with (dataAuthorized()).
    */
   readonly #dialers = new Map<string, { tunnel: LegacyTunnel; authorized: Map<string, number> }>();
+  /** The credential that authorized a handshake, until its tunnel is registered. */
+  readonly #owners = new WeakMap<IncomingMessage, string>();
 
   constructor(options: TunnelEndpointOptions) {
     this.#o = options;
@@ -199,7 +207,8 @@ export class TunnelEndpoint {
         retryAfter: admission.retryAfterS,
       };
     }
-    await this.#o.authorize(req, runnerId, "tunnel");
+    const owner = await this.#o.authorize(req, runnerId, "tunnel");
+    if (typeof owner === "string") this.#owners.set(req, owner);
     if (this.#o.registry.size >= (this.#o.maxTunnels ?? 20_000) && !this.#o.registry.isConnected(runnerId)) {
       throw {
         statusCode: 429,
@@ -290,7 +299,7 @@ export class TunnelEndpoint {
             });
       const tunnel = new MuxTunnel({ link, ...this.#tunnelParts(req, runnerId) });
       if (head.length > 0) socket.unshift(head);
-      this.#o.registry.register(tunnel);
+      this.#o.registry.register(tunnel, this.#owners.get(req));
     });
   }
 
@@ -312,7 +321,7 @@ export class TunnelEndpoint {
     const tunnel = new LegacyTunnel({ control, holdDialsMs, ...this.#tunnelParts(req, runnerId) });
     this.#dialers.set(tunnel.dialerId, { tunnel, authorized: new Map() });
     tunnel.once("close", () => this.#dialers.delete(tunnel.dialerId));
-    this.#o.registry.register(tunnel);
+    this.#o.registry.register(tunnel, this.#owners.get(req));
   }
 
   /**
@@ -394,7 +403,10 @@ export class TunnelEndpoint {
   }
 
   #register(link: TunnelLink, req: IncomingMessage, runnerId: string): void {
-    this.#o.registry.register(new H2Tunnel({ link, ...this.#tunnelParts(req, runnerId) }));
+    this.#o.registry.register(
+      new H2Tunnel({ link, ...this.#tunnelParts(req, runnerId) }),
+      this.#owners.get(req),
+    );
   }
 
   /** What every tunnel is built with, whatever its protocol. */

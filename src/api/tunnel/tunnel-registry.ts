@@ -83,6 +83,8 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
   readonly #observer: RegistryObserver;
   readonly #now: () => number;
   readonly #live = new Map<string, Tunnel>();
+  /** The credential each tunnel registered with (evictOwned). */
+  readonly #owners = new WeakMap<Tunnel, string>();
   readonly #grace = new Map<string, Grace>();
   /** Bytes carried by tunnels that have closed, so totals survive reconnects. */
   readonly #closedBytes = { in: 0, out: 0 };
@@ -107,8 +109,10 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
   }
 
   /** Called by the tunnel endpoint once an agent's tunnel is up. */
-  register(tunnel: Tunnel): void {
+  /** `owner`: the id of the credential that authorized it, for evictOwned(). */
+  register(tunnel: Tunnel, owner?: string): void {
     const runnerId = tunnel.runnerId;
+    if (owner !== undefined) this.#owners.set(tunnel, owner);
     const log = this.#log.child({ runner_id: runnerId });
     if (this.#closed) {
       void tunnel.close(CLOSE.SHUTDOWN, "server shutting down");
@@ -180,6 +184,22 @@ export class TunnelRegistry extends EventEmitter<TunnelEvents> implements Tunnel
    * Called when a session is stopped or its keys revoked. Never throws; true if there was something
    * to evict.
    */
+  /**
+   * Evicts every live tunnel that registered with the credential `owner` (it was revoked): the ids
+   * of the runners cut. Never throws.
+   */
+  evictOwned(owner: string, reason: string): string[] {
+    const cut: string[] = [];
+    for (const [runnerId, tunnel] of [...this.#live])
+      if (this.#owners.get(tunnel) === owner && this.evict(runnerId, reason)) cut.push(runnerId);
+    return cut;
+  }
+
+  /** evictOwned() as the dialer's evictOwnedBy: how many were cut. */
+  async evictOwnedBy(owner: string, reason: string): Promise<number> {
+    return this.evictOwned(owner, reason).length;
+  }
+
   evict(runnerId: string, reason: string): boolean {
     const live = this.#live.get(runnerId);
     const hadGrace = this.#grace.has(runnerId);
