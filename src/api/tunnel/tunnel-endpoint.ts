@@ -61,14 +61,10 @@ export interface TunnelEndpointOptions {
    * Accepts the handshake or throws a HandshakeError-shaped error. `purpose` is `tunnel` for a new
    * tunnel (control connection) and `data` for a v1 data connection of a live one, which must not
    * count as another tunnel (quotas). For a tunnel it may resolve with the id of the credential
-   * that authorized it (its owner): revoking that credential cuts the tunnel
+   * that authorized it (its owner; anything but a string is none): revoking that credential cuts the tunnel
    * (TunnelRegistry.evictOwned).
    */
-  authorize(
-    req: IncomingMessage,
-    runnerId: string,
-    purpose: "tunnel" | "data",
-  ): Promise<string | undefined | void>;
+  authorize(req: IncomingMessage, runnerId: string, purpose: "tunnel" | "data"): Promise<unknown>;
   /** Tunnels this server holds at most; past it, 429. Default 20,000. */
   maxTunnels?: number;
   /** Largest WebSocket message accepted from an agent. Default 4 MiB. */
