@@ -1,12 +1,16 @@
-// One v1 request() (legacy-tunnel.ts): its dial, its request written on the data connection, and its
-// response read back (http1-parser.ts). Its own file because it is the per-call state machine:
-// one deadline covers the dial and the response head; the AbortSignal holds until the body has
-// ended; the data connection is ended once the response is complete and cut on any failure.
+// One v1 request() (legacy-tunnel.ts): its data connection (an idle one the tunnel kept, or a new
+// dial), its request written on it, and its response read back (http1-parser.ts). Its own file
+// because it is the per-call state machine: one deadline covers the dial and the response head; the
+// AbortSignal holds until the body has ended; once the response is complete the data connection
+// goes back to the tunnel when the target keeps it alive (else it is ended), and it is cut on any
+// failure. A kept connection that closes before any byte of an answer is stale: the call rejects
+// with StaleConnectionError, and the tunnel may send it again on a new dial.
 
 import { Readable } from "node:stream";
 import { TunnelAbortedError, TunnelStreamError, TunnelTimeoutError } from "../../tunnel/errors.ts";
 import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { TunnelResponse } from "../../tunnel/types.ts";
+import { StaleConnectionError } from "./http1-exchange.ts";
 import { Http1ResponseParser } from "./http1-parser.ts";
 import { chunkFrame, LAST_CHUNK } from "./http1-request.ts";
 import type { WsDataConnection } from "./ws-data-connection.ts";
@@ -28,6 +32,10 @@ export interface ExchangeHost {
   endDial(reqId: string): void;
   /** The exchange's data connection is done. */
   release(conn: WsDataConnection): void;
+  /** An idle data connection kept from an earlier call, or null. */
+  takeIdle(): WsDataConnection | null;
+  /** The exchange is complete and the connection fit for another: the tunnel keeps it. */
+  keep(conn: WsDataConnection): void;
 }
 
 export interface ExchangeOptions {
@@ -43,6 +51,8 @@ export interface ExchangeOptions {
   declaredLength: number;
   timeoutMs: number;
   signal: AbortSignal | undefined;
+  /** Take an idle data connection when the tunnel has one (the request can be sent again). */
+  reuse: boolean;
   resolve(res: TunnelResponse): void;
   reject(err: Error): void;
 }
@@ -59,6 +69,12 @@ export class LegacyExchange {
   #body: Readable | null = null;
   #settled = false;
   #over = false;
+  /** The connection carried an earlier call. */
+  #reused = false;
+  /** The whole request has been written. */
+  #requestDone = false;
+  #keepAlive = false;
+  #reader: Http1ResponseParser | null = null;
   /** Stops reading a streamed request body (set once it is being piped). */
   #unpipe: (() => void) | null = null;
 
@@ -66,6 +82,13 @@ export class LegacyExchange {
     this.#o = o;
     this.#timer = setTimeout(() => this.#fail(new TunnelTimeoutError(o.runnerId, o.timeoutMs)), o.timeoutMs);
     o.signal?.addEventListener("abort", this.#onAbort, { once: true });
+    const idle = o.reuse ? o.tunnel.takeIdle() : null;
+    if (idle) {
+      this.#reqId = "";
+      this.#reused = true;
+      this.#start(idle);
+      return;
+    }
     this.#reqId = o.tunnel.dialFor({ take: (conn) => this.#start(conn), fail: (err) => this.#fail(err) });
   }
 
@@ -80,7 +103,10 @@ export class LegacyExchange {
     this.#conn = conn;
     const reader = new Http1ResponseParser(
       {
-        head: (head) => this.#onHead(head.status, head.headers),
+        head: (head) => {
+          this.#keepAlive = head.keepAlive;
+          this.#onHead(head.status, head.headers);
+        },
         body: (chunk) => {
           if (this.#body && !this.#body.push(chunk)) conn.pause();
         },
@@ -92,6 +118,7 @@ export class LegacyExchange {
       },
       o.method.toUpperCase() === "HEAD",
     );
+    this.#reader = reader;
     conn.attach({
       data: (chunk) => reader.push(chunk),
       drain: () => o.stream?.resume(),
@@ -99,8 +126,11 @@ export class LegacyExchange {
         o.tunnel.release(conn);
         // A body that runs to the end of the connection ends here, unless the connection failed.
         if (!err && !reader.done) reader.end();
-        if (!this.#over)
-          this.#fail(new TunnelStreamError(o.runnerId, `data connection ${reason}`, { cause: err }));
+        if (this.#over) return;
+        // A kept connection that the agent or its target closed while it was idle.
+        if (this.#reused && reader.untouched)
+          this.#fail(new StaleConnectionError(`data connection ${reason}`));
+        else this.#fail(new TunnelStreamError(o.runnerId, `data connection ${reason}`, { cause: err }));
       },
     });
     if (o.inline && o.inline.length <= INLINE_BODY) conn.write(Buffer.concat([o.head, o.inline]));
@@ -109,6 +139,7 @@ export class LegacyExchange {
       if (o.inline) conn.write(o.inline);
     }
     if (o.stream) this.#pipeBody(o.stream, conn);
+    else this.#requestDone = true;
   }
 
   /**
@@ -134,6 +165,7 @@ export class LegacyExchange {
     body.on("data", onData);
     body.once("end", () => {
       if (chunked) conn.write(LAST_CHUNK);
+      this.#requestDone = sent === declared || chunked;
     });
     // A body that fails or is destroyed before its end cuts the data connection: the target sees
     // an aborted request, never a complete one.
@@ -168,7 +200,11 @@ export class LegacyExchange {
   #onEnd(): void {
     this.#over = true;
     this.#cleanup();
-    this.#conn?.end();
+    const conn = this.#conn;
+    // Fit for another call: the target keeps it alive, the request went whole, nothing came after.
+    if (conn && this.#keepAlive && this.#requestDone && !this.#reader?.overrun && !conn.closed)
+      this.#o.tunnel.keep(conn);
+    else conn?.end();
     this.#body?.push(null);
   }
 

@@ -2,10 +2,18 @@
 // so that existing Go agents (`revdial-client -server URL -runner-id ID -token T`) keep working.
 //
 // v1 has no multiplexing: the CONTROL connection (a WebSocket, or a hijacked GET: legacy-control.ts)
-// carries JSON lines, and every call is a DIAL: the server sends `conn-ready` with a fresh request
+// carries JSON lines, and a call needs a DIAL: the server sends `conn-ready` with a fresh request
 // id, the agent opens a new DATA WebSocket to `/api/v1/revdial?revdial.dialer=D&revdial.req=R`, and
-// that connection carries one raw byte stream to the agent's local address (one HTTP/1.1 exchange
-// for request(), legacy-exchange.ts; the stream itself for open()).
+// that connection carries one raw byte stream to the agent's local address (HTTP/1.1 for request(),
+// legacy-exchange.ts; the stream itself for open()).
+//
+// Keep-alive: the agent only pipes a data connection's bytes to and from its local address, so a
+// data connection whose target keeps the HTTP/1.1 connection alive carries the next call too, as
+// any HTTP client reuses a connection. After a complete exchange the connection is kept (at most
+// MAX_IDLE, each for IDLE_TIMEOUT_MS, under the 5 s keep-alive of common servers), and a call whose
+// request can be sent again takes one instead of dialing: no conn-ready, no WebSocket handshake, no
+// new connection to the target. One that turns out closed before any answer is retried once on a
+// new dial. Calls with a streamed body always dial.
 //
 // What this implementation does not copy from the Go one: each dial is matched by its own request
 // id (no crossing when several run at once), has a deadline and an AbortSignal, and the dialer id
@@ -31,6 +39,7 @@ import {
 import { copyEndToEnd } from "../../tunnel/headers.ts";
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
+import { StaleConnectionError } from "./http1-exchange.ts";
 import { type BodyFraming, requestHead } from "./http1-request.ts";
 import type { LegacyControl } from "./legacy-control.ts";
 import { type Dial, type ExchangeHost, LegacyExchange } from "./legacy-exchange.ts";
@@ -41,6 +50,10 @@ const KEEPALIVE_MS = 15_000;
 /** Longest control line accepted from an agent. */
 const MAX_LINE = 64 * 1024;
 const KEEPALIVE_LINE = Buffer.from('{"command":"keep-alive"}\n');
+/** Idle data connections kept at most. */
+const MAX_IDLE = 64;
+/** An idle data connection is ended after this long (Node's servers keep one alive for 5 s). */
+const IDLE_TIMEOUT_MS = 4000;
 
 export interface LegacyTunnelOptions {
   runnerId: string;
@@ -63,8 +76,11 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
   readonly #log: Logger;
   readonly #timings: TunnelTimings;
   readonly #dials = new Map<string, Dial>();
-  /** Data connections of calls in flight: destroy() cuts them. */
+  /** Data connections of calls in flight, and idle ones: destroy() cuts them. */
   readonly #conns = new Set<WsDataConnection>();
+  /** Idle data connections kept for the next call, oldest first (handed out newest first). */
+  #idle: Array<{ conn: WsDataConnection; since: number }> = [];
+  #idleTimer: NodeJS.Timeout | null = null;
   readonly #timer: NodeJS.Timeout;
   /** `{"command":"conn-ready","connPath":"/revdial?revdial.dialer=D&revdial.req=`, made once. */
   readonly #readyPrefix: string;
@@ -201,8 +217,15 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
    * written: `accept` is its Sec-WebSocket-Accept). Never throws. When no dial waits, the connection
    * is upgraded and closed at once, as PROTOCOL.md says.
    */
-  pickup(reqId: string, socket: Socket, head: Buffer, accept: string): void {
+  pickup(
+    reqId: string,
+    socket: Socket,
+    head: Buffer,
+    accept: string,
+    stillAuthorized: () => boolean = () => true,
+  ): void {
     const conn = new WsDataConnection(socket, head, accept);
+    conn.stillAuthorized = stillAuthorized;
     const dial = this.#dials.get(reqId);
     if (!dial || this.#closed) {
       conn.close(CLOSE.NORMAL, "no dial waits for this connection");
@@ -218,7 +241,72 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
     if (!this.#conns.delete(conn)) return;
     this.#bytes.in += conn.bytesIn;
     this.#bytes.out += conn.bytesOut;
-    if (this.#conns.size === 0) for (const wake of this.#drainWaiters.splice(0)) wake();
+    this.#wakeDrained();
+  }
+
+  /** Data connections carrying a call now. */
+  #active(): number {
+    return this.#conns.size - this.#idle.length;
+  }
+
+  #wakeDrained(): void {
+    if (this.#active() === 0) for (const wake of this.#drainWaiters.splice(0)) wake();
+  }
+
+  /** ExchangeHost: the newest idle data connection, or null. */
+  takeIdle(): WsDataConnection | null {
+    for (;;) {
+      const entry = this.#idle.pop();
+      if (!entry) return null;
+      if (entry.conn.closed) continue;
+      // Its credentials are due to be checked again: a new dial is.
+      if (!entry.conn.stillAuthorized()) {
+        entry.conn.end();
+        continue;
+      }
+      return entry.conn;
+    }
+  }
+
+  /** ExchangeHost: keeps a data connection whose exchange is complete, for the next call. */
+  keep(conn: WsDataConnection): void {
+    if (this.#closed || this.#idle.length >= MAX_IDLE) {
+      conn.end();
+      return;
+    }
+    const entry = { conn, since: Date.now() };
+    conn.attach({
+      // Bytes while idle: the target broke HTTP/1.1 (or is closing); the connection is not reused.
+      data: () => conn.destroy(),
+      drain: () => {},
+      close: () => {
+        const i = this.#idle.indexOf(entry);
+        if (i >= 0) this.#idle.splice(i, 1);
+        this.#forget(conn);
+      },
+    });
+    conn.resume();
+    this.#idle.push(entry);
+    this.#wakeDrained();
+    this.#idleTimer ??= setInterval(() => this.#sweepIdle(), IDLE_TIMEOUT_MS / 2);
+    this.#idleTimer.unref();
+  }
+
+  #sweepIdle(): void {
+    const cutoff = Date.now() - IDLE_TIMEOUT_MS;
+    while (this.#idle.length > 0 && this.#idle[0].since <= cutoff) this.#idle.shift()?.conn.end();
+    if (this.#idle.length === 0 && this.#idleTimer) {
+      clearInterval(this.#idleTimer);
+      this.#idleTimer = null;
+    }
+  }
+
+  #dropIdle(): void {
+    const idle = this.#idle;
+    this.#idle = [];
+    if (this.#idleTimer) clearInterval(this.#idleTimer);
+    this.#idleTimer = null;
+    for (const { conn } of idle) conn.end();
   }
 
   /**
@@ -319,31 +407,41 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
       body == null ? "none" : typeof body === "string" || Buffer.isBuffer(body) ? "length" : "chunked";
     const inline = typeof body === "string" ? Buffer.from(body) : Buffer.isBuffer(body) ? body : null;
     const streamed = framing === "chunked" && headers["content-length"] !== undefined ? "length" : framing;
-    // One exchange per data connection (PROTOCOL.md v1): Connection: close, and the Go client's
+    // HTTP/1.1 keep-alive over the data connection (see the top of this file), and the Go client's
     // local address as the Host it always had.
     const head = requestHead(
       req.method,
       req.path,
       headers,
       { framing: streamed, length: inline?.length },
-      { host: "localhost:9876", keepAlive: false },
+      { host: "localhost:9876", keepAlive: true },
     );
     if (head instanceof Error) return Promise.reject(new TunnelStreamError(this.runnerId, head.message));
-    return new Promise<TunnelResponse>((resolve, reject) => {
-      new LegacyExchange({
-        tunnel: this,
-        runnerId: this.runnerId,
-        method: req.method,
-        head: Buffer.from(head, "latin1"),
-        inline,
-        stream: framing === "chunked" ? (body as Readable) : null,
-        chunked: streamed === "chunked",
-        declaredLength: Number(headers["content-length"] ?? 0),
-        timeoutMs,
-        signal,
-        resolve,
-        reject,
+    const replayable = framing !== "chunked";
+    const started = Date.now();
+    const attempt = (reuse: boolean, ms: number) =>
+      new Promise<TunnelResponse>((resolve, reject) => {
+        new LegacyExchange({
+          tunnel: this,
+          runnerId: this.runnerId,
+          method: req.method,
+          head: Buffer.from(head, "latin1"),
+          inline,
+          stream: framing === "chunked" ? (body as Readable) : null,
+          chunked: streamed === "chunked",
+          declaredLength: Number(headers["content-length"] ?? 0),
+          timeoutMs: ms,
+          signal,
+          reuse,
+          resolve,
+          reject,
+        });
       });
+    return attempt(replayable, timeoutMs).catch((err: Error) => {
+      // A kept connection that was closed meanwhile: once more, on a new dial.
+      if (!(err instanceof StaleConnectionError)) throw err;
+      if (this.#closed) throw new TunnelClosedError(this.runnerId, "tunnel is closed");
+      return attempt(false, Math.max(1, timeoutMs - (Date.now() - started)));
     });
   }
 
@@ -376,7 +474,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
       connected_at: this.connectedAt.toISOString(),
       remote_address: this.remoteAddress,
       rtt_ms: null,
-      active_streams: this.#conns.size,
+      active_streams: this.#active(),
       bytes_in: this.#bytes.in + inFlightIn,
       bytes_out: this.#bytes.out + inFlightOut,
     };
@@ -391,9 +489,10 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
     reason = "server shutting down",
     drainMs = this.#timings.drainTimeoutMs,
   ): Promise<void> {
-    if (this.#closed && this.#conns.size === 0) return Promise.resolve();
+    this.#dropIdle();
+    if (this.#closed && this.#active() === 0) return Promise.resolve();
     const drained = new Promise<void>((resolve) => {
-      if (this.#conns.size === 0) resolve();
+      if (this.#active() === 0) resolve();
       else this.#drainWaiters.push(resolve);
     });
     this.#control.close(code, reason);
@@ -414,6 +513,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#timer);
+    this.#dropIdle();
     for (const dial of [...this.#dials.values()]) dial.fail(new TunnelClosedError(this.runnerId, reason));
     this.emit("close", reason);
   }

@@ -359,7 +359,8 @@ export class TunnelEndpoint {
    * A v1 data connection: it must carry a token allowed to register the dialer's runner id, and a
    * dial must still wait for its request id; otherwise it is refused or closed. The check's answer
    * is remembered per tunnel and credentials for DATA_AUTH_TTL_MS (every call is a data connection;
-   * the store lookup behind authorize() would cap them). Revocation still ends them at once: every
+   * the store lookup behind authorize() would cap them); a data connection kept for later calls
+   * carries them only while that answer is remembered. Revocation still ends them at once: every
    * path that revokes keys evicts the tunnel, and the memory goes with it.
    */
   async #acceptDataConnection(
@@ -395,7 +396,11 @@ export class TunnelEndpoint {
       return;
     }
     // A data connection is a call in flight: it stays in #sockets (destroy() cuts it) until it ends.
-    entry.tunnel.pickup(reqId, socket as Socket, head, accept);
+    // Kept for later calls (legacy-tunnel.ts), it carries them only while this answer is remembered.
+    const now = this.#o.now ?? Date.now;
+    entry.tunnel.pickup(reqId, socket as Socket, head, accept, () =>
+      dataAuthorized(entry.authorized, credentials, now()),
+    );
   }
 
   #register(link: TunnelLink, req: IncomingMessage, runnerId: string): void {

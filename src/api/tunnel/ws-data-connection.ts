@@ -88,6 +88,8 @@ export class WsDataConnection {
   /** Payload bytes received and sent, for stats. */
   bytesIn = 0;
   bytesOut = 0;
+  /** Whether the credentials it was opened with may still carry calls (a kept connection's test). */
+  stillAuthorized: () => boolean = () => true;
   #accept: string | null;
   #handlers: DataConnectionHandlers | null = null;
   /** Frame parsing state: the header bytes of a frame not yet complete, or null. */
