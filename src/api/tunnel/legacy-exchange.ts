@@ -124,13 +124,16 @@ export class LegacyExchange {
       drain: () => o.stream?.resume(),
       close: (reason, err) => {
         o.tunnel.release(conn);
+        if (this.#over) return;
+        // A kept connection that the agent or its target closed before answering: stale.
+        if (this.#reused && reader.untouched) {
+          this.#fail(new StaleConnectionError(`data connection ${reason}`));
+          return;
+        }
         // A body that runs to the end of the connection ends here, unless the connection failed.
         if (!err && !reader.done) reader.end();
-        if (this.#over) return;
-        // A kept connection that the agent or its target closed while it was idle.
-        if (this.#reused && reader.untouched)
-          this.#fail(new StaleConnectionError(`data connection ${reason}`));
-        else this.#fail(new TunnelStreamError(o.runnerId, `data connection ${reason}`, { cause: err }));
+        if (!this.#over)
+          this.#fail(new TunnelStreamError(o.runnerId, `data connection ${reason}`, { cause: err }));
       },
     });
     if (o.inline && o.inline.length <= INLINE_BODY) conn.write(Buffer.concat([o.head, o.inline]));
