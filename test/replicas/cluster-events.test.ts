@@ -5,10 +5,12 @@
 // - its sandbox's tunnel coming up and going down on r2 shows on r1 (`tunnel` up then down, with
 //   its figures, and the session's sandbox_connected flipping), each once, on r1 and on r2 alike;
 // - a host created, registering and heartbeating through r2 shows on r1, once per change;
-// - a user on r1 sees their own session and tunnel, and nothing of another user's.
+// - a user on r1 sees their own session and tunnel, and nothing of another user's;
+// - r1's listening connection cut: it says so, comes back, and streams r2's changes again.
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import pg from "pg";
 import { TargetMap } from "../../src/agent/target-map.ts";
 import { AgentClient } from "../../src/agent/tunnel-client.ts";
 import { silentLogger } from "../../src/common/logger.ts";
@@ -238,5 +240,36 @@ describe("the event stream of one replica carries the whole cluster's changes", 
       [`session:${bobsId}`],
     );
     assert.ok(!alice1.events.some((e) => e.data.id === bobsId || e.type === "host"), "alice sees only hers");
+  });
+
+  it("keeps streaming other replicas' changes after its listening connection is cut (logged, not doubled)", async () => {
+    const admin1 = await openStream(r1, cluster.adminKey);
+    streams.push(admin1);
+    const db = new pg.Client({ connectionString: cluster.databaseUrl });
+    await db.connect();
+    try {
+      const listener = "SELECT pid FROM pg_stat_activity WHERE application_name = 'revdial-events r1'";
+      const cut = await db.query(`SELECT pg_terminate_backend(pid) FROM (${listener}) l`);
+      assert.equal(cut.rowCount, 1, "r1's event connection was there to cut");
+      await until(() => r1.log.includes("cluster event listener back"), "r1 says its event listener is back");
+      assert.match(r1.log, /cluster event listener lost/);
+      assert.equal((await db.query(listener)).rowCount, 1, "one event connection, not two");
+    } finally {
+      await db.end();
+    }
+    const created = await cluster.call(
+      r2.url,
+      "POST",
+      "/api/v1/sessions",
+      { name: "after" },
+      users.alice.key,
+    );
+    assert.equal(created.status, 201);
+    const id = (created.body as { id: string }).id;
+    await admin1.waitFor(
+      "a session created through r2 after the cut",
+      (e) => e.type === "session" && e.data.id === id,
+    );
+    assert.ok(r1.child !== null && r1.child.exitCode === null, "r1 is still running");
   });
 });
