@@ -187,7 +187,11 @@ describe("the event stream of one replica carries the whole cluster's changes", 
     assert.equal(registered.status, 200, JSON.stringify(registered.body));
     await admin1.waitFor("the registration on r1", (e) => ofHost(e) && e.data.name === "events host");
     const beatsBefore = admin1.events.filter(ofHost).at(-1)?.data.last_heartbeat;
-    await new Promise((r) => setTimeout(r, 5)); // a heartbeat the view can tell from the registration's
+    // A heartbeat the view can tell from the registration's (its time is to the millisecond).
+    await until(
+      () => Date.now() > Date.parse(String(beatsBefore)) + 1,
+      "a millisecond past the registration",
+    );
     const beat = await cluster.call(r2.url, "POST", "/api/v1/wolf-instances/ev-h/heartbeat", {}, hostKey);
     assert.equal(beat.status, 200, JSON.stringify(beat.body));
     await admin1.waitFor(

@@ -16,7 +16,7 @@
 // the connection is down (Postgres restarting, a network cut), what other replicas change is not
 // streamed here and what changes here is not told to them: both are lost, not queued (clients
 // resync their lists when they reload), and logged when the connection goes and when it is back.
-// The connection is made again with backoff (0.5 s, doubling, up to 5 s) until close().
+// The connection is made again with backoff (0.5 s, doubling, up to 5 s, with jitter) until close().
 
 import pg from "pg";
 import { InvalidOptionError } from "../../common/errors.ts";
@@ -51,6 +51,9 @@ interface Notice {
   t?: { r: string; stats: TunnelStats }[];
 }
 
+export const CLUSTER_FEED_DEFAULTS = Object.freeze({ maxPending: 10_000 });
+
+/** Reconnect backoff of the listening connection: from this, doubling, up to the cap, with jitter. */
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 5000;
 
@@ -73,7 +76,7 @@ export class ClusterFeed implements ChangeSink {
   constructor(options: ClusterFeedOptions) {
     for (const name of ["databaseUrl", "replicaId", "logger", "remote"] as const)
       if (!options?.[name]) throw new InvalidOptionError(name, "is required");
-    this.#o = { maxPending: 10_000, ...options };
+    this.#o = { ...CLUSTER_FEED_DEFAULTS, ...options };
     const max = this.#o.maxPending;
     if (!Number.isSafeInteger(max) || max < 1)
       throw new InvalidOptionError("maxPending", `expected a positive integer, got ${max}`);
@@ -239,24 +242,27 @@ export class ClusterFeed implements ChangeSink {
 
   #retry(): void {
     if (this.#retryTimer || this.#closed) return;
-    this.#retryTimer = setTimeout(async () => {
-      this.#retryTimer = null;
-      try {
-        await this.#connect();
-      } catch (err) {
-        this.#retryMs = Math.min(this.#retryMs * 2, RETRY_MAX_MS);
-        this.#o.logger.warn({ err: (err as Error).message }, "cluster event listener reconnect failed");
-        this.#retry();
-        return;
-      }
-      if (this.#closed) return;
-      this.#retryMs = RETRY_MIN_MS;
-      this.#o.logger.warn(
-        { down_ms: Date.now() - this.#downSince, changes_not_told: this.#untold },
-        "cluster event listener back: changes made meanwhile on other replicas were not streamed here, and this replica's were not told to them",
-      );
-      this.#untold = 0;
-    }, this.#retryMs);
+    this.#retryTimer = setTimeout(
+      async () => {
+        this.#retryTimer = null;
+        try {
+          await this.#connect();
+        } catch (err) {
+          this.#retryMs = Math.min(this.#retryMs * 2, RETRY_MAX_MS);
+          this.#o.logger.warn({ err: (err as Error).message }, "cluster event listener reconnect failed");
+          this.#retry();
+          return;
+        }
+        if (this.#closed) return;
+        this.#retryMs = RETRY_MIN_MS;
+        this.#o.logger.warn(
+          { down_ms: Date.now() - this.#downSince, changes_not_told: this.#untold },
+          "cluster event listener back: changes made meanwhile on other replicas were not streamed here, and this replica's were not told to them",
+        );
+        this.#untold = 0;
+      },
+      this.#retryMs * (0.5 + Math.random() / 2),
+    );
     this.#retryTimer.unref();
   }
 }

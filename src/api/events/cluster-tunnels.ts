@@ -15,6 +15,7 @@
 // figures (one timer each), and figures not claimed yet (at most maxFigures, the oldest dropped;
 // the rest dropped at each reload once older than FIGURES_KEEP_MS).
 
+import { InvalidOptionError } from "../../common/errors.ts";
 import type { TunnelStats } from "../../tunnel/types.ts";
 import type { Cluster } from "../cluster/cluster.ts";
 import type { DirectoryEntry } from "../cluster/directory.ts";
@@ -24,6 +25,8 @@ import type { ChangePublisher } from "./change-publisher.ts";
 /** How long an `up` from elsewhere waits for its holder's figures. */
 export const FIGURES_WAIT_MS = 500;
 const FIGURES_KEEP_MS = 30_000;
+
+export const CLUSTER_TUNNEL_EVENTS_DEFAULTS = Object.freeze({ maxFigures: 10_000 });
 
 export interface ClusterTunnelEventsOptions {
   cluster: Cluster;
@@ -53,10 +56,14 @@ export class ClusterTunnelEvents {
   #started = false;
 
   constructor(options: ClusterTunnelEventsOptions) {
+    for (const name of ["cluster", "registry", "publisher"] as const)
+      if (!options?.[name]) throw new InvalidOptionError(name, "is required");
     this.#cluster = options.cluster;
     this.#registry = options.registry;
     this.#publisher = options.publisher;
-    this.#maxFigures = options.maxFigures ?? 10_000;
+    this.#maxFigures = options.maxFigures ?? CLUSTER_TUNNEL_EVENTS_DEFAULTS.maxFigures;
+    if (!Number.isSafeInteger(this.#maxFigures) || this.#maxFigures < 1)
+      throw new InvalidOptionError("maxFigures", `expected a positive integer, got ${this.#maxFigures}`);
   }
 
   /** Follows the registry and the directory, from what is live now (told to nobody: nobody watches yet). */
