@@ -45,6 +45,7 @@ import { DRAIN_REASON } from "./cluster/cluster.ts";
 import { checkReplicaOptions, joinCluster, type ReplicaOptions } from "./cluster/replica.ts";
 import type { ApiContext } from "./context.ts";
 import { ChangePublisher } from "./events/change-publisher.ts";
+import { type ClusterEvents, startClusterEvents } from "./events/cluster-events.ts";
 import { EventBus } from "./events/event-bus.ts";
 import { observeStore } from "./events/store-observer.ts";
 import { ApiError, toApiError } from "./http-errors.ts";
@@ -344,10 +345,25 @@ async function startLocked(
   const events = new EventBus({ logger });
   const changes = new ChangePublisher({ bus: events, store, dialer: cluster ?? registry, logger });
   undo.push(() => changes.close());
-  registry.on("connected", (runnerId, stats) => changes.tunnelChanged(runnerId, "up", stats));
-  registry.on("disconnected", (runnerId) => changes.tunnelChanged(runnerId, "down"));
+  // Replica mode: the stream is the cluster's (events/cluster-events.ts): tunnels as the cluster
+  // sees them, and the ids of every replica's writes told to the others over Postgres NOTIFY.
+  let clusterEvents: ClusterEvents | null = null;
+  if (cluster) {
+    clusterEvents = await startClusterEvents({
+      cluster,
+      registry,
+      publisher: changes,
+      databaseUrl: o.databaseUrl as string,
+      logger,
+    });
+    const started = clusterEvents;
+    undo.push(() => started.close());
+  } else {
+    registry.on("connected", (runnerId, stats) => changes.tunnelChanged(runnerId, "up", stats));
+    registry.on("disconnected", (runnerId) => changes.tunnelChanged(runnerId, "down"));
+  }
   const ctx: ApiContext = {
-    store: observeStore(store, changes),
+    store: observeStore(store, clusterEvents?.sink ?? changes),
     events,
     auth,
     quotas,
@@ -448,6 +464,7 @@ async function startLocked(
           clearTimeout(cut);
         }
         endpoint.destroy();
+        await clusterEvents?.close();
         changes.close();
         await store.close();
         await secureTree(o.dataDir).catch(() => {});

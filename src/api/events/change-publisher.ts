@@ -8,6 +8,12 @@
 // session's sandbox_connected (and its owner sees the tunnel event), `wolf-{id}` that host's
 // tunnel_connected. The session's one read serves both.
 //
+// A record read again unchanged (two writes read once each, after both landed: a change told by
+// another replica is read later than here) is not published again: the last view published per
+// session and host is kept (as many as maxPending, the oldest forgotten first), and forgotten
+// whenever a change of it may have gone unpublished (nobody watching, a change dropped, a failed
+// read), so a view is only held back when every subscriber was sent that very view last.
+//
 // Bounds: at most maxPending ids wait for the next turn (default 10,000; a reconnect storm of
 // tunnels is coalesced under it); past it a change is dropped and logged (a client sees it with its
 // next event or reload). A failed read is logged at debug.
@@ -44,6 +50,8 @@ export class ChangePublisher implements ChangeSink {
   readonly #hosts = new Set<string>();
   /** runner id -> its latest state this turn. */
   readonly #tunnels = new Map<string, TunnelState>();
+  /** `session:{id}` / `host:{id}` -> the JSON of the view last published. */
+  readonly #last = new Map<string, string>();
   #scheduled = false;
   #closed = false;
 
@@ -79,14 +87,19 @@ export class ChangePublisher implements ChangeSink {
     this.#sessions.clear();
     this.#hosts.clear();
     this.#tunnels.clear();
+    this.#last.clear();
   }
 
   /** Whether a change may be queued (and the flush is scheduled); `known`: it is queued already. */
   #admit(known: boolean): boolean {
-    if (this.#closed || this.#o.bus.subscribers === 0) return false;
+    if (this.#closed || this.#o.bus.subscribers === 0) {
+      this.#last.clear();
+      return false;
+    }
     const pending = this.#sessions.size + this.#hosts.size + this.#tunnels.size;
     if (!known && pending >= this.#o.maxPending) {
       this.#o.logger.warn({ pending }, "too many changes waiting to be published; one dropped");
+      this.#last.clear();
       return false;
     }
     if (!this.#scheduled) {
@@ -115,20 +128,21 @@ export class ChangePublisher implements ChangeSink {
 
   /** Publishes the session's view; returns the host it is placed on, and notes its owner. */
   async #publishSession(id: string, owners: Map<string, string>): Promise<string | null> {
-    const { store, dialer, bus, logger } = this.#o;
+    const { store, dialer, logger } = this.#o;
     try {
       const session = await store.sessions.get(id);
       if (this.#closed) return null;
       if (!session) {
         // Deleted: nobody can be told but admins (the owner is gone with the record).
-        bus.publish({ type: "session", ownerId: null, data: { id, deleted: true } });
+        this.#publishView("session", id, null, { id, deleted: true });
         return null;
       }
       owners.set(id, session.ownerId);
       const data = sessionView(session, dialer.isConnected(`${SANDBOX}${id}`));
-      bus.publish({ type: "session", ownerId: session.ownerId, data });
+      this.#publishView("session", id, session.ownerId, data);
       return session.wolfInstanceId;
     } catch (err) {
+      this.#last.delete(`session:${id}`);
       logger.debug({ err, session_id: id }, "session change not published");
       return null;
     }
@@ -144,14 +158,26 @@ export class ChangePublisher implements ChangeSink {
     this.#o.bus.publish({ type: "tunnel", ownerId: owner, data });
   }
 
+  /** Publishes a record's view unless it is the very view published last for that record. */
+  #publishView(type: "session" | "host", id: string, ownerId: string | null, data: unknown): void {
+    const key = `${type}:${id}`;
+    const json = JSON.stringify(data);
+    if (this.#last.get(key) === json) return;
+    this.#last.delete(key);
+    this.#last.set(key, json);
+    if (this.#last.size > this.#o.maxPending) this.#last.delete(this.#last.keys().next().value as string);
+    this.#o.bus.publish({ type, ownerId, data });
+  }
+
   async #publishHost(id: string): Promise<void> {
-    const { store, dialer, bus, logger } = this.#o;
+    const { store, dialer, logger } = this.#o;
     try {
       const host = await store.wolfInstances.get(id);
       if (this.#closed) return;
       const data = host ? wolfInstanceView(host, dialer.isConnected(`${WOLF}${id}`)) : { id, deleted: true };
-      bus.publish({ type: "host", ownerId: null, data });
+      this.#publishView("host", id, null, data);
     } catch (err) {
+      this.#last.delete(`host:${id}`);
       logger.debug({ err, wolf_id: id }, "host change not published");
     }
   }

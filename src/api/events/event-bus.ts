@@ -4,9 +4,10 @@
 // with canSee().
 //
 // Why a bus: the places that change state (the store's writes, the tunnel registry) should not know
-// who is watching. In a single process they publish here through the store observer
-// (store-observer.ts) and the registry's events; with several replicas, a feed reading Postgres
-// NOTIFY would call publish() the same way, and nothing downstream changes.
+// who is watching. They publish here through the store observer (store-observer.ts) and the
+// registry's events; with several replicas, the ids other replicas' writes touched arrive over
+// Postgres NOTIFY and their tunnels through the cluster's directory (cluster-events.ts), and go the
+// same way: nothing downstream knows which replica a change came from.
 //
 // Contract: publish() never throws and never waits: a listener that throws is logged and kept. The
 // number of subscribers is bounded (maxSubscribers, default 1000); subscribe() past it returns null.
