@@ -65,7 +65,7 @@ test("calls one after another ride one data connection", async () => {
   assert.equal(sockets.size, 1, "the target saw one connection for 50 calls");
   // Concurrent calls still get a connection each, and their answers do not cross.
   const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => get(`/par/${i}`)));
-  answers.forEach((a, i) => assert.match(a.body, new RegExp(`^/par/${i} #\\d+$`)));
+  for (const [i, a] of answers.entries()) assert.match(a.body, new RegExp(`^/par/${i} #\\d+$`));
 });
 
 test("a kept connection the target drops before answering is retried on a new dial", async () => {
