@@ -47,6 +47,8 @@ describe("the peer link", () => {
         res.writeHead(req.url === "/missing" ? 404 : 200, {
           "content-type": "text/plain",
           "x-path": req.url,
+          "x-host": req.headers.host,
+          "x-custom": req.headers["x-custom"] ?? "",
         });
         if (req.method === "POST") res.end(createHash("sha256").update(body).digest("hex"));
         else if (req.url?.startsWith("/big")) res.end(Buffer.alloc(3 * 1024 * 1024, 7));
@@ -119,6 +121,17 @@ describe("the peer link", () => {
         () => server.registry.list().find((t) => t.runner_id === runner)?.active_streams === 0,
         "the holder's tunnel has no active stream left",
       );
+    });
+
+    it(`${protocol}: the target sees the same request as from a local call (Host, headers)`, async () => {
+      const req = { method: "GET", path: "/headers?q=1", headers: { "x-custom": "kept", "user-agent": "t" } };
+      const local = await server.registry.request(runner, req);
+      const forwarded = await pool.request(peerUrl, "holder", runner, req, 5000);
+      await readAll(local.body);
+      await readAll(forwarded.body);
+      assert.equal(forwarded.headers["x-path"], "/headers?q=1");
+      assert.equal(forwarded.headers["x-host"], local.headers["x-host"]);
+      assert.equal(forwarded.headers["x-custom"], "kept");
     });
 
     it(`${protocol}: bodies both ways: whole, streamed, and a 3 MiB answer`, async () => {
