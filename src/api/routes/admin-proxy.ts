@@ -25,6 +25,7 @@
 // answers it as before (400 RD_ERR_BAD_URL).
 
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import { type Readable, Transform, type TransformCallback } from "node:stream";
 import type { Logger } from "../../common/logger.ts";
 import { RUNNER_ID_PATTERN } from "../../tunnel/constants.ts";
@@ -379,18 +380,21 @@ class ProxyCall {
  * Copies a large answer to the caller as pump.ts does (the tunnel stream pauses only once
  * `bufferBytes` wait towards the caller), in one write per turn of the event loop: the link's
  * reads deliver 64 KiB each, and Node's HTTP answer would write each on its own (one writev per
- * read); corked until the turn's end, every read of the turn leaves in one writev.
+ * read); with the caller's socket corked until the turn's end, every read of the turn leaves in
+ * one writev. The socket is corked, not the answer: a corked answer gathers chunked bodies into a
+ * buffer of its own that end() writes after the last chunk (a corrupt answer).
  */
 function pumpAnswer(source: Readable, res: ServerResponse, bufferBytes: number): void {
-  let corked = false;
+  let corked: Socket | null = null;
   const uncork = () => {
-    corked = false;
-    res.uncork();
+    const socket = corked;
+    corked = null;
+    if (socket && socket.writableCorked > 0) socket.uncork();
   };
   source.on("data", (chunk: Buffer) => {
-    if (!corked) {
-      corked = true;
-      res.cork();
+    if (corked === null && res.socket) {
+      corked = res.socket;
+      corked.cork();
       setImmediate(uncork);
     }
     res.write(chunk);
@@ -399,7 +403,11 @@ function pumpAnswer(source: Readable, res: ServerResponse, bufferBytes: number):
       res.once("drain", () => source.resume());
     }
   });
-  source.once("end", () => res.end());
+  source.once("end", () => {
+    // end() uncorks the socket whole; the turn's uncork must not touch it after that.
+    corked = null;
+    res.end();
+  });
   res.once("close", () => source.destroy());
 }
 
