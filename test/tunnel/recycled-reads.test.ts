@@ -7,8 +7,8 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   type Listening,
   startAgent,
@@ -60,7 +60,10 @@ after(async () => {
 });
 
 /** Reads a body, the odd ones slowly (a pause every few chunks), and hashes it. */
-async function readHash(body: NodeJS.ReadableStream, slow: boolean): Promise<{ hash: string; bytes: number }> {
+async function readHash(
+  body: NodeJS.ReadableStream,
+  slow: boolean,
+): Promise<{ hash: string; bytes: number }> {
   const h = createHash("sha256");
   let bytes = 0;
   let chunks = 0;
