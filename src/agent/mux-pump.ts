@@ -6,11 +6,16 @@
 // A target the map does not allow: RESET REFUSED (the API answers 403). One that cannot be reached:
 // RESET UNREACHABLE (502). Backpressure both ways: the stream's credit pauses the target socket, and
 // the socket's buffer holds back the credit the API gets (MuxStream.consumed).
+//
+// The target's bytes are read into recycled slabs (read-pool.ts): they go nowhere but the link, so a
+// slab is known to be free once the link has written them (MuxLink.onWritten, wired in attach()).
 
 import net from "node:net";
 import type { Logger } from "../common/logger.ts";
 import { MUX_CODE } from "../tunnel/mux-frames.ts";
+import type { MuxLink } from "../tunnel/mux-link.ts";
 import type { MuxSession, MuxStream } from "../tunnel/mux-session.ts";
+import { ReadPool } from "../tunnel/read-pool.ts";
 import { formatTargetAddress, type TargetAddress, type TargetMap } from "./target-map.ts";
 
 export interface MuxPumpOptions {
@@ -22,10 +27,21 @@ export class MuxPump {
   readonly #targets: TargetMap;
   readonly #log: Logger;
   readonly #sockets = new Set<net.Socket>();
+  readonly #pool = new ReadPool();
 
   constructor(options: MuxPumpOptions) {
     this.#targets = options.targets;
     this.#log = options.logger;
+  }
+
+  /** Every link whose session this pump serves must be attached: its writes free the read slabs. */
+  attach(link: MuxLink): void {
+    link.onWritten((chunks) => this.#pool.written(chunks));
+  }
+
+  /** Target reads so far, and how many of them went into a recycled slab. */
+  get readStats(): { reads: number; recycled: number } {
+    return { reads: this.#pool.reads, recycled: this.#pool.recycled };
   }
 
   /** Serves one stream the API opened. Never throws. */
@@ -39,7 +55,12 @@ export class MuxPump {
   }
 
   #pipe(session: MuxSession, stream: MuxStream, target: TargetAddress): void {
-    const socket = target.kind === "tcp" ? net.connect(target.port, target.host) : net.connect(target.path);
+    // The stream's credit pauses the socket (false from onread), its onDrain resumes it.
+    const onread = this.#pool.onread((chunk) => stream.write(chunk));
+    const socket =
+      target.kind === "tcp"
+        ? net.connect({ port: target.port, host: target.host, onread })
+        : net.connect({ path: target.path, onread });
     this.#sockets.add(socket);
     socket.setNoDelay(true);
     let connected = false;
@@ -61,9 +82,6 @@ export class MuxPump {
     });
     stream.onEnd = () => socket.end();
     stream.onReset = () => socket.destroy();
-    socket.on("data", (chunk: Buffer) => {
-      if (!stream.write(chunk)) socket.pause();
-    });
     stream.onDrain = () => socket.resume();
     socket.on("end", () => stream.end());
     socket.on("error", (err) => {

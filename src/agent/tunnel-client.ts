@@ -353,10 +353,16 @@ export class AgentClient extends EventEmitter {
     return new RawMuxLink(socket);
   }
 
+  /** Protocol v3: reads from targets so far, and how many went into a recycled slab (read-pool.ts). */
+  get pumpReadStats(): { reads: number; recycled: number } {
+    return this.#pump.readStats;
+  }
+
   #serveMux(link: MuxLink, done: (floorMs: number) => void): void {
     let replaced = false;
     let goawayText = "";
     let activityAt = Date.now();
+    this.#pump.attach(link);
     const session = new MuxSession({
       link,
       role: "agent",

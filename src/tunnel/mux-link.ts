@@ -6,6 +6,7 @@
 
 import type { Socket } from "node:net";
 import { CLOSE, WS_CLOSE_TIMEOUT_MS } from "./constants.ts";
+import { tuneGcForBulk } from "./gc-tuning.ts";
 import type { TransportName } from "./tunnel-link.ts";
 import { closePayload, encodeWsFrame, WS_OPCODE, WsReader } from "./ws-codec.ts";
 
@@ -23,6 +24,11 @@ export interface MuxLink {
   onActivity(fn: () => void): void;
   /** Calls `fn` once, when the link is gone. */
   onClose(fn: (reason: string) => void): void;
+  /**
+   * Calls `fn` with each batch's buffers once the socket has taken them all (never for a write that
+   * failed or was dropped): their memory may be reused from then on (read-pool.ts). One listener.
+   */
+  onWritten(fn: (chunks: readonly Buffer[]) => void): void;
   /** Bytes written but not yet taken by the kernel: what a peer that does not read holds here. */
   readonly writableLength: number;
   /**
@@ -46,9 +52,11 @@ abstract class SocketLink {
   #closeFns: Array<(reason: string) => void> = [];
   #closed = false;
   #hardCut: NodeJS.Timeout | null = null;
+  #written: ((chunks: readonly Buffer[]) => void) | null = null;
 
   constructor(socket: Socket) {
     this.socket = socket;
+    tuneGcForBulk();
     socket.setNoDelay(true);
     socket.on("error", (err) => {
       this.closeReason ??= `socket error: ${err.message}`;
@@ -84,15 +92,29 @@ abstract class SocketLink {
     else this.#closeFns.push(fn);
   }
 
+  onWritten(fn: (chunks: readonly Buffer[]) => void): void {
+    this.#written = fn;
+  }
+
   protected writeAll(chunks: readonly Buffer[]): void {
     const s = this.socket;
     if (s.destroyed || !s.writable) return;
-    if (chunks.length === 1) {
-      s.write(chunks[0]);
+    const written = this.#written;
+    // Writes complete in order, so the last one's callback means the whole batch is written.
+    const done =
+      written === null
+        ? undefined
+        : (err?: Error | null) => {
+            if (!err) written(chunks);
+          };
+    const last = chunks.length - 1;
+    if (last === 0) {
+      s.write(chunks[0], done);
       return;
     }
     s.cork();
-    for (const c of chunks) s.write(c);
+    for (let i = 0; i < last; i++) s.write(chunks[i]);
+    s.write(chunks[last], done);
     s.uncork();
   }
 
