@@ -27,11 +27,14 @@ describe("npm pack, npm install of the tarball, then revdial from node_modules/.
   let dir: string;
   let app: string;
   let tarball: string;
-  // The user's Node first (this test's, Node 24 in CI); nothing else from the checkout.
+  // The user's Node first (this test's, Node 24 in CI); nothing else from the checkout. What the
+  // machine's npm needs to reach the registry goes through: its proxy and its CAs (npm's `cafile`
+  // alone is not enough for npm on Node 24 behind a TLS-inspecting proxy; NODE_EXTRA_CA_CERTS is).
   const env: NodeJS.ProcessEnv = {
     PATH: `${dirname(process.execPath)}:/usr/local/bin:/usr/bin:/bin`,
     HOME: process.env.HOME,
     LANG: "C.UTF-8",
+    ...networkEnv(process.env),
   };
   const bin = (name: string) => join(app, "node_modules", ".bin", name);
   let server: StartedServer | null = null;
@@ -123,3 +126,15 @@ describe("npm pack, npm install of the tarball, then revdial from node_modules/.
     }
   });
 });
+
+/**
+ * The machine's network settings: proxies and CA bundles. Not npm_config_*: under `npm test` those
+ * name the checkout (local_prefix and the like).
+ */
+function networkEnv(from: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  const names = /^(https?_proxy|no_proxy|node_extra_ca_certs|ssl_cert_file|ssl_cert_dir)$/i;
+  for (const [name, value] of Object.entries(from))
+    if (value !== undefined && names.test(name)) out[name] = value;
+  return out;
+}
