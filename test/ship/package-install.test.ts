@@ -48,6 +48,8 @@ describe("npm pack, npm install of the tarball, then revdial from node_modules/.
       cwd: ROOT,
       env: { ...env, npm_config_loglevel: "error" },
       maxBuffer: 16 * 1024 * 1024,
+      // A hung npm (an unreachable registry) is killed, not left to outlive the test.
+      timeout: 100_000,
     });
     const [info] = JSON.parse(packed.stdout) as {
       filename: string;
@@ -70,6 +72,8 @@ describe("npm pack, npm install of the tarball, then revdial from node_modules/.
       cwd: app,
       env: { ...env, npm_config_loglevel: "error" },
       maxBuffer: 16 * 1024 * 1024,
+      // A hung npm (an unreachable registry) is killed, not left to outlive the test.
+      timeout: 100_000,
     });
   });
   after(async () => {
