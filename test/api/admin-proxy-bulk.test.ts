@@ -1,5 +1,5 @@
-// Large answers through the admin proxy (src/api/routes/admin-proxy.ts pumpAnswer, which writes a
-// turn's reads to the caller in one corked write) and the agent's recycled reads
+// Large answers through the admin proxy (src/api/routes/admin-proxy.ts, through src/common/pump.ts,
+// which writes a turn's reads to the caller in one corked write) and the agent's recycled reads
 // (src/tunnel/read-pool.ts), end to end through a real server, agent and target on 127.0.0.1: many
 // answers at once, with and without Content-Length, some callers reading slowly (so the caller's
 // socket, the tunnel stream's credit and the target all pause and resume), arrive byte-identical;

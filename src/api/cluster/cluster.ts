@@ -422,20 +422,31 @@ export class Cluster implements TunnelDialer {
   /** Every live tunnel of the cluster, each with the replica that holds it. Replicas that do not answer are left out (logged). */
   async listAll(): Promise<ClusterTunnelStats[]> {
     const out: ClusterTunnelStats[] = this.#registry.list().map((s) => ({ ...s, replica: this.replicaId }));
-    const others = this.directory.replicas().filter((r) => r.alive && r.replicaId !== this.replicaId);
-    const lists = await Promise.allSettled(
-      others.map((r) => this.#peers.tunnels(r.advertiseUrl, r.replicaId)),
+    const lists = await this.#askOthers(
+      (r) => this.#peers.tunnels(r.advertiseUrl, r.replicaId),
+      "replica did not list its tunnels",
     );
-    lists.forEach((result, i) => {
-      const replica = others[i].replicaId;
-      if (result.status === "fulfilled") for (const s of result.value) out.push({ ...s, replica });
-      else
-        this.#log.warn(
-          { peer: replica, err: (result.reason as Error).message },
-          "replica did not list its tunnels",
-        );
-    });
+    for (const { replica, value } of lists) for (const s of value) out.push({ ...s, replica });
     return out;
+  }
+
+  /**
+   * Asks every other live replica at once; the answers of those that gave one. A replica that did
+   * not is logged with `failed` and left out.
+   */
+  async #askOthers<T>(
+    ask: (r: { replicaId: string; advertiseUrl: string }) => Promise<T>,
+    failed: string,
+  ): Promise<{ replica: string; value: T }[]> {
+    const others = this.directory.replicas().filter((r) => r.alive && r.replicaId !== this.replicaId);
+    const results = await Promise.allSettled(others.map(ask));
+    const answers: { replica: string; value: T }[] = [];
+    results.forEach((result, i) => {
+      const replica = others[i].replicaId;
+      if (result.status === "fulfilled") answers.push({ replica, value: result.value });
+      else this.#log.warn({ peer: replica, err: (result.reason as Error).message }, failed);
+    });
+    return answers;
   }
 
   evict(runnerId: string, reason: string): boolean {
@@ -471,25 +482,17 @@ export class Cluster implements TunnelDialer {
   async evictOwnedBy(owner: string, reason: string, timeoutMs = 2000): Promise<number> {
     // The registry's "disconnected" events release the directory entries (#onDisconnected).
     let cut = this.#registry.evictOwned(owner, reason).length;
-    const others = this.directory.replicas().filter((r) => r.alive && r.replicaId !== this.replicaId);
-    const answers = await Promise.allSettled(
-      others.map((r) =>
+    const answers = await this.#askOthers(
+      (r) =>
         this.#peers.json<{ evicted: number }>(
           r.advertiseUrl,
           r.replicaId,
           { op: "evict-owner", owner, reason },
           timeoutMs,
         ),
-      ),
+      "remote eviction of a revoked key's tunnels failed",
     );
-    answers.forEach((a, i) => {
-      if (a.status === "fulfilled") cut += Number(a.value.evicted) || 0;
-      else
-        this.#log.warn(
-          { peer: others[i].replicaId, err: (a.reason as Error).message },
-          "remote eviction of a revoked key's tunnels failed",
-        );
-    });
+    for (const { value } of answers) cut += Number(value.evicted) || 0;
     return cut;
   }
 

@@ -116,6 +116,24 @@ function decodeError(text: string, replicaId: string): ApiError {
   });
 }
 
+/**
+ * What a peer stream's reset (or the link's loss) means to the calling replica. `refusals`: a call
+ * answers a target the agent refused or could not reach as a local tunnel does (TargetRefusal).
+ */
+function streamFailure(
+  code: number,
+  message: string,
+  replicaId: string,
+  runnerId: string,
+  refusals: boolean,
+): Error {
+  if (code === LINK_LOST) return new PeerUnreachableError(replicaId, new Error(message || "link lost"));
+  if (refusals && code === MUX_CODE.REFUSED) return new TargetRefusal(403, message);
+  if (refusals && code === MUX_CODE.UNREACHABLE) return new TargetRefusal(502, message);
+  if (code === MUX_CODE.INTERNAL && message.startsWith("{")) return decodeError(message, replicaId);
+  return new TunnelStreamError(runnerId, message || `stream reset by replica ${replicaId} (code ${code})`);
+}
+
 /** Reads one handshake line; the bytes after it stay with the socket. */
 function readLine(socket: Socket, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -179,6 +197,8 @@ export class PeerServer {
   readonly #sessions = new Set<MuxSession>();
   /** Serves calls for tunnels of older protocols, read from the stream (http mode). */
   readonly #http: http.Server;
+  /** The call each http-mode stream (the socket node:http reads) was opened for. */
+  readonly #httpCalls = new WeakMap<object, CallOp>();
 
   constructor(options: PeerServerOptions) {
     this.#o = options;
@@ -354,13 +374,13 @@ export class PeerServer {
       peer,
       (code, message) => new TunnelStreamError(call.runner, message || `${code}`),
     );
-    (socket as Duplex & { call?: CallOp }).call = call;
+    this.#httpCalls.set(socket, call);
     socket.on("error", () => {});
     this.#http.emit("connection", socket);
   }
 
   async #serveHttp(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const call = (req.socket as unknown as { call?: CallOp }).call;
+    const call = this.#httpCalls.get(req.socket);
     if (!call) return void res.destroy();
     const abort = new AbortController();
     res.once("close", () => {
@@ -650,16 +670,8 @@ export class PeerPool {
     const replayable = req.body == null || typeof req.body === "string" || Buffer.isBuffer(req.body);
     const isHead = req.method.toUpperCase() === "HEAD";
     const key = `${runnerId}\n${target}`;
-    const failure = (code: number, message: string): Error => {
-      if (code === LINK_LOST) return new PeerUnreachableError(replicaId, new Error(message || "link lost"));
-      if (code === MUX_CODE.REFUSED) return new TargetRefusal(403, message);
-      if (code === MUX_CODE.UNREACHABLE) return new TargetRefusal(502, message);
-      if (code === MUX_CODE.INTERNAL && message.startsWith("{")) return decodeError(message, replicaId);
-      return new TunnelStreamError(
-        runnerId,
-        message || `stream reset by replica ${replicaId} (code ${code})`,
-      );
-    };
+    const failure = (code: number, message: string) =>
+      streamFailure(code, message, replicaId, runnerId, true);
     if (req.body instanceof Readable) req.body.on("error", () => {});
     return withDeadline(runnerId, timeoutMs, req.signal, async (track) => {
       for (let attempt = 0; ; attempt++) {
@@ -735,14 +747,8 @@ export class PeerPool {
   ): Promise<Duplex> {
     this.#o.onForwardedOut?.();
     const link = await this.#link(url, replicaId);
-    const failure = (code: number, message: string): Error => {
-      if (code === LINK_LOST) return new PeerUnreachableError(replicaId, new Error(message || "link lost"));
-      if (code === MUX_CODE.INTERNAL && message.startsWith("{")) return decodeError(message, replicaId);
-      return new TunnelStreamError(
-        runnerId,
-        message || `stream reset by replica ${replicaId} (code ${code})`,
-      );
-    };
+    const failure = (code: number, message: string) =>
+      streamFailure(code, message, replicaId, runnerId, false);
     return withDeadline(runnerId, options.timeoutMs, options.signal, async (track) => {
       const stream = link.session.open(JSON.stringify({ op: "open", runner: runnerId, target }));
       if (!stream) throw new PeerUnreachableError(replicaId, new Error("link takes no new streams"));

@@ -25,9 +25,9 @@
 // answers it as before (400 RD_ERR_BAD_URL).
 
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
-import type { Socket } from "node:net";
 import { type Readable, Transform, type TransformCallback } from "node:stream";
 import type { Logger } from "../../common/logger.ts";
+import { pump } from "../../common/pump.ts";
 import { RUNNER_ID_PATTERN } from "../../tunnel/constants.ts";
 import { BodyTooLargeError, TunnelAbortedError, TunnelStreamError } from "../../tunnel/errors.ts";
 import { copyEndToEnd } from "../../tunnel/headers.ts";
@@ -43,7 +43,7 @@ import { readBounded } from "./sandbox-call.ts";
 export const PROXY_ROUTE = "/api/v1/revdial/:runnerId/proxy/*";
 const PROXY_PREFIX = "/api/v1/revdial/";
 const PROXY_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]);
-/** Bytes of a large answer buffered towards the caller before the tunnel stream is paused (pumpAnswer). */
+/** Bytes of a large answer buffered towards the caller before the tunnel stream is paused (pump). */
 const ANSWER_BUFFER = 1024 * 1024;
 
 const EMPTY = Buffer.alloc(0);
@@ -338,7 +338,8 @@ class ProxyCall {
     res.statusCode = status;
     for (const name in headers) res.setHeader(name, headers[name]);
     body.once("error", (err) => this.fail(err, logger));
-    pumpAnswer(body, res, ANSWER_BUFFER);
+    // One writev per turn towards the caller (pump.ts: its socket corked for the turn).
+    pump(body, res, ANSWER_BUFFER, () => res.socket);
   }
 
   /**
@@ -374,41 +375,6 @@ class ProxyCall {
       res.destroy();
     }
   }
-}
-
-/**
- * Copies a large answer to the caller as pump.ts does (the tunnel stream pauses only once
- * `bufferBytes` wait towards the caller), in one write per turn of the event loop: the link's
- * reads deliver 64 KiB each, and Node's HTTP answer would write each on its own (one writev per
- * read); with the caller's socket corked until the turn's end, every read of the turn leaves in
- * one writev. The socket is corked, not the answer: a corked answer gathers chunked bodies into a
- * buffer of its own that end() writes after the last chunk (a corrupt answer).
- */
-function pumpAnswer(source: Readable, res: ServerResponse, bufferBytes: number): void {
-  let corked: Socket | null = null;
-  const uncork = () => {
-    const socket = corked;
-    corked = null;
-    if (socket && socket.writableCorked > 0) socket.uncork();
-  };
-  source.on("data", (chunk: Buffer) => {
-    if (corked === null && res.socket) {
-      corked = res.socket;
-      corked.cork();
-      setImmediate(uncork);
-    }
-    res.write(chunk);
-    if (res.writableLength >= bufferBytes && !source.isPaused()) {
-      source.pause();
-      res.once("drain", () => source.resume());
-    }
-  });
-  source.once("end", () => {
-    // end() uncorks the socket whole; the turn's uncork must not touch it after that.
-    corked = null;
-    res.end();
-  });
-  res.once("close", () => source.destroy());
 }
 
 function noRelease(): void {}
