@@ -448,6 +448,27 @@ export class PeerServer {
   }
 }
 
+/**
+ * The peer's OPENED for a stream the caller opened: its info. Rejects with `failure` of a RESET
+ * first, or with what `track`'s cancel is given (the call's deadline or abort), resetting it.
+ */
+function opened(
+  stream: MuxStream,
+  track: (p: Pending) => void,
+  failure: (code: number, message: string) => Error,
+): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    track({
+      cancel: (err) => {
+        stream.reset(MUX_CODE.CANCEL, "");
+        reject(err);
+      },
+    });
+    stream.onOpened = resolve;
+    stream.onReset = (code, message) => reject(failure(code, message));
+  });
+}
+
 /** A stream refused before OPENED with the API's error. */
 function fail(stream: MuxStream, err: unknown): undefined {
   if (!stream.closed) stream.reset(MUX_CODE.INTERNAL, encodeError(err));
@@ -700,16 +721,7 @@ export class PeerPool {
         };
         if (!(options.host && replayable)) {
           // The Host value is not known yet, or the body cannot be sent twice: wait for the peer.
-          const info = await new Promise<string>((resolve, reject) => {
-            track({
-              cancel: (err) => {
-                stream.reset(MUX_CODE.CANCEL, "");
-                reject(err);
-              },
-            });
-            stream.onOpened = resolve;
-            stream.onReset = (code, message) => reject(failure(code, message));
-          }).catch((err: Error) => {
+          const info = await opened(stream, track, failure).catch((err: Error) => {
             if (err instanceof TargetRefusal) return err;
             throw err;
           });
@@ -752,16 +764,7 @@ export class PeerPool {
     return withDeadline(runnerId, options.timeoutMs, options.signal, async (track) => {
       const stream = link.session.open(JSON.stringify({ op: "open", runner: runnerId, target }));
       if (!stream) throw new PeerUnreachableError(replicaId, new Error("link takes no new streams"));
-      await new Promise<void>((resolve, reject) => {
-        track({
-          cancel: (err) => {
-            stream.reset(MUX_CODE.CANCEL, "");
-            reject(err);
-          },
-        });
-        stream.onOpened = () => resolve();
-        stream.onReset = (code, message) => reject(failure(code, message));
-      });
+      await opened(stream, track, failure);
       return streamDuplex(stream, failure);
     });
   }
