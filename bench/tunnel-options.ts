@@ -13,6 +13,8 @@ export type Protocol = (typeof PROTOCOLS)[number];
 export interface Options {
   /** One wrk run (req/s and CPU per call). */
   durationMs: number;
+  /** An unmeasured wrk run on each path just before its measured one (JIT, pools); 0 skips it. */
+  warmupMs: number;
   connections: number;
   /** Idle agents for the memory figure; 0 skips it. */
   idle: number;
@@ -31,6 +33,7 @@ export interface Options {
 
 export const DEFAULTS: Readonly<Omit<Options, "only" | "protocols" | "json">> = Object.freeze({
   durationMs: 10_000,
+  warmupMs: 2000,
   connections: 32,
   idle: 2000,
   holIdle: 1000,
@@ -41,6 +44,7 @@ export const DEFAULTS: Readonly<Omit<Options, "only" | "protocols" | "json">> = 
 
 export const USAGE = `usage: npm run bench -- tunnel [options]
   --duration 10s        each wrk run (req/s, CPU per call)
+  --warmup 2s           an unmeasured wrk run on each path before its measured one (0 skips it)
   --connections 32      wrk connections
   --protocol v3         v2|v3|v1|all, or a comma list (all = v2,v3,v1)
   --bulk-runs 5         64 MiB GETs per path, interleaved with direct
@@ -83,6 +87,7 @@ export function parseOptions(args: string[]): Options {
     if (flag === "--help" || flag === "-h") throw new Error(USAGE);
     if (value === undefined) throw new Error(`${flag} needs a value\n${USAGE}`);
     if (flag === "--duration") o.durationMs = duration(flag, value);
+    else if (flag === "--warmup") o.warmupMs = value === "0" ? 0 : duration(flag, value);
     else if (flag === "--connections") o.connections = count(flag, value, 1);
     else if (flag === "--idle") o.idle = count(flag, value, 0);
     else if (flag === "--hol-idle") o.holIdle = count(flag, value, 0);
@@ -96,6 +101,8 @@ export function parseOptions(args: string[]): Options {
     else throw new Error(`unknown option ${flag}\n${USAGE}`);
   }
   if (o.durationMs < 1000) throw new Error("--duration must be at least 1s (wrk counts whole seconds)");
+  if (o.warmupMs > 0 && o.warmupMs < 1000)
+    throw new Error("--warmup must be 0 or at least 1s (wrk counts whole seconds)");
   if (o.holPingMs < 100) throw new Error("--hol-ping must be at least 100ms");
   if (o.holWindowMs < 500 || o.holWindowMs > 60_000) throw new Error("--hol-window must be 500ms..60s");
   return {

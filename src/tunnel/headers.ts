@@ -22,23 +22,38 @@ export function connectionTokens(value: HeaderValue): Set<string> {
   return tokens;
 }
 
-/** Copies the end-to-end headers of `from` into `into` (names lower-cased) and returns `into`. */
+/**
+ * Copies the end-to-end headers of `from` into `into` (names lower-cased), leaving out the names in
+ * `drop` too (lower-case), and returns `into`. It only adds properties: a header object that lost
+ * one to `delete` would be slow to read for every hop after it.
+ */
 export function copyEndToEnd<T extends Record<string, HeaderValue> = Record<string, string | string[]>>(
   from: Readonly<Record<string, HeaderValue>> | undefined,
   into: T = {} as T,
+  drop?: ReadonlySet<string>,
 ): T {
   if (!from) return into;
+  const names = Object.keys(from);
   let named: Set<string> | null = null;
-  for (const name of Object.keys(from)) {
-    if (name.toLowerCase() === "connection") named = connectionTokens(from[name]);
+  for (const name of names) {
+    if (name.length === 10 && name.toLowerCase() === "connection") named = connectionTokens(from[name]);
   }
-  for (const [name, value] of Object.entries(from)) {
-    const key = name.toLowerCase();
-    if (value === undefined || key.startsWith(":") || HOP_BY_HOP.has(key) || key === BODY_END_HEADER) {
-      continue;
-    }
-    if (named?.has(key)) continue;
+  for (const name of names) {
+    const value = from[name];
+    if (value === undefined) continue;
+    const key = isLowerCase(name) ? name : name.toLowerCase();
+    if (key.charCodeAt(0) === 58 || HOP_BY_HOP.has(key) || key === BODY_END_HEADER) continue; // 58: ":"
+    if (named?.has(key) || drop?.has(key)) continue;
     (into as Record<string, HeaderValue>)[key] = value;
   }
   return into;
+}
+
+/** True when `name` has no upper-case ASCII letter (Node's parsers give names lower-cased). */
+function isLowerCase(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c >= 65 && c <= 90) return false;
+  }
+  return true;
 }

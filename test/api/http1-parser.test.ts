@@ -224,6 +224,12 @@ test("differing Content-Lengths are an error; repeated equal ones are one", () =
     "HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
     "HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
     "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+    "HTTP/1.1 200 OK\r\nContent-Length: 1 0\r\n\r\n",
+    "HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\nhello",
+    "HTTP/1.1 200 OK\r\nContent-Length: ,5\r\n\r\nhello",
+    "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+    "HTTP/1.1 200 OK\r\nContent-Length: 5\u00a0\r\n\r\nhello",
+    "HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456\r\n\r\n",
   ]) {
     const o = parse(res);
     assert.deepEqual(o.order, ["error"], JSON.stringify(res));
@@ -232,6 +238,8 @@ test("differing Content-Lengths are an error; repeated equal ones are one", () =
   for (const res of [
     "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
     "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+    "HTTP/1.1 200 OK\r\nContent-Length: 5 ,5\r\n\r\nhello",
+    "HTTP/1.1 200 OK\r\nContent-Length:5\t\r\n\r\nhello",
   ]) {
     const o = parse(res);
     assert.deepEqual(o.errors, [], res);
@@ -255,6 +263,11 @@ test("keep-alive: HTTP/1.1 by default, not with Connection: close; HTTP/1.0 only
     ["HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false],
     ["HTTP/1.1 200 OK\r\nConnection: Upgrade, Close\r\nContent-Length: 0\r\n\r\n", false],
     ["HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", true],
+    // A token is a whole list item: "closed" or "x-close" is not "close".
+    ["HTTP/1.1 200 OK\r\nConnection: closed, x-close\r\nContent-Length: 0\r\n\r\n", true],
+    ["HTTP/1.1 200 OK\r\nConnection: x-a ,  CLOSE \r\nContent-Length: 0\r\n\r\n", false],
+    ["HTTP/1.1 200 OK\r\nConnection: x-a\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false],
+    ["HTTP/1.0 200 OK\r\nConnection: not-keep-alive\r\nContent-Length: 0\r\n\r\n", false],
     ["HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false],
     ["HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", true],
     ["HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n", true],
@@ -299,6 +312,11 @@ test("malformed heads are errors: not HTTP, a folded header line, a header line 
     "SSH-2.0-OpenSSH_9.6\r\n\r\n",
     "HTTP/2 200\r\n\r\n",
     "HTTP/1.1 20 OK\r\n\r\n",
+    "HTTP/1.1 2000 OK\r\n\r\n",
+    "HTTP/1.2 200 OK\r\n\r\n",
+    "HTTP/1.1  200 OK\r\n\r\n",
+    "HTTP/1.1 2x0 OK\r\n\r\n",
+    "http/1.1 200 OK\r\n\r\n",
     "HTTP/1.1 200 OK\r\nX-A: b\r\n  folded\r\n\r\n",
     "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
     "HTTP/1.1 200 OK\r\n: empty name\r\n\r\n",

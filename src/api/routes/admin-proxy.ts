@@ -112,13 +112,14 @@ export function proxyTarget(rawUrl: string, decodedId: string): { runnerId: stri
  * ones, those named in Connection, and Proxy-Authorization), minus its credentials for this API.
  */
 export function forwardHeaders(req: IncomingMessage): Record<string, string | string[]> {
-  const out = copyEndToEnd(req.headers);
-  delete out.authorization;
-  delete out["x-api-key"];
+  const out: Record<string, string | string[]> = copyEndToEnd(req.headers, {}, CREDENTIALS);
   const ip = req.socket.remoteAddress;
   if (ip) out["x-forwarded-for"] = ip;
   return out;
 }
+
+/** The caller's credentials for this API, never passed to the sandbox. */
+const CREDENTIALS: ReadonlySet<string> = new Set(["authorization", "x-api-key"]);
 
 /** Fails the stream once more than `limit` bytes went through. */
 function limitBytes(limit: number): Transform {

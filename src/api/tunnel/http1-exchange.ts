@@ -22,6 +22,9 @@ import type { TunnelRequest, TunnelResponse } from "../../tunnel/types.ts";
 import { Http1ResponseParser, type ResponseHead } from "./http1-parser.ts";
 import { type BodyFraming, LAST_CHUNK, requestHead } from "./http1-request.ts";
 
+/** `Expect` is never sent (see the module header). */
+const NO_EXPECT: ReadonlySet<string> = new Set(["expect"]);
+
 /** A body given whole up to this size leaves in the same write as the head. */
 const COALESCE_BODY = 16 * 1024;
 
@@ -107,8 +110,7 @@ export class Http1Exchange {
 
   #write(req: TunnelRequest): void {
     const body = req.body;
-    const headers = copyEndToEnd(req.headers);
-    delete headers.expect;
+    const headers: Record<string, string | string[]> = copyEndToEnd(req.headers, {}, NO_EXPECT);
     let framing: BodyFraming = "none";
     let whole: Buffer | null = null;
     if (typeof body === "string" || Buffer.isBuffer(body)) {

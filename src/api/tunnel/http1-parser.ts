@@ -12,7 +12,6 @@
 
 export const MAX_HEAD = 64 * 1024;
 const HEAD_END = Buffer.from("\r\n\r\n");
-const STATUS_LINE = /^HTTP\/1\.[01] (\d{3})(?: (.*))?$/;
 
 /** RFC 9110 token characters, by char code (header names). */
 const TOKEN_CHARS = new Uint8Array(128);
@@ -157,15 +156,16 @@ export class Http1ResponseParser {
     // A scan over the text, not split() and a regex per line: this runs once per call.
     let eol = text.indexOf("\r\n");
     if (eol < 0) eol = text.length;
-    const statusLine = text.slice(0, eol);
-    const m = STATUS_LINE.exec(statusLine);
-    if (!m) {
-      this.#fail(`invalid status line ${JSON.stringify(statusLine.slice(0, 80))}`);
+    const status = statusOf(text, eol);
+    if (status < 0) {
+      this.#fail(`invalid status line ${JSON.stringify(text.slice(0, Math.min(eol, 80)))}`);
       return;
     }
-    const minor = statusLine.charCodeAt(7) - 48;
-    const status = Number(m[1]);
+    const minor = text.charCodeAt(7) - 48;
     const headers: Record<string, string | string[]> = {};
+    // The framing headers, noted as they pass (values as joined, names lower-case).
+    let connection: string | undefined;
+    let transferEncoding: string | undefined;
     let at = eol + 2;
     while (at < text.length) {
       let next = text.indexOf("\r\n", at);
@@ -176,12 +176,13 @@ export class Http1ResponseParser {
         this.#fail(`invalid header line ${JSON.stringify(text.slice(at, Math.min(next, at + 80)))}`);
         return;
       }
-      const name = text.slice(at, colon).toLowerCase();
-      if (!isToken(name)) {
-        this.#fail(`invalid header name ${JSON.stringify(name.slice(0, 80))}`);
+      const raw = text.slice(at, colon);
+      if (!isToken(raw)) {
+        this.#fail(`invalid header name ${JSON.stringify(raw.toLowerCase().slice(0, 80))}`);
         return;
       }
-      const value = text.slice(colon + 1, next).trim();
+      const name = hasUpper(raw) ? raw.toLowerCase() : raw;
+      const value = trimOws(text, colon + 1, next);
       at = next + 2;
       const had = headers[name];
       if (had === undefined) headers[name] = name === "set-cookie" ? [value] : value;
@@ -191,6 +192,8 @@ export class Http1ResponseParser {
         this.#fail("conflicting Content-Length");
         return;
       }
+      if (name === "connection") connection = headers[name] as string;
+      else if (name === "transfer-encoding") transferEncoding = headers[name] as string;
     }
     if (status >= 100 && status < 200) {
       if (status === 101) {
@@ -199,39 +202,40 @@ export class Http1ResponseParser {
       }
       return; // 100 Continue, 103 Early Hints: the real answer follows.
     }
-    const connection = tokens(headers.connection);
-    const keepAlive = minor === 1 ? !connection.includes("close") : connection.includes("keep-alive");
-    const head: ResponseHead = { status, statusMessage: m[2] ?? "", headers, bodyKind: "none", keepAlive };
+    const keepAlive = minor === 1 ? !hasToken(connection, "close") : hasToken(connection, "keep-alive");
+    const statusMessage = eol > 13 ? text.slice(13, eol) : "";
+    const head: ResponseHead = { status, statusMessage, headers, bodyKind: "none", keepAlive };
     if (this.#head || status === 204 || status === 304) {
       this.#h.head(head);
       this.#finish();
       return;
     }
-    const te = tokens(headers["transfer-encoding"]);
-    if (te.length > 0) {
-      if (te[te.length - 1] !== "chunked") {
-        head.bodyKind = "close";
-        head.keepAlive = false;
+    if (transferEncoding !== undefined) {
+      const te = tokens(transferEncoding);
+      if (te.length > 0) {
+        if (te[te.length - 1] !== "chunked") {
+          head.bodyKind = "close";
+          head.keepAlive = false;
+          delete headers["content-length"];
+          this.#state = "close";
+          this.#h.head(head);
+          return;
+        }
         delete headers["content-length"];
-        this.#state = "close";
+        head.bodyKind = "chunked";
+        this.#state = "chunk-size";
         this.#h.head(head);
         return;
       }
-      delete headers["content-length"];
-      head.bodyKind = "chunked";
-      this.#state = "chunk-size";
-      this.#h.head(head);
-      return;
     }
     const cl = headers["content-length"];
     if (cl !== undefined) {
-      const values = (Array.isArray(cl) ? cl : [cl]).flatMap((v) => v.split(",").map((s) => s.trim()));
-      if (!values.every((v) => v === values[0]) || !/^\d{1,15}$/.test(values[0])) {
+      const length = contentLength(cl);
+      if (length < 0) {
         this.#fail(`invalid Content-Length ${JSON.stringify(cl)}`);
         return;
       }
-      headers["content-length"] = values[0];
-      const length = Number(values[0]);
+      headers["content-length"] = String(length);
       head.bodyKind = "length";
       this.#h.head(head);
       if (length === 0) this.#finish();
@@ -306,6 +310,93 @@ export class Http1ResponseParser {
     this.#failed = true;
     this.#h.error(message);
   }
+}
+
+/**
+ * The status of a status line `HTTP/1.x DDD[ reason]` (text[0, eol)), or -1 when it is not one:
+ * what STATUS_LINE matches, by char codes (the reason may hold anything but CR and LF).
+ */
+function statusOf(text: string, eol: number): number {
+  if (eol < 12 || !text.startsWith("HTTP/1.")) return -1;
+  const minor = text.charCodeAt(7);
+  if ((minor !== 48 && minor !== 49) || text.charCodeAt(8) !== 32) return -1;
+  let status = 0;
+  for (let i = 9; i < 12; i++) {
+    const d = text.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) return -1;
+    status = status * 10 + d;
+  }
+  if (eol > 12 && text.charCodeAt(12) !== 32) return -1;
+  return status;
+}
+
+function hasUpper(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c >= 65 && c <= 90) return true;
+  }
+  return false;
+}
+
+/** text[from, to) without the optional whitespace (SP, HTAB) around a field value. */
+function trimOws(text: string, from: number, to: number): string {
+  while (from < to && isOws(text.charCodeAt(from))) from++;
+  while (to > from && isOws(text.charCodeAt(to - 1))) to--;
+  return text.slice(from, to);
+}
+
+function isOws(c: number): boolean {
+  return c === 32 || c === 9;
+}
+
+/** Whether a comma-separated header value lists `token` (case-insensitive). */
+function hasToken(value: string | undefined, token: string): boolean {
+  if (value === undefined) return false;
+  const lower = value.toLowerCase();
+  for (let at = lower.indexOf(token); at >= 0; at = lower.indexOf(token, at + 1)) {
+    if (isListEdge(lower, at - 1, -1) && isListEdge(lower, at + token.length, 1)) return true;
+  }
+  return false;
+}
+
+/** Whether text[i] (and what lies beyond it, away from a token) is only whitespace up to a comma or the end. */
+function isListEdge(text: string, i: number, step: 1 | -1): boolean {
+  for (; i >= 0 && i < text.length; i += step) {
+    const c = text.charCodeAt(i);
+    if (c === 44) return true;
+    if (!isOws(c)) return false;
+  }
+  return true;
+}
+
+/**
+ * A Content-Length value (repeated values joined with ", ", all equal, RFC 9110 §8.6), or -1 when
+ * it is not one: up to 15 digits.
+ */
+function contentLength(value: string | string[]): number {
+  const text = Array.isArray(value) ? value.join(",") : value;
+  let length = -1;
+  let digits = 0;
+  let n = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const c = i < text.length ? text.charCodeAt(i) : 44;
+    if (c >= 48 && c <= 57) {
+      if (++digits > 15) return -1;
+      n = n * 10 + (c - 48);
+    } else if (c === 44) {
+      if (digits === 0 || (length >= 0 && n !== length)) return -1;
+      length = n;
+      n = 0;
+      digits = 0;
+    } else if (!isOws(c) || digits > 0) {
+      // Whitespace only around a value, never inside it.
+      if (!isOws(c)) return -1;
+      while (i + 1 < text.length && isOws(text.charCodeAt(i + 1))) i++;
+      const after = i + 1 < text.length ? text.charCodeAt(i + 1) : 44;
+      if (after !== 44) return -1;
+    }
+  }
+  return length;
 }
 
 function tokens(value: string | string[] | undefined): string[] {
