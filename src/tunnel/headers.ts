@@ -50,7 +50,7 @@ export function copyEndToEnd<T extends Record<string, HeaderValue> = Record<stri
 }
 
 /** True when `name` has no upper-case ASCII letter (Node's parsers give names lower-cased). */
-function isLowerCase(name: string): boolean {
+export function isLowerCase(name: string): boolean {
   for (let i = 0; i < name.length; i++) {
     const c = name.charCodeAt(i);
     if (c >= 65 && c <= 90) return false;

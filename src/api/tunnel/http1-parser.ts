@@ -10,6 +10,8 @@
 //   runs to the end of the stream, and the connection cannot be reused.
 // - Bounds: a head of at most MAX_HEAD bytes, chunk-size and trailer lines of at most MAX_LINE.
 
+import { isLowerCase } from "../../tunnel/headers.ts";
+
 export const MAX_HEAD = 64 * 1024;
 const HEAD_END = Buffer.from("\r\n\r\n");
 
@@ -181,7 +183,7 @@ export class Http1ResponseParser {
         this.#fail(`invalid header name ${JSON.stringify(raw.toLowerCase().slice(0, 80))}`);
         return;
       }
-      const name = hasUpper(raw) ? raw.toLowerCase() : raw;
+      const name = isLowerCase(raw) ? raw : raw.toLowerCase();
       const value = trimOws(text, colon + 1, next);
       at = next + 2;
       const had = headers[name];
@@ -328,14 +330,6 @@ function statusOf(text: string, eol: number): number {
   }
   if (eol > 12 && text.charCodeAt(12) !== 32) return -1;
   return status;
-}
-
-function hasUpper(name: string): boolean {
-  for (let i = 0; i < name.length; i++) {
-    const c = name.charCodeAt(i);
-    if (c >= 65 && c <= 90) return true;
-  }
-  return false;
 }
 
 /** text[from, to) without the optional whitespace (SP, HTAB) around a field value. */
