@@ -33,6 +33,7 @@ import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { InvalidOptionError } from "../common/errors.ts";
 import type { Logger } from "../common/logger.ts";
+import { DEFAULT_APP_COMMAND } from "./default-app.ts";
 import { DEFAULT_DOCKER_HOST, DockerEngine, DockerEngineError, type EngineVersion } from "./docker-engine.ts";
 import {
   DockerUnavailableError,
@@ -370,7 +371,8 @@ export class DockerDriver implements SandboxDriver {
     const dir = join(this.#o.stateDir, "containers", lobbyId);
     const agentEnv = { ...this.#o.agentEnv };
     if (this.#o.caPem) agentEnv.REVDIAL_CA_FILE = join(WORK_DIR, "ca.pem");
-    const app = this.#o.app ?? defaultApp(spec.sessionId, this.#o.screen);
+    // The image has xterm (sandbox-image.ts), so the default app needs no check on this host's PATH.
+    const app = this.#o.app ?? DEFAULT_APP_COMMAND;
     const launch: LauncherSpec = {
       sessionId: spec.sessionId,
       serverUrl: spec.serverUrl,
@@ -624,18 +626,6 @@ export class DockerDriver implements SandboxDriver {
     if (!lobby) return Promise.reject(new LobbyNotFoundError(lobbyId));
     return this.engine.memoryUsage(lobby.containerId);
   }
-}
-
-/**
- * The default desktop program: an xterm filling the screen (its fixed font is 6x13 pixels), titled
- * with the session, that says which session and workspace this is, then runs a shell there.
- */
-export function defaultApp(sessionId: string, screen: string): string {
-  const [w, h] = screen.split("x").map(Number);
-  const geometry = `${Math.floor(w / 6)}x${Math.floor(h / 13)}+0+0`;
-  // The session id is checked by the lobby API (ses_ and 26 letters/digits): safe in the quotes.
-  const banner = `echo "revdial session ${sessionId}"; echo "workspace: $HOME"; echo; exec sh`;
-  return `exec xterm -T "revdial ${sessionId}" -geometry ${geometry} -e sh -c '${banner}'`;
 }
 
 /**
