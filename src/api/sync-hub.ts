@@ -39,6 +39,9 @@ import { type AgentMessage, type Interaction, isSessionId, type Store } from "..
 import { AUTH_ERROR_CODES, type Auth, type Principal, requireWrite } from "./auth.ts";
 import { ApiError } from "./http-errors.ts";
 import { SyncEventLog, type SyncEventLogOptions } from "./sync-events.ts";
+import type { InteractionView } from "./views.ts";
+
+export type { InteractionView } from "./views.ts";
 
 export const SYNC_ERROR_CODES = Object.freeze({
   queueFull: "RD_ERR_SYNC_QUEUE_FULL",
@@ -140,7 +143,7 @@ class SyncLink {
 }
 
 /** The session view of an interaction, as the API and the event stream show it. */
-export function interactionView(i: Interaction) {
+export function interactionView(i: Interaction): InteractionView {
   return {
     id: i.id,
     session_id: i.sessionId,
@@ -154,7 +157,6 @@ export function interactionView(i: Interaction) {
     updated_at: i.updatedAt.toISOString(),
   };
 }
-export type InteractionView = ReturnType<typeof interactionView>;
 
 function validate(options: AgentSyncHubOptions): Limits {
   if (!options?.store) throw new InvalidOptionError("store", "is required");

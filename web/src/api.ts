@@ -1,6 +1,16 @@
 // The dashboard's client of the public REST API: the key it signed in with goes in the
 // Authorization header of every call (never in a URL), and every failure becomes an ApiFailure with
 // the API's code and a message a person can act on.
+import type {
+  SessionView as ApiSessionView,
+  InteractionView,
+  KeyView,
+  MeView,
+  ProjectView,
+  SpecTaskView,
+  UserView,
+  WolfInstanceView,
+} from "../../src/api/views.ts";
 
 const KEY_STORAGE = "revdial.apiKey";
 
@@ -70,40 +80,17 @@ export async function sendJson<T>(method: string, path: string, body?: unknown):
   return (await res.json()) as T;
 }
 
-export interface Me {
-  id: string | null;
-  name: string | null;
-  admin: boolean;
-  scope: string;
-  access: string;
-}
+// The API's JSON shapes, shared with the server (src/api/views.ts): a field renamed there fails
+// this type check. The dashboard adds only what its event feed carries besides them.
+export type Me = MeView;
+/** A session as the dashboard holds it: the API's view, or the event feed's word that it is gone. */
+export type SessionView = ApiSessionView & { deleted?: boolean };
+/** A sandbox host, likewise. */
+export type HostView = WolfInstanceView & { deleted?: boolean };
+export type TaskView = SpecTaskView;
+export type { InteractionView, KeyView, ProjectView, UserView };
 
-export interface SessionView {
-  id: string;
-  owner: string;
-  name: string;
-  spec_task_id: string | null;
-  status: string;
-  wolf_instance_id: string | null;
-  lobby_id: string | null;
-  created_at: string;
-  updated_at: string;
-  last_activity_at: string;
-  sandbox_connected: boolean;
-  deleted?: boolean;
-}
-
-export interface HostView {
-  id: string;
-  name: string;
-  status: string;
-  last_heartbeat: string | null;
-  connected_sandboxes: number;
-  max_sandboxes: number;
-  tunnel_connected: boolean;
-  deleted?: boolean;
-}
-
+/** A tunnel of GET /api/v1/revdial/connections (the registry's stats, with the session it serves). */
 export interface TunnelView {
   runner_id: string;
   transport?: string;
@@ -116,47 +103,4 @@ export interface TunnelView {
   session_id?: string | null;
   owner?: string | null;
   [field: string]: unknown;
-}
-
-export interface ProjectView {
-  id: string;
-  name: string;
-  description: string;
-  sample_project_id: string | null;
-}
-
-export interface TaskView {
-  id: string;
-  project_id: string;
-  name: string;
-  description: string;
-  status: string;
-  priority: string;
-}
-
-export interface UserView {
-  id: string;
-  name: string;
-  admin: boolean;
-  created_at: string | null;
-}
-
-export interface KeyView {
-  id: string;
-  prefix: string;
-  name: string;
-  scope: string;
-  access: string;
-  created_at: string;
-  last_used_at: string | null;
-}
-
-export interface InteractionView {
-  id: string;
-  role: string;
-  content: string;
-  response: string;
-  state: string;
-  created_at: string;
-  updated_at: string;
 }

@@ -1,24 +1,14 @@
 // The JSON shapes the control-plane routes answer with: store records (camelCase, Date) turned into
-// the API's snake_case fields with ISO timestamps. One place, so a field is named the same everywhere.
+// the API's snake_case fields with ISO timestamps. One place, so a field is named the same everywhere;
+// the shapes themselves are in ../views.ts, which the web dashboard reads too.
 
 import type { Project, Session, SpecTask, User } from "../../store/index.ts";
+import type { ProjectView, SessionView, SpecTaskView, UserView } from "../views.ts";
+
+export type { SessionView } from "../views.ts";
 
 function iso(date: Date | null): string | null {
   return date ? date.toISOString() : null;
-}
-
-export interface SessionView {
-  id: string;
-  owner: string;
-  name: string;
-  spec_task_id: string | null;
-  status: string;
-  wolf_instance_id: string | null;
-  lobby_id: string | null;
-  created_at: string;
-  updated_at: string;
-  last_activity_at: string;
-  sandbox_connected: boolean;
 }
 
 export function sessionView(session: Session, sandboxConnected: boolean): SessionView {
@@ -37,7 +27,7 @@ export function sessionView(session: Session, sandboxConnected: boolean): Sessio
   };
 }
 
-export function projectView(project: Project) {
+export function projectView(project: Project): ProjectView {
   return {
     id: project.id,
     owner: project.ownerId,
@@ -49,7 +39,7 @@ export function projectView(project: Project) {
   };
 }
 
-export function specTaskView(task: SpecTask) {
+export function specTaskView(task: SpecTask): SpecTaskView {
   return {
     id: task.id,
     project_id: task.projectId,
@@ -62,6 +52,6 @@ export function specTaskView(task: SpecTask) {
   };
 }
 
-export function userView(user: User) {
+export function userView(user: User): UserView {
   return { id: user.id, name: user.name, admin: user.admin, created_at: iso(user.createdAt) };
 }

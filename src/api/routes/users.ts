@@ -7,6 +7,7 @@ import { type ApiKey, STORE_ERROR_CODES } from "../../store/index.ts";
 import { principalOf, requireAdmin, requireWrite } from "../auth.ts";
 import type { ApiContext } from "../context.ts";
 import { ApiError } from "../http-errors.ts";
+import type { KeyView, MeView } from "../views.ts";
 import { userView } from "./route-views.ts";
 
 const createUserBody = {
@@ -65,7 +66,7 @@ export async function userRoutes(app: FastifyInstance, ctx: ApiContext): Promise
   app.get(
     "/api/v1/users/me",
     { preHandler: ctx.auth.preHandler, schema: { response: { 200: me } } },
-    async (request) => {
+    async (request): Promise<MeView> => {
       const principal = principalOf(request);
       const user = principal.userId ? await ctx.store.users.get(principal.userId) : null;
       return {
@@ -104,7 +105,7 @@ const createKeyBody = {
   additionalProperties: false,
 } as const;
 
-function keyView(key: ApiKey) {
+function keyView(key: ApiKey): KeyView {
   return {
     id: key.id,
     user_id: key.userId,

@@ -35,6 +35,7 @@ import {
 import type { ApiContext } from "../context.ts";
 import { ApiError } from "../http-errors.ts";
 import { evictTunnel, Scheduler, wolfRunnerId } from "../scheduler.ts";
+import type { WolfInstanceView } from "../views.ts";
 
 /** A host id: what follows `wolf-` in its runner id. */
 const HOST_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
@@ -104,7 +105,7 @@ const exitedBody = {
   },
 } as const;
 
-export function wolfInstanceView(host: WolfInstance, tunnelConnected: boolean) {
+export function wolfInstanceView(host: WolfInstance, tunnelConnected: boolean): WolfInstanceView {
   return {
     id: host.id,
     name: host.name,
@@ -113,7 +114,6 @@ export function wolfInstanceView(host: WolfInstance, tunnelConnected: boolean) {
     last_heartbeat: host.lastHeartbeat ? host.lastHeartbeat.toISOString() : null,
     connected_sandboxes: host.connectedSandboxes,
     max_sandboxes: host.maxSandboxes,
-    /** The capacity the admin granted: the host's own registration cannot go above it. */
     max_sandboxes_limit: host.maxSandboxesLimit,
     labels: host.labels,
     tunnel_connected: tunnelConnected,
