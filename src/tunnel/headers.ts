@@ -23,16 +23,15 @@ export function connectionTokens(value: HeaderValue): Set<string> {
 }
 
 /**
- * Copies the end-to-end headers of `from` into `into` (names lower-cased), leaving out the names in
- * `drop` too (lower-case), and returns `into`. It only adds properties: a header object that lost
- * one to `delete` would be slow to read for every hop after it.
+ * Calls `fn` with each end-to-end header of `from` (its name lower-cased), in order, leaving out the
+ * names in `drop` too (lower-case). Returns false as soon as `fn` does.
  */
-export function copyEndToEnd<T extends Record<string, HeaderValue> = Record<string, string | string[]>>(
+export function forEachEndToEnd(
   from: Readonly<Record<string, HeaderValue>> | undefined,
-  into: T = {} as T,
-  drop?: ReadonlySet<string>,
-): T {
-  if (!from) return into;
+  drop: ReadonlySet<string> | undefined,
+  fn: (name: string, value: string | string[] | number) => boolean | undefined,
+): boolean {
+  if (!from) return true;
   const names = Object.keys(from);
   let named: Set<string> | null = null;
   for (const name of names) {
@@ -42,11 +41,70 @@ export function copyEndToEnd<T extends Record<string, HeaderValue> = Record<stri
     const value = from[name];
     if (value === undefined) continue;
     const key = isLowerCase(name) ? name : name.toLowerCase();
-    if (key.charCodeAt(0) === 58 || HOP_BY_HOP.has(key) || key === BODY_END_HEADER) continue; // 58: ":"
+    if (key.charCodeAt(0) === 58 || isHopByHop(key)) continue; // 58: ":"
     if (named?.has(key) || drop?.has(key)) continue;
-    (into as Record<string, HeaderValue>)[key] = value;
+    if (fn(key, value) === false) return false;
   }
+  return true;
+}
+
+/**
+ * Copies the end-to-end headers of `from` into `into` (names lower-cased), leaving out the names in
+ * `drop` too (lower-case), and returns `into`. It only adds properties: a header object that lost
+ * one to `delete` would be slow to read for every hop after it.
+ */
+export function copyEndToEnd<T extends Record<string, HeaderValue> = Record<string, string | string[]>>(
+  from: Readonly<Record<string, HeaderValue>> | undefined,
+  into: T = {} as T,
+  drop?: ReadonlySet<string>,
+): T {
+  forEachEndToEnd(from, drop, (name, value) => {
+    (into as Record<string, HeaderValue>)[name] = value;
+    return true;
+  });
   return into;
+}
+
+/** The value of header `name` (lower-case) in `headers`, whatever the case of its key there. */
+export function headerOf(
+  headers: Readonly<Record<string, HeaderValue>> | undefined,
+  name: string,
+): HeaderValue {
+  if (!headers) return undefined;
+  const exact = headers[name];
+  if (exact !== undefined) return exact;
+  for (const key of Object.keys(headers))
+    if (key.length === name.length && key.toLowerCase() === name) return headers[key];
+  return undefined;
+}
+
+/** RFC 9110 token characters, by char code (methods, header names). */
+const TOKEN_CHARS = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+  TOKEN_CHARS[c.charCodeAt(0)] = 1;
+
+/** True when `text` is an RFC 9110 token (a header name, a method): what a regex would say, by char codes. */
+export function isToken(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 128 || TOKEN_CHARS[c] === 0) return false;
+  }
+  return text.length > 0;
+}
+
+/** HOP_BY_HOP and BODY_END_HEADER by name length: a header name is compared, not hashed, per call. */
+const HOP_BY_LENGTH: string[][] = [];
+for (const name of [...HOP_BY_HOP, BODY_END_HEADER]) {
+  HOP_BY_LENGTH[name.length] ??= [];
+  HOP_BY_LENGTH[name.length].push(name);
+}
+
+/** True for a (lower-case) header name that never crosses a hop, whatever `Connection` says. */
+export function isHopByHop(name: string): boolean {
+  const same = HOP_BY_LENGTH[name.length];
+  if (same === undefined) return false;
+  for (const hop of same) if (hop === name) return true;
+  return false;
 }
 
 /** True when `name` has no upper-case ASCII letter (Node's parsers give names lower-cased). */

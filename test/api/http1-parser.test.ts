@@ -249,6 +249,21 @@ test("differing Content-Lengths are an error; repeated equal ones are one", () =
   }
 });
 
+test("only end-to-end headers are handed on: not the hop-by-hop ones, nor those Connection names", () => {
+  const o = parse(
+    "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\n" +
+      "Upgrade: h2c\r\nTrailer: x-t\r\nProxy-Authenticate: Basic\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n",
+  );
+  assert.deepEqual(o.errors, []);
+  assert.deepEqual(o.heads[0].headers, { "x-kept": "2", "content-length": "0" });
+  assert.equal(o.heads[0].keepAlive, true, "Connection is still read for the framing");
+  const chunked = parse(
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+  );
+  assert.deepEqual(chunked.heads[0].headers, { "x-a": "1" });
+  assert.equal(chunked.body, "abc");
+});
+
 test("repeated headers become arrays in order; names are lower-cased and values trimmed", () => {
   const o = parse(
     "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-One:  1 \r\nset-cookie: b=2\r\nSET-COOKIE:c=3\r\nContent-Length: 0\r\n\r\n",

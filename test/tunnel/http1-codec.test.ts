@@ -55,6 +55,39 @@ describe("the request head", () => {
     );
   });
 
+  test("a body given whole sends its own length, whatever the caller's Content-Length said", () => {
+    const head = v1Head("POST", "/", { "Content-Length": "99" }, { framing: "length", length: 5 }) as string;
+    assert.match(head, /content-length: 5\r\n\r\n$/);
+    assert.equal(head.match(/content-length/gi)?.length, 1, head);
+    // A streamed body declared by the caller keeps that length, once, whatever its key's case.
+    const streamed = v1Head("POST", "/", { "Content-Length": "7" }, { framing: "length" }) as string;
+    assert.equal(streamed.match(/content-length: 7\r\n/gi)?.length, 1, streamed);
+    assert.equal(streamed.match(/content-length/gi)?.length, 1, streamed);
+  });
+
+  test("only end-to-end headers are sent, names lower-cased, and none that `drop` names", () => {
+    const head = requestHead(
+      "GET",
+      "/",
+      {
+        Connection: "keep-alive, X-Hop",
+        "X-Hop": "1",
+        "Keep-Alive": "timeout=5",
+        "Transfer-Encoding": "chunked",
+        Upgrade: "h2c",
+        "Proxy-Authorization": "Basic x",
+        Host: "evil.example",
+        "revdial-body-end": "trailer",
+        Expect: "100-continue",
+        "X-Kept": "2",
+      },
+      { framing: "none" },
+      { host: "127.0.0.1:1", keepAlive: true },
+      new Set(["expect"]),
+    );
+    assert.equal(head, "GET / HTTP/1.1\r\nhost: 127.0.0.1:1\r\nx-kept: 2\r\n\r\n");
+  });
+
   test("line breaks in a header value, a bad header name, method or path are refused", () => {
     for (const bad of [
       v1Head("GET", "/", { "x-a": "v\r\nx-injected: 1" }, { framing: "none" }),

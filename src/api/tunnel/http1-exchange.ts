@@ -15,7 +15,7 @@
 
 import { Readable } from "node:stream";
 import { TunnelStreamError } from "../../tunnel/errors.ts";
-import { copyEndToEnd } from "../../tunnel/headers.ts";
+import { headerOf } from "../../tunnel/headers.ts";
 import { MUX_CODE } from "../../tunnel/mux-frames.ts";
 import type { MuxStream } from "../../tunnel/mux-session.ts";
 import type { TunnelRequest, TunnelResponse } from "../../tunnel/types.ts";
@@ -110,24 +110,26 @@ export class Http1Exchange {
 
   #write(req: TunnelRequest): void {
     const body = req.body;
-    const headers: Record<string, string | string[]> = copyEndToEnd(req.headers, {}, NO_EXPECT);
     let framing: BodyFraming = "none";
     let whole: Buffer | null = null;
+    /** A streamed body's declared length (the caller's Content-Length), or -1. */
+    let declared = -1;
     if (typeof body === "string" || Buffer.isBuffer(body)) {
       whole = typeof body === "string" ? Buffer.from(body) : body;
-      headers["content-length"] = String(whole.length);
       framing = "length";
-    } else if (body != null) framing = headers["content-length"] === undefined ? "chunked" : "length";
+    } else if (body != null) {
+      const length = headerOf(req.headers, "content-length");
+      framing = length === undefined ? "chunked" : "length";
+      if (length !== undefined) declared = Number(length);
+    }
     const path = req.path.startsWith("/") ? req.path : `/${req.path}`;
     const text = requestHead(
       req.method.toUpperCase(),
       path,
-      headers,
+      req.headers,
       { framing, length: whole?.length },
-      {
-        host: this.#o.host,
-        keepAlive: true,
-      },
+      { host: this.#o.host, keepAlive: true },
+      NO_EXPECT,
     );
     if (text instanceof Error) throw new TunnelStreamError(this.#o.runnerId, text.message);
     const h = Buffer.byteLength(text, "latin1");
@@ -141,7 +143,7 @@ export class Http1Exchange {
       if (whole !== null && whole.length > 0) this.#stream.write(whole);
     }
     if (body == null || whole !== null) this.#requestDone = true;
-    else this.#pipeBody(body as Readable, framing === "chunked", Number(headers["content-length"] ?? -1));
+    else this.#pipeBody(body as Readable, framing === "chunked", declared);
   }
 
   /** Streams a request body; `length` >= 0 is the caller's Content-Length, which must be met exactly. */
@@ -230,7 +232,8 @@ export class Http1Exchange {
     const resolve = this.#resolve;
     this.#resolve = null;
     this.#reject = null;
-    const headers = copyEndToEnd(head.headers);
+    // The parser hands on the end-to-end headers only (http1-parser.ts).
+    const headers = head.headers;
     if (this.#parser.done) {
       const early = this.#early;
       this.#early = [];
@@ -329,16 +332,26 @@ export function wholeAnswer(
   headers: Record<string, string | string[]>,
   whole: Buffer,
 ): TunnelResponse {
-  let body: Readable | null = null;
-  return {
-    status,
-    headers,
-    whole,
-    get body(): Readable {
-      body ??= Readable.from(whole.length > 0 ? [whole] : []);
-      return body;
-    },
-  };
+  return new WholeAnswer(status, headers, whole);
+}
+
+/** A class, not a literal with a getter: a literal makes a new accessor (and map) per call. */
+class WholeAnswer implements TunnelResponse {
+  readonly status: number;
+  readonly headers: Record<string, string | string[]>;
+  readonly whole: Buffer;
+  #body: Readable | null = null;
+
+  constructor(status: number, headers: Record<string, string | string[]>, whole: Buffer) {
+    this.status = status;
+    this.headers = headers;
+    this.whole = whole;
+  }
+
+  get body(): Readable {
+    this.#body ??= Readable.from(this.whole.length > 0 ? [this.whole] : []);
+    return this.#body;
+  }
 }
 
 const EMPTY = Buffer.alloc(0);

@@ -10,23 +10,11 @@
 //   runs to the end of the stream, and the connection cannot be reused.
 // - Bounds: a head of at most MAX_HEAD bytes, chunk-size and trailer lines of at most MAX_LINE.
 
-import { isLowerCase } from "../../tunnel/headers.ts";
+import { connectionTokens, isHopByHop, isLowerCase, isToken } from "../../tunnel/headers.ts";
 
 export const MAX_HEAD = 64 * 1024;
 const HEAD_END = Buffer.from("\r\n\r\n");
 
-/** RFC 9110 token characters, by char code (header names). */
-const TOKEN_CHARS = new Uint8Array(128);
-for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-  TOKEN_CHARS[c.charCodeAt(0)] = 1;
-
-function isToken(name: string): boolean {
-  for (let i = 0; i < name.length; i++) {
-    const c = name.charCodeAt(i);
-    if (c >= 128 || TOKEN_CHARS[c] === 0) return false;
-  }
-  return name.length > 0;
-}
 const MAX_LINE = 8 * 1024;
 
 export type BodyKind = "none" | "length" | "chunked" | "close";
@@ -34,7 +22,10 @@ export type BodyKind = "none" | "length" | "chunked" | "close";
 export interface ResponseHead {
   status: number;
   statusMessage: string;
-  /** Lower-case names; a repeated header is joined with ", " (Set-Cookie: a list), as Node does. */
+  /**
+   * The end-to-end headers: lower-case names, a repeated header joined with ", " (Set-Cookie: a
+   * list), as Node does; never the hop-by-hop ones (headers.ts), nor those `Connection` names.
+   */
   headers: Record<string, string | string[]>;
   bodyKind: BodyKind;
   /** The connection may carry another request after this answer. */
@@ -186,6 +177,13 @@ export class Http1ResponseParser {
       const name = isLowerCase(raw) ? raw : raw.toLowerCase();
       const value = trimOws(text, colon + 1, next);
       at = next + 2;
+      if (isHopByHop(name)) {
+        // The framing headers are read here and never handed on.
+        if (name === "connection") connection = connection === undefined ? value : `${connection}, ${value}`;
+        else if (name === "transfer-encoding")
+          transferEncoding = transferEncoding === undefined ? value : `${transferEncoding}, ${value}`;
+        continue;
+      }
       const had = headers[name];
       if (had === undefined) headers[name] = name === "set-cookie" ? [value] : value;
       else if (Array.isArray(had)) had.push(value);
@@ -194,8 +192,6 @@ export class Http1ResponseParser {
         this.#fail("conflicting Content-Length");
         return;
       }
-      if (name === "connection") connection = headers[name] as string;
-      else if (name === "transfer-encoding") transferEncoding = headers[name] as string;
     }
     if (status >= 100 && status < 200) {
       if (status === 101) {
@@ -206,7 +202,13 @@ export class Http1ResponseParser {
     }
     const keepAlive = minor === 1 ? !hasToken(connection, "close") : hasToken(connection, "keep-alive");
     const statusMessage = eol > 13 ? text.slice(13, eol) : "";
-    const head: ResponseHead = { status, statusMessage, headers, bodyKind: "none", keepAlive };
+    const head: ResponseHead = {
+      status,
+      statusMessage,
+      headers: connection === undefined ? headers : withoutNamed(headers, connection),
+      bodyKind: "none",
+      keepAlive,
+    };
     if (this.#head || status === 204 || status === 304) {
       this.#h.head(head);
       this.#finish();
@@ -218,26 +220,26 @@ export class Http1ResponseParser {
         if (te[te.length - 1] !== "chunked") {
           head.bodyKind = "close";
           head.keepAlive = false;
-          delete headers["content-length"];
+          delete head.headers["content-length"];
           this.#state = "close";
           this.#h.head(head);
           return;
         }
-        delete headers["content-length"];
+        delete head.headers["content-length"];
         head.bodyKind = "chunked";
         this.#state = "chunk-size";
         this.#h.head(head);
         return;
       }
     }
-    const cl = headers["content-length"];
+    const cl = head.headers["content-length"];
     if (cl !== undefined) {
       const length = contentLength(cl);
       if (length < 0) {
         this.#fail(`invalid Content-Length ${JSON.stringify(cl)}`);
         return;
       }
-      headers["content-length"] = String(length);
+      head.headers["content-length"] = String(length);
       head.bodyKind = "length";
       this.#h.head(head);
       if (length === 0) this.#finish();
@@ -312,6 +314,27 @@ export class Http1ResponseParser {
     this.#failed = true;
     this.#h.error(message);
   }
+}
+
+/**
+ * `headers` without those a `Connection` value names (RFC 9110 §7.6.1): the same object when it
+ * names none of them (`keep-alive` and `close` are options, not names, in nearly every answer).
+ */
+function withoutNamed(
+  headers: Record<string, string | string[]>,
+  connection: string,
+): Record<string, string | string[]> {
+  if (connection.length <= 10) {
+    const only = connection.toLowerCase();
+    if (only === "keep-alive" || only === "close") return headers;
+  }
+  const named = connectionTokens(connection);
+  let any = false;
+  for (const name of named) if (headers[name] !== undefined) any = true;
+  if (!any) return headers;
+  const out: Record<string, string | string[]> = {};
+  for (const name of Object.keys(headers)) if (!named.has(name)) out[name] = headers[name];
+  return out;
 }
 
 /**

@@ -5,8 +5,9 @@
 // Why not http.request: a ClientRequest, its socket shims and a parser per call cost most of a small
 // call's CPU; the head here is one string joined once and leaves with the body's first bytes.
 
+import { forEachEndToEnd, isToken } from "../../tunnel/headers.ts";
+
 const CRLF = Buffer.from("\r\n");
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** What Node's client refuses in a header value (checkInvalidHeaderChar). */
 const INVALID_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
 /** What Node's client refuses in a request path (INVALID_PATH_REGEX). */
@@ -14,38 +15,52 @@ const INVALID_PATH = /[^\u0021-\u00ff]/;
 /** Methods whose requests Node sends without a body header when they have none. */
 const BODYLESS_METHODS = new Set(["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"]);
 
-export type HeaderMap = Record<string, string | string[]>;
-
 /** How the request body travels: none, a known length, or chunked. */
 export type BodyFraming = "none" | "length" | "chunked";
 
 /**
  * The request head, or an Error naming what a caller got wrong (an invalid method, path or header:
- * the bytes would let a caller inject lines). `headers` are end-to-end headers, names lower-case.
+ * the bytes would let a caller inject lines). Only the end-to-end headers of `headers` are sent
+ * (headers.ts), nor those named in `drop`; names go lower-case. The body's framing decides the
+ * length header: a body of known `length` (given whole) sends that length, whatever the caller's
+ * Content-Length said; a streamed body with framing `length` sends the caller's Content-Length.
  */
 export function requestHead(
   method: string,
   path: string,
-  headers: Readonly<HeaderMap>,
+  headers: Readonly<Record<string, string | string[] | number | undefined>> | undefined,
   body: { framing: BodyFraming; length?: number },
   connection: { host: string; keepAlive: boolean },
+  drop?: ReadonlySet<string>,
 ): string | Error {
-  if (!TOKEN.test(method)) return new Error(`invalid method ${JSON.stringify(method)}`);
+  if (!isToken(method)) return new Error(`invalid method ${JSON.stringify(method)}`);
   if (!path.startsWith("/") || INVALID_PATH.test(path)) return new Error("invalid request path");
   let head = `${method} ${path} HTTP/1.1\r\nhost: ${connection.host}\r\n`;
   if (!connection.keepAlive) head += "connection: close\r\n";
-  for (const name of Object.keys(headers)) {
-    if (name === "content-length" && body.framing !== "length") continue;
-    if (!TOKEN.test(name)) return new Error(`invalid header name ${JSON.stringify(name)}`);
-    const value = headers[name];
-    for (const v of Array.isArray(value) ? value : [value]) {
-      if (INVALID_VALUE.test(v)) return new Error(`invalid value of header ${name}`);
+  const ours = body.framing === "length" && body.length !== undefined;
+  let callersLength = false;
+  let invalid: Error | null = null;
+  forEachEndToEnd(headers, drop, (name, value) => {
+    if (name === "content-length") {
+      if (body.framing !== "length" || ours) return true;
+      callersLength = true;
+    }
+    if (!isToken(name)) {
+      invalid = new Error(`invalid header name ${JSON.stringify(name)}`);
+      return false;
+    }
+    for (const v of Array.isArray(value) ? value : [String(value)]) {
+      if (INVALID_VALUE.test(v)) {
+        invalid = new Error(`invalid value of header ${name}`);
+        return false;
+      }
       head += `${name}: ${v}\r\n`;
     }
-  }
+    return true;
+  });
+  if (invalid) return invalid;
   if (body.framing === "chunked") head += "transfer-encoding: chunked\r\n";
-  else if (body.framing === "length" && headers["content-length"] === undefined)
-    head += `content-length: ${body.length ?? 0}\r\n`;
+  else if (body.framing === "length" && !callersLength) head += `content-length: ${body.length ?? 0}\r\n`;
   else if (body.framing === "none" && !BODYLESS_METHODS.has(method)) head += "content-length: 0\r\n";
   return `${head}\r\n`;
 }
