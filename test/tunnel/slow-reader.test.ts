@@ -1,6 +1,8 @@
 // A caller that stops reading a large response holds only that stream: HTTP/2 flow control stops
 // the agent (and through it the target) instead of buffering, so a small call on the same tunnel
-// still answers at once and the process's memory stays bounded while the reader sleeps.
+// still answers at once and the process's memory stays bounded while the reader sleeps. A reader
+// that takes an answer only once all of it has arrived gives the stream's credit back all the same:
+// the next calls on the same pooled connection are not starved of it.
 
 import assert from "node:assert/strict";
 import type http from "node:http";
@@ -18,6 +20,8 @@ import {
 
 const RUNNER = "sandbox-slow-reader";
 const HUGE = 512 * 1024 * 1024;
+/** An answer a slow reader holds whole: more than its body buffer, less than one stream window. */
+const HELD = Buffer.alloc(2 * 1024 * 1024, 0x62);
 const CHUNK = Buffer.alloc(64 * 1024, 0x61);
 let target: Listening;
 let server: TunnelServer;
@@ -43,6 +47,7 @@ function sendHuge(res: http.ServerResponse): void {
 before(async () => {
   target = await startTarget((req, res) => {
     if (req.url === "/huge") return sendHuge(res);
+    if (req.url === "/held") return void res.end(HELD);
     res.end("small");
   });
   server = await startTunnelServer();
@@ -100,4 +105,23 @@ test("a stalled reader neither blocks other streams nor lets memory grow", async
   await pollUntil(() => huge.closed, "the target's response to close after the caller gave up");
   assert.ok(huge.sent < HUGE);
   await pollUntil(() => server.registry.list()[0]?.active_streams === 0, "the big stream to close");
+});
+
+test("answers read only once they have all arrived do not starve the next calls of credit", async () => {
+  // Each answer arrives whole while its reader waits, so most of it was never credited back as it
+  // came; the credit must still go back when the answer is complete, or the pooled connection that
+  // carries the next calls runs out of it (they stalled on the third or fourth call).
+  for (let call = 1; call <= 6; call++) {
+    const res = await server.registry.request(RUNNER, { method: "GET", path: "/held", timeoutMs: 5000 });
+    assert.equal(res.status, 200);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    const body = await Promise.race([
+      readAll(res.body),
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error(`call ${call}: the answer stalled`)), 5000),
+      ),
+    ]);
+    assert.equal(body.length, HELD.length, `call ${call}`);
+    assert.ok(body.equals(HELD), `call ${call}: the bytes`);
+  }
 });

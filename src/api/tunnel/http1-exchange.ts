@@ -260,9 +260,13 @@ export class Http1Exchange {
       return;
     }
     this.#finished = true;
-    if (this.#head?.keepAlive && !this.#parser.overrun && !this.#stream.remoteEnded && !this.#stream.closed)
+    if (this.#head?.keepAlive && !this.#parser.overrun && !this.#stream.remoteEnded && !this.#stream.closed) {
+      // Bytes the reader has not taken yet (held in the body's buffer) are credited now: the
+      // answer is complete, and once its body has ended it asks for no more reads, so that credit
+      // would be lost to the next calls on this connection.
+      this.resume();
       this.#o.release();
-    else this.#discard();
+    } else this.#discard();
   }
 
   /** Called by the body when its reader destroys it before the end. */
