@@ -9,8 +9,17 @@ import { BODY_END_HEADER, HOP_BY_HOP } from "./constants.ts";
 
 type HeaderValue = string | string[] | number | undefined;
 
+/** What nearly every `Connection` value is, as a set made once: no split and no Set per message. */
+const ONE_TOKEN: ReadonlyMap<string, ReadonlySet<string>> = new Map(
+  ["keep-alive", "close", "upgrade"].map((t) => [t, new Set([t])]),
+);
+
 /** The header names listed in a `Connection` value (`close, X-Foo` -> {"close", "x-foo"}). */
-export function connectionTokens(value: HeaderValue): Set<string> {
+export function connectionTokens(value: HeaderValue): ReadonlySet<string> {
+  if (typeof value === "string" && value.length <= 10) {
+    const one = ONE_TOKEN.get(value.toLowerCase());
+    if (one) return one;
+  }
   const tokens = new Set<string>();
   if (value === undefined) return tokens;
   for (const part of Array.isArray(value) ? value : [String(value)]) {
@@ -24,16 +33,16 @@ export function connectionTokens(value: HeaderValue): Set<string> {
 
 /**
  * Calls `fn` with each end-to-end header of `from` (its name lower-cased), in order, leaving out the
- * names in `drop` too (lower-case). Returns false as soon as `fn` does.
+ * names in `drop` too (lower-case). Stops as soon as `fn` returns false.
  */
 export function forEachEndToEnd(
   from: Readonly<Record<string, HeaderValue>> | undefined,
   drop: ReadonlySet<string> | undefined,
-  fn: (name: string, value: string | string[] | number) => boolean | undefined,
-): boolean {
-  if (!from) return true;
+  fn: (name: string, value: string | string[] | number) => unknown,
+): void {
+  if (!from) return;
   const names = Object.keys(from);
-  let named: Set<string> | null = null;
+  let named: ReadonlySet<string> | null = null;
   for (const name of names) {
     if (name.length === 10 && name.toLowerCase() === "connection") named = connectionTokens(from[name]);
   }
@@ -43,9 +52,8 @@ export function forEachEndToEnd(
     const key = isLowerCase(name) ? name : name.toLowerCase();
     if (key.charCodeAt(0) === 58 || isHopByHop(key)) continue; // 58: ":"
     if (named?.has(key) || drop?.has(key)) continue;
-    if (fn(key, value) === false) return false;
+    if (fn(key, value) === false) return;
   }
-  return true;
 }
 
 /**
@@ -60,22 +68,20 @@ export function copyEndToEnd<T extends Record<string, HeaderValue> = Record<stri
 ): T {
   forEachEndToEnd(from, drop, (name, value) => {
     (into as Record<string, HeaderValue>)[name] = value;
-    return true;
   });
   return into;
 }
 
-/** The value of header `name` (lower-case) in `headers`, whatever the case of its key there. */
-export function headerOf(
-  headers: Readonly<Record<string, HeaderValue>> | undefined,
+/** The value copyEndToEnd(from) would hold for `name` (lower-case), without making the copy. */
+export function endToEndHeader(
+  from: Readonly<Record<string, HeaderValue>> | undefined,
   name: string,
-): HeaderValue {
-  if (!headers) return undefined;
-  const exact = headers[name];
-  if (exact !== undefined) return exact;
-  for (const key of Object.keys(headers))
-    if (key.length === name.length && key.toLowerCase() === name) return headers[key];
-  return undefined;
+): string | string[] | number | undefined {
+  let found: string | string[] | number | undefined;
+  forEachEndToEnd(from, undefined, (key, value) => {
+    if (key === name) found = value;
+  });
+  return found;
 }
 
 /** RFC 9110 token characters, by char code (methods, header names). */

@@ -15,7 +15,7 @@
 
 import { Readable } from "node:stream";
 import { TunnelStreamError } from "../../tunnel/errors.ts";
-import { headerOf } from "../../tunnel/headers.ts";
+import { endToEndHeader } from "../../tunnel/headers.ts";
 import { MUX_CODE } from "../../tunnel/mux-frames.ts";
 import type { MuxStream } from "../../tunnel/mux-session.ts";
 import type { TunnelRequest, TunnelResponse } from "../../tunnel/types.ts";
@@ -118,7 +118,7 @@ export class Http1Exchange {
       whole = typeof body === "string" ? Buffer.from(body) : body;
       framing = "length";
     } else if (body != null) {
-      const length = headerOf(req.headers, "content-length");
+      const length = endToEndHeader(req.headers, "content-length");
       framing = length === undefined ? "chunked" : "length";
       if (length !== undefined) declared = Number(length);
     }

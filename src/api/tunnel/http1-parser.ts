@@ -200,12 +200,13 @@ export class Http1ResponseParser {
       }
       return; // 100 Continue, 103 Early Hints: the real answer follows.
     }
-    const keepAlive = minor === 1 ? !hasToken(connection, "close") : hasToken(connection, "keep-alive");
+    const named = connectionTokens(connection);
+    const keepAlive = minor === 1 ? !named.has("close") : named.has("keep-alive");
     const statusMessage = eol > 13 ? text.slice(13, eol) : "";
     const head: ResponseHead = {
       status,
       statusMessage,
-      headers: connection === undefined ? headers : withoutNamed(headers, connection),
+      headers: withoutNamed(headers, named),
       bodyKind: "none",
       keepAlive,
     };
@@ -322,13 +323,8 @@ export class Http1ResponseParser {
  */
 function withoutNamed(
   headers: Record<string, string | string[]>,
-  connection: string,
+  named: ReadonlySet<string>,
 ): Record<string, string | string[]> {
-  if (connection.length <= 10) {
-    const only = connection.toLowerCase();
-    if (only === "keep-alive" || only === "close") return headers;
-  }
-  const named = connectionTokens(connection);
   let any = false;
   for (const name of named) if (headers[name] !== undefined) any = true;
   if (!any) return headers;
@@ -366,26 +362,6 @@ function isOws(c: number): boolean {
   return c === 32 || c === 9;
 }
 
-/** Whether a comma-separated header value lists `token` (case-insensitive). */
-function hasToken(value: string | undefined, token: string): boolean {
-  if (value === undefined) return false;
-  const lower = value.toLowerCase();
-  for (let at = lower.indexOf(token); at >= 0; at = lower.indexOf(token, at + 1)) {
-    if (isListEdge(lower, at - 1, -1) && isListEdge(lower, at + token.length, 1)) return true;
-  }
-  return false;
-}
-
-/** Whether text[i] (and what lies beyond it, away from a token) is only whitespace up to a comma or the end. */
-function isListEdge(text: string, i: number, step: 1 | -1): boolean {
-  for (; i >= 0 && i < text.length; i += step) {
-    const c = text.charCodeAt(i);
-    if (c === 44) return true;
-    if (!isOws(c)) return false;
-  }
-  return true;
-}
-
 /**
  * A Content-Length value (repeated values joined with ", ", all equal, RFC 9110 §8.6), or -1 when
  * it is not one: up to 15 digits.
@@ -405,9 +381,9 @@ function contentLength(value: string | string[]): number {
       length = n;
       n = 0;
       digits = 0;
-    } else if (!isOws(c) || digits > 0) {
-      // Whitespace only around a value, never inside it.
-      if (!isOws(c)) return -1;
+    } else if (!isOws(c)) return -1;
+    else if (digits > 0) {
+      // Whitespace only around a value, never inside it: after a value's digits, only a comma.
       while (i + 1 < text.length && isOws(text.charCodeAt(i + 1))) i++;
       const after = i + 1 < text.length ? text.charCodeAt(i + 1) : 44;
       if (after !== 44) return -1;

@@ -36,7 +36,7 @@ import {
   TunnelStreamError,
   TunnelTimeoutError,
 } from "../../tunnel/errors.ts";
-import { copyEndToEnd } from "../../tunnel/headers.ts";
+import { endToEndHeader } from "../../tunnel/headers.ts";
 import type { Tunnel, TunnelTimings } from "../../tunnel/tunnel.ts";
 import type { OpenOptions, TunnelRequest, TunnelResponse, TunnelStats } from "../../tunnel/types.ts";
 import { StaleConnectionError } from "./http1-exchange.ts";
@@ -402,17 +402,18 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
     if (this.#closed) return Promise.reject(new TunnelClosedError(this.runnerId, "tunnel is closed"));
     if (signal?.aborted) return Promise.reject(new TunnelAbortedError({ cause: signal.reason }));
     const body = req.body;
-    const headers = copyEndToEnd(req.headers);
+    const declared = endToEndHeader(req.headers, "content-length");
     const framing: BodyFraming =
       body == null ? "none" : typeof body === "string" || Buffer.isBuffer(body) ? "length" : "chunked";
     const inline = typeof body === "string" ? Buffer.from(body) : Buffer.isBuffer(body) ? body : null;
-    const streamed = framing === "chunked" && headers["content-length"] !== undefined ? "length" : framing;
+    const streamed = framing === "chunked" && declared !== undefined ? "length" : framing;
     // HTTP/1.1 keep-alive over the data connection (see the top of this file), and the Go client's
     // local address as the Host it always had.
+    // requestHead sends the end-to-end headers only.
     const head = requestHead(
       req.method,
       req.path,
-      headers,
+      req.headers,
       { framing: streamed, length: inline?.length },
       { host: "localhost:9876", keepAlive: true },
     );
@@ -429,7 +430,7 @@ export class LegacyTunnel extends EventEmitter implements Tunnel, ExchangeHost {
           inline,
           stream: framing === "chunked" ? (body as Readable) : null,
           chunked: streamed === "chunked",
-          declaredLength: Number(headers["content-length"] ?? 0),
+          declaredLength: Number(declared ?? 0),
           timeoutMs: ms,
           signal,
           reuse,
